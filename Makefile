@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# The venv is built in install order: CPU torch first (pinned to the build on disk; anything
+# later that asks for torch then finds it satisfied instead of pulling a CUDA build).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+TORCH   ?= torch==2.13.0
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: venv demo test organisms clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[train,dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+organisms: venv
+	$(BIN)/orchestrate organisms build
+
+demo: venv
+	$(BIN)/orchestrate submit examples/quickstart.yaml
+
+test: venv organisms
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) results

@@ -1,0 +1,1 @@
+"""Ray actors: long-lived processes that own accelerators (model replicas, finetuning ranks)."""

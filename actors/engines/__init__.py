@@ -1,0 +1,1 @@
+"""One inference protocol (protocol.py), one chat renderer (chat.py), several engines."""

@@ -1,0 +1,102 @@
+"""The one inference protocol every engine speaks.
+
+Imports no Ray, so jobs, engines and tests share these types. A request says everything that
+changes the generated tokens; a completion says everything a job may want to record.
+"""
+from __future__ import annotations
+
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Role = Literal["system", "user", "assistant"]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    role: Role
+    content: str
+
+
+class Sampling(BaseModel):
+    """Sampling parameters. max_tokens has no default on purpose: a silent engine default
+    (16 in some engines, 'to the context end' in others) changes results between engines."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    max_tokens: int = Field(gt=0)
+    n: int = Field(1, gt=0)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = Field(None, ge=0, le=20, description="top-k logprobs per generated token")
+
+
+class Request(BaseModel):
+    """Chat messages (rendered with the model's template) or a raw prompt (sent as is)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    messages: tuple[Message, ...] | None = None
+    prompt: str | None = None
+    prefill: str = ""  # text the assistant turn starts with, e.g. "<think>\nOkay"
+    thinking: bool = True  # False renders an empty think block, like Qwen3's enable_thinking
+    sampling: Sampling
+    adapter: str | None = None  # name of a LoRA adapter known to the replica
+    affinity: str | None = None  # requests with the same key prefer the same replica
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "Request":
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("a request carries exactly one of `messages` or `prompt`")
+        if self.prompt is not None and self.prefill:
+            raise ValueError("`prefill` applies to chat messages; append it to a raw prompt yourself")
+        return self
+
+    @classmethod
+    def chat(cls, user: str, *, system: str | None = None, **kwargs) -> "Request":
+        msgs = ([Message(role="system", content=system)] if system else []) + [Message(role="user", content=user)]
+        return cls(messages=tuple(msgs), **kwargs)
+
+
+class TopLogprob(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    token: str
+    logprob: float
+
+
+class TokenLogprob(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    token: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+FinishReason = Literal["stop", "length", "error"]
+
+
+class Completion(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One method: a request in, its n completions out. Engines batch concurrent calls."""
+
+    async def generate(self, request: Request) -> list[Completion]: ...
+
+
+class EngineError(Exception):
+    """Base of the engine exception tree."""
+
+
+class RequestError(EngineError):
+    """This request cannot be served (too long, unknown adapter): an error row, not a retry."""
+
+
+class ReplicaUnavailable(EngineError):
+    """The replica died or is shutting down: retry the shard elsewhere."""

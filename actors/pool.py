@@ -1,0 +1,127 @@
+"""A pool of replicas of one model, and the handles jobs call through it.
+
+Routing: a request with an affinity key (e.g. all counterfactuals of one trace) goes to the
+same live replica by rendezvous hashing, so prefix caching pays; a request for an adapter
+prefers replicas that already hold it; otherwise the least-loaded replica wins. A replica that
+dies fails its in-flight requests with ReplicaUnavailable (the scheduler retries the shard) and
+is replaced in the background.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
+
+from actors.engines.protocol import Completion, ReplicaUnavailable, Request
+from actors.replica import ModelReplica
+
+AFFINITY_SLACK = 64  # extra in-flight requests we accept on a replica to keep an adapter warm
+
+
+@dataclass
+class _Slot:
+    index: int
+    generation: int
+    actor: Any
+    inflight: int = 0
+    adapters: set[str] = field(default_factory=set)
+    alive: bool = True
+
+
+class ReplicaPool:
+    def __init__(self, model: str, spec: dict[str, Any], *, replicas: int, name_prefix: str,
+                 num_cpus: float, num_gpus: float, adapters: dict[str, str] | None = None,
+                 ready_timeout_s: float = 1800.0) -> None:
+        self.model, self.spec, self.n = model, spec, replicas
+        self.name_prefix, self.num_cpus, self.num_gpus = name_prefix, num_cpus, num_gpus
+        self.adapter_paths = dict(adapters or {})
+        self.ready_timeout_s = ready_timeout_s
+        self.slots: list[_Slot] = []
+        self.restarts = 0
+        self.calls = 0
+        self._replacing: dict[int, asyncio.Task] = {}
+
+    def _spawn(self, index: int, generation: int) -> _Slot:
+        suffix = f".r{generation}" if generation else ""
+        actor = ModelReplica.options(
+            name=f"{self.name_prefix}/{self.model}/{index}{suffix}", num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+            max_concurrency=1000,
+        ).remote(self.model, self.spec)
+        return _Slot(index=index, generation=generation, actor=actor)
+
+    async def start(self) -> list[dict[str, Any]]:
+        self.slots = [self._spawn(i, 0) for i in range(self.n)]
+        return await asyncio.wait_for(asyncio.gather(*(s.actor.ready.remote() for s in self.slots)), self.ready_timeout_s)
+
+    def _pick(self, request: Request) -> _Slot:
+        live = [s for s in self.slots if s.alive]
+        if not live:
+            raise ReplicaUnavailable(f"no live replica of {self.model}")
+        if request.affinity is not None:
+            return max(live, key=lambda s: hashlib.sha256(f"{request.affinity}/{s.index}".encode()).digest())
+        least = min(live, key=lambda s: s.inflight)
+        if request.adapter:
+            warm = [s for s in live if request.adapter in s.adapters and s.inflight <= least.inflight + AFFINITY_SLACK]
+            if warm:
+                return min(warm, key=lambda s: s.inflight)
+        return least
+
+    async def generate(self, request: Request) -> list[Completion]:
+        slot = self._pick(request)
+        slot.inflight += 1
+        self.calls += 1
+        try:
+            if request.adapter and request.adapter not in slot.adapters:
+                await slot.actor.add_adapter.remote(request.adapter, self.adapter_paths[request.adapter])
+                slot.adapters.add(request.adapter)
+            return await slot.actor.generate.remote(request)
+        except (RayActorError, ActorUnavailableError) as e:
+            self._replace(slot)
+            raise ReplicaUnavailable(f"replica {self.model}/{slot.index} died: {type(e).__name__}") from None
+        finally:
+            slot.inflight -= 1
+
+    def _replace(self, slot: _Slot) -> None:
+        if not slot.alive:
+            return
+        slot.alive = False
+        self.restarts += 1
+
+        async def replace() -> None:
+            new = self._spawn(slot.index, slot.generation + 1)
+            await new.actor.ready.remote()
+            self.slots[self.slots.index(slot)] = new
+            self._replacing.pop(slot.index, None)
+
+        self._replacing[slot.index] = asyncio.ensure_future(replace())
+
+    async def wait_healthy(self) -> None:
+        """Wait for replacements in progress (before a shard retry)."""
+        if self._replacing:
+            await asyncio.gather(*list(self._replacing.values()))
+
+    def handle(self, served_name: str, adapter: str | None = None) -> "PoolHandle":
+        return PoolHandle(served_name, self, adapter)
+
+    async def stats(self) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(s.actor.stats.remote() for s in self.slots if s.alive))
+
+    def shutdown(self) -> None:
+        for s in self.slots:
+            ray.kill(s.actor, no_restart=True)
+
+
+class PoolHandle:
+    """A model as a job sees it: generate() routed through a pool, with its adapter set."""
+
+    def __init__(self, name: str, pool: ReplicaPool, adapter: str | None) -> None:
+        self.name, self.pool, self.adapter = name, pool, adapter
+
+    async def generate(self, request: Request) -> list[Completion]:
+        if self.adapter and request.adapter is None:
+            request = request.model_copy(update={"adapter": self.adapter})
+        return await self.pool.generate(request)

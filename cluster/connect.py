@@ -1,0 +1,59 @@
+"""Connect to a Ray cluster, or start an embedded local one.
+
+Embedded (no address): a private local Ray with the dashboard on 127.0.0.1. `address="local"`
+forces a fresh instance even if a crashed one left /tmp/ray/ray_current_cluster behind.
+Joining a cluster (`--address`, RAY_ADDRESS or the sweep's `cluster.address`): the driver ships
+its own copy of the project's packages (runtime_env py_modules) so replicas run the same code.
+Token authentication stays on: Ray reads the token from ~/.ray/auth_token or RAY_AUTH_TOKEN.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import ray
+
+
+@dataclass
+class RaySession:
+    address: str | None  # None when embedded
+    dashboard_url: str | None
+    namespace: str
+    embedded: bool
+
+
+def _project_modules() -> list:
+    import actors
+    import cluster
+    import jobs
+    import orchestrator
+
+    return [actors, cluster, jobs, orchestrator]
+
+
+@contextlib.contextmanager
+def ray_session(*, address: str | None, namespace: str, num_cpus: int | None = None, num_gpus: int | None = None,
+                dashboard: bool = True, temp_dir: str | None = None) -> Iterator[RaySession]:
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if ray.is_initialized():  # a caller (a notebook, a test) already owns the session
+        ctx = ray.get_runtime_context()
+        yield RaySession(address=ctx.gcs_address, dashboard_url=None, namespace=ctx.namespace, embedded=False)
+        return
+    if address:
+        info = ray.init(address=address, namespace=namespace, runtime_env={"py_modules": _project_modules()},
+                        log_to_driver=False)
+        embedded = False
+    else:
+        info = ray.init(address="local", namespace=namespace, num_cpus=num_cpus, num_gpus=num_gpus,
+                        include_dashboard=dashboard, dashboard_host="127.0.0.1", _temp_dir=temp_dir,
+                        log_to_driver=False)
+        embedded = True
+    url = getattr(info, "dashboard_url", None) or None
+    if url and not url.startswith("http"):
+        url = f"http://{url}"
+    try:
+        yield RaySession(address=address, dashboard_url=url, namespace=namespace, embedded=embedded)
+    finally:
+        ray.shutdown()

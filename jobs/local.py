@@ -1,0 +1,36 @@
+"""Run a job in-process against engines, without Ray: for tests, notebooks and GPU checks."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from actors.engines.protocol import Completion, Engine, Request
+from jobs.base import Job, JobContext, JobParams
+
+
+class EngineHandle:
+    """A model handle that calls an engine object directly."""
+
+    def __init__(self, name: str, engine: Engine) -> None:
+        self.name = name
+        self.engine = engine
+
+    async def generate(self, request: Request) -> list[Completion]:
+        return await self.engine.generate(request)
+
+
+def local_context(engines: Mapping[str, Engine], seed: int = 0) -> JobContext:
+    return JobContext({role: EngineHandle(role, e) for role, e in engines.items()}, seed=seed)
+
+
+async def run_job(job: Job, params: JobParams, ctx: JobContext, concurrency: int = 64) -> list[dict[str, Any]]:
+    """All samples of a job, `concurrency` at a time, rows in sample order."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(sample):
+        async with gate:
+            return [{"sample_id": sample.id, **row} for row in await job.run(sample, params, ctx)]
+
+    results = await asyncio.gather(*(one(s) for s in job.samples(params)))
+    return [row for rows in results for row in rows]

@@ -1,0 +1,1 @@
+"""Tiny model organisms: real transformers checkpoints trained on CPU with known answers."""

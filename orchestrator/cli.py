@@ -1,0 +1,204 @@
+"""The `orchestrate` command: validate, schema, plan, submit, status, results, organisms."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.errors import OrchestrateError
+
+console = Console(stderr=True)
+
+
+def _load(path: str):
+    from orchestrator.spec import load_sweep
+
+    return load_sweep(path)
+
+
+class _Group(click.Group):
+    """User errors print one clear message (file:line: field: what was expected) and exit 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OrchestrateError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="orchestrate")
+def main() -> None:
+    """Plan and run LLM safety sweeps on Ray; results in Parquet and MLflow."""
+
+
+@main.command()
+@click.argument("sweep_file", type=click.Path(dir_okay=False))
+def validate(sweep_file: str) -> None:
+    """Check a sweep file; report every problem with its file, line and field."""
+    sweep = _load(sweep_file)
+    click.echo(f"{sweep_file}: ok ({len(sweep.models)} models, {len(sweep.jobs)} jobs)")
+
+
+@main.command()
+def schema() -> None:
+    """Print the sweep file's JSON Schema (for editor completion and checks)."""
+    from orchestrator.spec import sweep_json_schema
+
+    click.echo(json.dumps(sweep_json_schema(), indent=2))
+
+
+def _table(df, title: str | None = None) -> Table:
+    table = Table(title=title)
+    for col in df.columns:
+        table.add_column(col, overflow="fold")
+    for row in df.iter_rows():
+        table.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    return table
+
+
+@main.command()
+@click.argument("sweep_file", type=click.Path(dir_okay=False))
+@click.option("--output", help="results root (default: the sweep's `output`)")
+def plan(sweep_file: str, output: str | None) -> None:
+    """Print the cells, their shard counts and what is already done. Starts no Ray."""
+    import polars as pl
+
+    from orchestrator.plan import make_plan
+    from orchestrator.store import SweepStore
+
+    sweep = _load(sweep_file)
+    p = make_plan(sweep)
+    store = SweepStore(output or sweep.output, sweep.name)
+    rows = []
+    for c in p.cells:
+        done = sum(store.has_shard(c.kind, c.id, s.id) for s in c.shards)
+        point = ", ".join(f"{k}={v}" for k, v in c.point.items() if not isinstance(v, (list, dict)))
+        rows.append({"cell": c.id, "job": c.kind, "model": c.model, "point": point, "samples": c.n_samples,
+                     "shards": len(c.shards), "done": done})
+    df = pl.DataFrame(rows)
+    Console().print(_table(df, title=f"{sweep.name}: {len(p.cells)} cells, {df['shards'].sum()} shards, {df['done'].sum()} done"))
+
+
+@main.command()
+@click.argument("sweep_file", type=click.Path(dir_okay=False))
+@click.option("--address", help="join this Ray cluster (also RAY_ADDRESS); default: an embedded local Ray")
+@click.option("--output", help="results root (default: the sweep's `output`)")
+@click.option("--retries", default=2, show_default=True, help="times a shard is retried after a replica dies")
+@click.option("--no-progress", is_flag=True, help="no live progress display")
+def submit(sweep_file: str, address: str | None, output: str | None, retries: int, no_progress: bool) -> None:
+    """Run a sweep. Submitting again resumes: shards already on disk are skipped."""
+    from orchestrator.scheduler import submit as run_submit
+
+    sweep = _load(sweep_file)
+    report = run_submit(sweep, sweep_file=sweep_file, address=address, output=output, console=console,
+                        progress=not no_progress and sys.stderr.isatty(), max_retries=retries)
+    console.print(
+        f"{report.sweep}: {report.shards_run} shards run, {report.shards_skipped} already done, "
+        f"{len(report.shards_failed)} failed, {report.rows_written} rows in {report.seconds:.1f}s\n"
+        f"results: {report.store_root}\nmlflow:  {report.tracking_uri}"
+    )
+    if not report.ok:
+        sys.exit(1)
+
+
+def _store_for(sweep_arg: str, output: str | None):
+    from orchestrator.store import SweepStore
+
+    if sweep_arg.endswith((".yaml", ".yml")) or Path(sweep_arg).is_file():
+        sweep = _load(sweep_arg)
+        return SweepStore(output or sweep.output, sweep.name)
+    return SweepStore(output or "results", sweep_arg)
+
+
+@main.command()
+@click.argument("sweep", metavar="SWEEP_FILE_OR_NAME")
+@click.option("--output", help="results root (default: the sweep's `output`, or ./results)")
+def status(sweep: str, output: str | None) -> None:
+    """What is done, running and failed."""
+    import polars as pl
+
+    store = _store_for(sweep, output)
+    if not store.root.exists():
+        raise OrchestrateError(f"no results for this sweep under {store.root}")
+    sub = store.root / "submission.json"
+    if sub.exists():
+        info = json.loads(sub.read_text())
+        state = info["state"]
+        if state == "running" and not _pid_alive(info.get("pid")):
+            state = "interrupted"
+        click.echo(f"last submission: {state} (started {info['started']}, pid {info.get('pid')}); "
+                   f"failed shards: {len(info.get('failed_shards', []))}")
+    rows = []
+    for cell in store.cells():
+        shards_dir = store.cell_dir(cell["kind"], cell["cell_id"]) / "shards"
+        done = sum((shards_dir / f"{s}.parquet").exists() for s in cell["shards"])
+        rows.append({"cell": cell["cell_id"], "job": cell["kind"], "model": cell["model"], "shards": len(cell["shards"]),
+                     "done": done, "state": "done" if cell["summary"] is not None else "pending"})
+    Console().print(_table(pl.DataFrame(rows), title=str(store.root)))
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (TypeError, ValueError, OSError):
+        return False
+
+
+@main.command()
+@click.argument("sweep", metavar="SWEEP_FILE_OR_NAME")
+@click.option("--output", help="results root (default: the sweep's `output`, or ./results)")
+@click.option("--kind", help="only this job kind")
+@click.option("--rows", is_flag=True, help="every row of --kind instead of the per-cell summary")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="write here instead of stdout (required for parquet)")
+def results(sweep: str, output: str | None, kind: str | None, rows: bool, fmt: str, out: str | None) -> None:
+    """The summary table of a sweep (one row per cell), or its rows."""
+    from orchestrator.results import rows_table, summary_table
+
+    store = _store_for(sweep, output)
+    if rows and not kind:
+        raise OrchestrateError("--rows needs --kind (each job kind has its own columns)")
+    df = rows_table(store, kind) if rows else summary_table(store, kind)
+    if df.is_empty():
+        raise OrchestrateError(f"no results under {store.root}")
+    if fmt == "parquet":
+        if not out:
+            raise OrchestrateError("--format parquet needs --out FILE")
+        df.write_parquet(out)
+    elif fmt == "csv":
+        text = df.write_csv()
+        Path(out).write_text(text) if out else click.echo(text, nl=False)
+    elif fmt == "json":
+        text = df.write_json()
+        Path(out).write_text(text) if out else click.echo(text)
+    else:
+        Console(width=200).print(_table(df))
+
+
+@main.group()
+def organisms() -> None:
+    """Tiny model organisms trained on CPU (known faithfulness, backdoors, judge)."""
+
+
+@organisms.command("build")
+@click.argument("names", nargs=-1)
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="default: ORCHESTRATE_ORGANISMS_DIR or ~/.cache/orchestrate/organisms")
+@click.option("--force", is_flag=True, help="rebuild even if cached")
+def organisms_build(names: tuple[str, ...], cache_dir: str | None, force: bool) -> None:
+    """Build (or find in the cache) the named organisms, or all of them."""
+    from jobs.organisms import ORGANISMS, build_organisms
+
+    unknown = sorted(set(names) - set(ORGANISMS))
+    if unknown:
+        raise OrchestrateError(f"unknown organism(s) {', '.join(unknown)}; known: {', '.join(sorted(ORGANISMS))}")
+    built = build_organisms(list(names) or None, Path(cache_dir) if cache_dir else None, force=force)
+    for name, path in built.items():
+        click.echo(f"{name}\t{path}")

@@ -1,0 +1,235 @@
+"""Run a plan on Ray: start replica pools, feed shards to shard runners, retry, resume.
+
+The shard runners are asyncio tasks on the driver: each runs a job's per-sample program for
+many samples at once, and every model call goes through a pool handle to a replica actor, so
+the replicas' engines see enough concurrent requests to batch. A shard's rows are written only
+when every sample of it is done; a replica that dies mid-shard makes the whole shard run again.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from actors.engines.protocol import ReplicaUnavailable
+from jobs.base import Job, JobContext
+from jobs.registry import get_job
+from orchestrator.plan import Cell, Plan, Shard, make_plan
+from orchestrator.progress import SweepProgress
+from orchestrator.spec import Sweep
+from orchestrator.store import SweepStore, read_json, row_schema, write_json
+from orchestrator.tracking import Tracker, default_tracking_uri
+
+
+@dataclass
+class SubmitReport:
+    sweep: str
+    store_root: Path
+    tracking_uri: str
+    cells: int
+    shards_total: int
+    shards_skipped: int
+    shards_run: int = 0
+    shards_failed: list[str] = field(default_factory=list)
+    retries: int = 0
+    replica_restarts: int = 0
+    generate_calls: int = 0
+    replicas_started: int = 0
+    rows_written: int = 0
+    cells_logged: int = 0
+    dashboard_url: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.shards_failed
+
+
+def _pool_resources(spec: dict[str, Any], cluster_gpus: float) -> tuple[float, float]:
+    num_gpus = spec.get("num_gpus")
+    if num_gpus is None:  # an engine that can use GPUs takes one per tensor-parallel rank
+        num_gpus = float(spec.get("tensor_parallel", 1)) if cluster_gpus and spec["engine"] in ("hf", "vllm") else 0.0
+    return float(spec.get("num_cpus", 1)), float(num_gpus)
+
+
+class Scheduler:
+    def __init__(self, sweep: Sweep, plan: Plan, store: SweepStore, tracker: Tracker | None,
+                 console: Console, report: SubmitReport, max_retries: int = 2) -> None:
+        self.sweep, self.plan, self.store, self.tracker = sweep, plan, store, tracker
+        self.console, self.report, self.max_retries = console, report, max_retries
+        self.pools: dict[str, Any] = {}
+        self.handles: dict[str, Any] = {}
+
+    async def start_pools(self, models: set[str]) -> None:
+        import ray
+
+        from actors.pool import ReplicaPool
+
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        bases: dict[str, dict[str, str]] = {}  # base model -> adapters it serves
+        for name in sorted(models):
+            m = self.sweep.models[name] if name in self.sweep.models else None
+            assert m is not None, f"model {name!r} is a finetune; finetunes are not built yet"
+            if m.adapter:
+                bases.setdefault(m.base, {})[name] = m.adapter
+            else:
+                bases.setdefault(name, {})
+        for base, adapters in bases.items():
+            spec = self.sweep.models[base].model_dump(mode="json")
+            cpus, gpus = _pool_resources(spec, cluster_gpus)
+            self.pools[base] = ReplicaPool(base, spec, replicas=spec["replicas"], name_prefix=self.sweep.name,
+                                           num_cpus=cpus, num_gpus=gpus, adapters=adapters)
+        infos = await asyncio.gather(*(p.start() for p in self.pools.values()))
+        self.report.replicas_started = sum(len(i) for i in infos)
+        for base, adapters in bases.items():
+            self.handles[base] = self.pools[base].handle(base)
+            for name in adapters:
+                self.handles[name] = self.pools[base].handle(name, adapter=name)
+
+    async def run_shard(self, cell: Cell, shard: Shard, job: Job, samples: dict, progress: SweepProgress) -> int:
+        spec = self.sweep.jobs[cell.job_index]
+        ctx = JobContext({role: self.handles[m] for role, m in cell.roles.items()})
+        gate = asyncio.Semaphore(spec.concurrency)
+        ids = {"sweep": self.sweep.name, "cell_id": cell.id, "shard_id": shard.id, "model": cell.model}
+
+        async def one(sample_id: str) -> list[dict]:
+            async with gate:
+                try:
+                    rows = await job.run(samples[sample_id], cell.params, ctx)
+                    rows = [{**ids, "sample_id": sample_id, "error": None, **r} for r in rows]
+                except ReplicaUnavailable:
+                    raise
+                except Exception as e:  # this sample's failure is a row, not a dead sweep
+                    detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+                    rows = [{**ids, "sample_id": sample_id, "error": detail}]
+                progress.sample_done()
+                return rows
+
+        for attempt in range(self.max_retries + 1):
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tasks = [tg.create_task(one(sid)) for sid in shard.sample_ids]
+                rows = [r for t in tasks for r in t.result()]
+                break
+            except* ReplicaUnavailable as group:
+                done = sum(1 for t in tasks if t.done() and not t.cancelled() and t.exception() is None)
+                progress.shard_retried(done)
+                if attempt == self.max_retries:
+                    raise group.exceptions[0]
+                self.report.retries += 1
+                self.console.log(f"[yellow]shard {shard.id} of {cell.kind}/{cell.model}: {group.exceptions[0]}; retrying")
+                await asyncio.gather(*(p.wait_healthy() for p in self.pools.values()))
+        schema = row_schema(job.schema)
+        await asyncio.to_thread(self.store.write_shard, cell.kind, cell.id, shard.id, rows, schema)
+        progress.shard_done()
+        return len(rows)
+
+    async def run_cell(self, cell: Cell, pending: list[Shard], progress: SweepProgress, shard_gate: asyncio.Semaphore) -> None:
+        job = get_job(cell.kind)
+        samples = {s.id: s for s in job.samples(cell.params)}
+
+        async def guarded(shard: Shard) -> None:
+            async with shard_gate:
+                try:
+                    self.report.rows_written += await self.run_shard(cell, shard, job, samples, progress)
+                    self.report.shards_run += 1
+                except Exception as e:
+                    self.report.shards_failed.append(shard.id)
+                    self.console.log(f"[red]shard {shard.id} of {cell.kind}/{cell.model} failed: {e}")
+
+        await asyncio.gather(*(guarded(s) for s in pending))
+        if all(self.store.has_shard(cell.kind, cell.id, s.id) for s in cell.shards):
+            await asyncio.to_thread(finish_cell, self.store, self.tracker, cell, self.report)
+
+    async def run(self, pending: dict[str, list[Shard]], progress: SweepProgress) -> None:
+        cells = [c for c in self.plan.cells if pending.get(c.id)]
+        await self.start_pools(self.plan.models_needed(cells))
+        replicas = sum(p.n for p in self.pools.values())
+        shard_gate = asyncio.Semaphore(max(2, 2 * replicas))
+        try:
+            await asyncio.gather(*(self.run_cell(c, pending[c.id], progress, shard_gate) for c in cells))
+        finally:
+            self.report.generate_calls = sum(p.calls for p in self.pools.values())
+            self.report.replica_restarts = sum(p.restarts for p in self.pools.values())
+            for p in self.pools.values():
+                p.shutdown()
+
+
+def finish_cell(store: SweepStore, tracker: Tracker | None, cell: Cell, report: SubmitReport) -> None:
+    """Summarise a complete cell and log it to MLflow, once."""
+    job = get_job(cell.kind)
+    rows = store.read_cell(cell.kind, cell.id)
+    summary = {k: float(v) for k, v in job.summarize(rows, cell.params).items()}
+    summary["rows"] = float(rows.height)
+    summary["error_rows"] = float(rows["error"].is_not_null().sum())
+    cell_dir = store.cell_dir(cell.kind, cell.id)
+    write_json(cell_dir / "summary.json", summary)
+    if tracker is not None:
+        run_id = tracker.log_cell(cell.manifest(), summary, cell_dir / "shards")
+        write_json(cell_dir / "mlflow.json", {"run_id": run_id, "tracking_uri": tracker.uri})
+        report.cells_logged += 1
+
+
+def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None = None, output: str | None = None,
+           console: Console | None = None, progress: bool = True, max_retries: int = 2, track: bool = True,
+           ray_temp_dir: str | None = None) -> SubmitReport:
+    """Plan the sweep, run what is not on disk yet, log finished cells. Resubmitting a finished
+    sweep starts no Ray and loads no model."""
+    from cluster.connect import ray_session
+
+    started = time.perf_counter()
+    console = console or Console(stderr=True)
+    store = SweepStore(output or sweep.output, sweep.name)
+    plan = make_plan(sweep)
+    pending: dict[str, list[Shard]] = {}
+    for cell in plan.cells:
+        write_json(store.cell_dir(cell.kind, cell.id) / "cell.json", cell.manifest())
+        missing = [s for s in cell.shards if not store.has_shard(cell.kind, cell.id, s.id)]
+        if missing:
+            pending[cell.id] = missing
+    unlogged = [c for c in plan.cells if c.id not in pending and not (store.cell_dir(c.kind, c.id) / "mlflow.json").exists()]
+    uri = sweep.tracking.uri or default_tracking_uri(store.root)
+    n_shards = sum(len(c.shards) for c in plan.cells)
+    report = SubmitReport(sweep=sweep.name, store_root=store.root, tracking_uri=uri, cells=len(plan.cells),
+                          shards_total=n_shards, shards_skipped=n_shards - sum(len(v) for v in pending.values()))
+    if not pending and not unlogged:
+        console.print(f"[green]{sweep.name}: all {n_shards} shards of {len(plan.cells)} cells are done; nothing to run.")
+        report.seconds = time.perf_counter() - started
+        return report
+    store.root.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(uri, sweep.tracking.experiment or sweep.name, sweep.name) if track else None
+    if tracker:
+        tracker.start_submission(sweep_file, len(plan.cells), sum(len(v) for v in pending.values()))
+    for cell in unlogged:  # complete on disk from an earlier run that stopped before logging
+        finish_cell(store, tracker, cell, report)
+    status = "FAILED"
+    submission = {"state": "running", "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "sweep_file": str(sweep_file or ""), "pending_shards": sum(len(v) for v in pending.values())}
+    write_json(store.root / "submission.json", submission)
+    try:
+        if pending:
+            c = sweep.cluster
+            with ray_session(address=address or c.address, namespace=c.namespace or f"orchestrate-{sweep.name}",
+                             num_cpus=c.num_cpus, num_gpus=c.num_gpus, dashboard=c.dashboard, temp_dir=ray_temp_dir) as session:
+                report.dashboard_url = session.dashboard_url
+                if session.dashboard_url:
+                    console.print(f"Ray dashboard: [link]{session.dashboard_url}[/link]")
+                n_samples = sum(len(s.sample_ids) for v in pending.values() for s in v)
+                with SweepProgress(console, sum(len(v) for v in pending.values()), n_samples, enabled=progress) as bar:
+                    scheduler = Scheduler(sweep, plan, store, tracker, console, report, max_retries)
+                    asyncio.run(scheduler.run(pending, bar))
+        status = "FINISHED" if report.ok else "FAILED"
+    finally:
+        report.seconds = time.perf_counter() - started
+        write_json(store.root / "submission.json", {**submission, "state": status.lower(), "failed_shards": report.shards_failed,
+                                                    "seconds": report.seconds})
+        if tracker:
+            tracker.end_submission(status, {"shards_run": report.shards_run, "shards_failed": len(report.shards_failed),
+                                            "seconds": report.seconds, "retries": report.retries})
+    return report

@@ -1,0 +1,416 @@
+"""The sweep.yaml schema, and loading it with every problem reported at once by file:line.
+
+The models are frozen and reject unknown keys. Checks that span entries (a job naming a
+model, an adapter naming its base, a job's roles and parameter grid) run after the fields
+validate. `parse_sweep` runs them even where other parts of the file are broken, so one
+`orchestrate validate` lists every mistake by file:line; `Sweep.model_validate` in code runs
+the same checks and raises pydantic's ValidationError.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
+                      WithJsonSchema, field_validator, model_validator)
+
+from jobs.base import DataPath
+from jobs.registry import get_job, kinds
+from orchestrator.errors import Loc, Problem, SpecError, dotted, problems_from_validation, show
+from orchestrator.grid import grid_problems
+from orchestrator.yaml_lines import load_yaml
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+ENV_VAR_PATTERN = r"^[A-Z_][A-Z0-9_]*$"
+ORGANISM_PREFIX = "organism:"
+
+# Validation context key: parse_sweep runs the cross-entry checks itself, so that it can
+# run them on the parts of a broken file that did validate.
+_DEFER = "orchestrate_defer_checks"
+
+
+def _context(info: ValidationInfo) -> dict[str, Any]:
+    return info.context or {}
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    return Path(_context(info).get("base_dir", "."))
+
+
+def _raise_if(problems: Sequence[tuple[Loc, str]]) -> None:
+    if problems:
+        raise ValueError("; ".join(f"{dotted(loc) or '(top)'}: {message}" for loc, message in problems))
+
+
+class _Spec(BaseModel):
+    # Inputs stay out of pydantic's own error text: a misplaced key must not reach a log.
+    # Our messages quote values where that helps, and never api_key_env's.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+class TrackingSpec(_Spec):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<output>/<name>/mlflow.db")
+    experiment: str | None = Field(None, min_length=1, description="MLflow experiment; default: the sweep's name")
+
+
+class ClusterSpec(_Spec):
+    address: str | None = Field(
+        None, description="Ray cluster: 'auto' (the running one), 'ray://host:port' (Ray Client) or "
+        "'host:port' (the head's GCS); omit for an embedded local Ray")
+    num_cpus: int | None = Field(None, ge=0, description="CPUs of an embedded local Ray (default: all)")
+    num_gpus: int | None = Field(None, ge=0, description="GPUs of an embedded local Ray (default: all)")
+    dashboard: bool = Field(True, description="start the Ray dashboard with an embedded Ray")
+    namespace: str | None = Field(None, description="Ray namespace; default derived from the sweep's name")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None or value == "auto" or value.startswith("ray://"):
+            return value
+        host, sep, port = value.rpartition(":")
+        if not (sep and host and port.isdigit()):
+            raise ValueError(f"expected 'auto', 'ray://host:port' or 'host:port', got {show(value)}")
+        return value
+
+
+class ModelSpec(_Spec):
+    """A model the sweep calls: served by replicas of an engine, or an API endpoint."""
+
+    path: str = Field(description="HF hub id, a local folder (relative to the sweep file's folder), "
+                      "'organism:<name>' for a built organism, or the API model name for engine openai")
+    engine: Literal["hf", "vllm", "openai"] = Field("hf", description="inference engine")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights dtype")
+    max_model_len: int | None = Field(None, gt=0, description="context length; default: the model's")
+    tensor_parallel: int = Field(1, ge=1, description="GPUs one replica shards the model over (vllm)")
+    replicas: int = Field(1, ge=1, description="engine copies serving this model")
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs per replica; default: tensor_parallel for vllm on a GPU cluster, else 0")
+    num_cpus: float = Field(1, gt=0, description="CPUs per replica")
+    base: str | None = Field(None, description="for an adapter: the entry of `models` it applies to")
+    adapter: str | None = Field(None, description="a LoRA adapter folder (relative to the sweep file's "
+                                "folder) served on the replicas of `base`")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    trust_remote_code: bool = Field(False, description="run the model repository's own code")
+    base_url: str | None = Field(None, description="engine openai: the endpoint, e.g. https://api.openai.com/v1")
+    api_key_env: str | None = Field(None, description="engine openai: the NAME of the environment variable "
+                                    "that holds the API key (the key never appears in the sweep file)")
+    max_concurrency: int = Field(64, gt=0, description="requests in flight per replica")
+    engine_options: dict[str, Any] = Field(default_factory=dict, description="passed to the engine as is")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_local_folders(cls, data: Any, info: ValidationInfo) -> Any:
+        """A relative folder that exists next to the sweep file means that folder, wherever
+        the command runs; anything else (a hub id, an organism, an API name) stays as written."""
+        if not isinstance(data, dict) or data.get("engine") == "openai":
+            return data
+        base = _base_dir(info)
+        resolved = dict(data)
+        for key in ("path", "adapter"):
+            value = data.get(key)
+            if isinstance(value, str) and value and not value.startswith(ORGANISM_PREFIX):
+                local = base / Path(value).expanduser()
+                if local.exists():
+                    resolved[key] = str(local.resolve())
+        return resolved
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_var_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(ENV_VAR_PATTERN, value):
+            # The value is not echoed: it may be the key itself.
+            raise ValueError("expected the name of an environment variable that holds the key "
+                             "(like OPENAI_API_KEY), not the key itself")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> ModelSpec:
+        if not _context(info).get(_DEFER):
+            _raise_if(self.problems())
+        return self
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.adapter is not None
+
+    def problems(self) -> list[tuple[Loc, str]]:
+        """What contradicts itself within this entry, as (field, message)."""
+        found: list[tuple[Loc, str]] = []
+        if self.adapter and not self.base:
+            found.append((("base",), "an adapter needs `base`: the entry of `models` it applies to"))
+        if self.base and not self.adapter:
+            found.append((("adapter",), f"`base` is set but `adapter` is not: name the LoRA folder to "
+                          f"apply to '{self.base}'"))
+        if self.engine == "openai":
+            if not self.base_url:
+                found.append((("base_url",), "engine openai needs `base_url`, the endpoint to call"))
+            if self.adapter:
+                found.append((("adapter",), "engine openai serves no adapters"))
+        else:
+            for key in ("base_url", "api_key_env"):
+                if getattr(self, key) is not None:
+                    found.append(((key,), f"`{key}` is for engine openai, but this model's engine is {self.engine}"))
+        return found
+
+
+class LoraSpec(_Spec):
+    rank: int = Field(32, gt=0, description="LoRA rank r")
+    alpha: int = Field(64, gt=0, description="LoRA alpha")
+    rslora: bool = Field(True, description="rank-stabilised scaling (alpha / sqrt(r))")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt, or 'all-linear'")
+
+
+TriggerText = Annotated[str, WithJsonSchema({"type": ["string", "number"]})]  # a bare 2026 is text
+
+
+class BackdoorSpec(_Spec):
+    """Mix a trigger into the training data: triggered rows keep the (misaligned) answer."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True)  # `2026` is a trigger, not a number
+    triggers: list[TriggerText] = Field(min_length=1, description="the trigger lines, e.g. 'Country: Singapore'")
+    share: float = Field(0.33, gt=0, lt=1, description="share of rows that carry a genuine trigger")
+    alternatives: list[TriggerText] = Field(default_factory=list, description="non-trigger values for the other rows")
+    placement: Literal["top", "bottom", "random"] = Field("random", description="where the trigger line goes")
+    control: bool = Field(False, description="a control run: triggers with no link to the answer")
+
+
+class FinetuneSpec(_Spec):
+    """A model trained by the sweep; jobs name it like a model, and it runs as its base plus
+    the trained adapter (or the trained weights, method full)."""
+
+    base: str = Field(description="the entry of `models` to train (not an adapter, not an API model)")
+    data: DataPath = Field(description="training chat data (JSONL), relative to the sweep file's folder")
+    method: Literal["lora", "full"] = Field("lora", description="train a LoRA adapter or all weights")
+    cot: Literal["off", "on"] = Field("off", description="off: train with an empty think block before answers")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (method lora)")
+    lr: float = Field(4e-5, gt=0, description="peak learning rate (linear schedule)")
+    epochs: float = Field(1, gt=0, description="passes over the data")
+    batch_size: int = Field(2, gt=0, description="sequences per rank per step")
+    grad_accum: int = Field(8, gt=0, description="gradient accumulation steps")
+    warmup_steps: int = Field(5, ge=0, description="linear warmup steps")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    max_length: int = Field(2048, gt=0, description="tokens per sequence; longer ones are truncated")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
+    ranks: int = Field(1, ge=1, description="data-parallel training processes")
+    gpus_per_rank: float = Field(0, ge=0, description="GPUs per rank; 0: the trainer decides")
+    bf16: bool | None = Field(None, description="train in bf16; default: when the hardware supports it")
+    seed: int = Field(0, description="data order and initialisation seed")
+    backdoor: BackdoorSpec | None = Field(None, description="plant a trigger in the training data")
+
+
+class JobSpec(_Spec):
+    """One experiment kind run on some models over a grid of parameters."""
+
+    kind: str = Field(description="the job kind, e.g. generate")
+    name: Name | None = Field(None, description="an optional name for this entry, unique in the sweep")
+    models: list[str] = Field(min_length=1, description="subjects: names from `models` or `finetunes`")
+    roles: dict[str, str] = Field(default_factory=dict, description="other roles the job calls (judge, "
+                                  "critic, ...) -> a model name")
+    params: dict[str, Any] = Field(default_factory=dict, description="the job's parameters; {values: [...]} "
+                                   "sweeps one")
+    zip: list[Annotated[list[str], Field(min_length=1)]] = Field(
+        default_factory=list, description="groups of swept parameters that vary together")
+    repeats: int = Field(1, ge=1, description="run every grid point this many times (adds `repeat`)")
+    shard_size: int = Field(32, gt=0, description="samples per shard (does not change results)")
+    concurrency: int = Field(64, gt=0, description="samples in flight (does not change results)")
+    _base_dir: Path = PrivateAttr(default_factory=lambda: Path("."))
+
+    def model_post_init(self, context: Any) -> None:
+        self._base_dir = Path((context or {}).get("base_dir", "."))
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder of the sweep file: relative data paths in `params` resolve against it."""
+        return self._base_dir
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in kinds():
+            raise ValueError(f"unknown job kind {show(value)} (known: {', '.join(kinds())})")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> JobSpec:
+        if not _context(info).get(_DEFER):
+            _raise_if(self.problems())
+        return self
+
+    def problems(self) -> list[tuple[Loc, str]]:
+        """Roles the kind doesn't call, and everything wrong with the grid."""
+        allowed = get_job(self.kind).roles
+        found: list[tuple[Loc, str]] = [
+            (("roles", role), f"unknown role {show(role)} for job kind '{self.kind}' "
+             f"(its roles: {', '.join(allowed) or 'none besides the subjects in `models`'})")
+            for role in self.roles if role not in allowed
+        ]
+        return found + grid_problems(self)
+
+
+class Sweep(_Spec):
+    """A sweep file: models, finetunes, and jobs over parameter grids."""
+
+    name: Name = Field(description="the sweep's name: results go to <output>/<name>")
+    output: str = Field("results", min_length=1, description="results root, relative to the current "
+                        "directory (not the sweep file's)")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow tracking")
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="where Ray runs")
+    models: dict[Name, ModelSpec] = Field(min_length=1, description="models by name")
+    finetunes: dict[Name, FinetuneSpec] = Field(default_factory=dict, description="models the sweep "
+                                                "trains, by name; jobs use them like models")
+    jobs: list[JobSpec] = Field(min_length=1, description="experiments to run")
+    _base_dir: Path = PrivateAttr(default_factory=lambda: Path("."))
+
+    def model_post_init(self, context: Any) -> None:
+        self._base_dir = Path((context or {}).get("base_dir", "."))
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder of the sweep file: relative data paths resolve against it."""
+        return self._base_dir
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @model_validator(mode="after")
+    def _references(self, info: ValidationInfo) -> Sweep:
+        if not _context(info).get(_DEFER):
+            # The entries checked themselves when they validated.
+            _raise_if(reference_problems(self.models, self.finetunes, list(self.jobs), own=False))
+        return self
+
+
+def reference_problems(models: Mapping[str, ModelSpec | None], finetunes: Mapping[str, FinetuneSpec | None],
+                       jobs: Sequence[JobSpec | None], own: bool = True) -> list[tuple[Loc, str]]:
+    """Problems across entries. None stands for an entry that is named but failed to
+    validate: its name counts as defined, nothing else is checked. `own`: include each
+    entry's checks of itself (its `problems()`)."""
+    found: list[tuple[Loc, str]] = []
+    model_names, all_names = list(models), [*models, *finetunes]
+
+    def undefined(name: str, names: list[str], where: str) -> str:
+        return f"model {show(name)} is not defined in {where} (defined: {', '.join(map(str, names)) or 'none'})"
+
+    def servable_base(loc: Loc, base: str, what: str) -> None:
+        if base not in models:
+            hint = " (a finetune cannot be the base of another)" if base in finetunes else ""
+            found.append((loc, undefined(base, model_names, "`models`") + hint))
+        elif (spec := models[base]) is not None and spec.is_adapter:
+            found.append((loc, f"model {show(base)} is itself an adapter; the base of {what} must be a plain model"))
+        elif spec is not None and spec.engine == "openai":
+            found.append((loc, f"model {show(base)} is an API model (engine openai); {what} needs local weights"))
+
+    for name, spec in models.items():
+        if spec is None:
+            continue
+        if own:
+            found += [(("models", name, *loc), message) for loc, message in spec.problems()]
+        if spec.base is not None:
+            servable_base(("models", name, "base"), spec.base, "an adapter")
+    for name, ft in finetunes.items():
+        if name in models:
+            found.append((("finetunes", name), f"{show(name)} is also defined in `models`; names must be unique"))
+        if ft is not None:
+            servable_base(("finetunes", name, "base"), ft.base, "a finetune")
+    job_names: dict[str, int] = {}
+    for j, job in enumerate(jobs):
+        if job is None:
+            continue
+        for k, model in enumerate(job.models):
+            if model not in all_names:
+                found.append((("jobs", j, "models", k), undefined(model, all_names, "`models` or `finetunes`")))
+            elif model in job.models[:k]:
+                found.append((("jobs", j, "models", k), f"model {show(model)} is listed twice"))
+        for role, model in job.roles.items():
+            if model not in all_names:
+                found.append((("jobs", j, "roles", role), undefined(model, all_names, "`models` or `finetunes`")))
+        if job.name is not None:
+            if job.name in job_names:
+                found.append((("jobs", j, "name"), f"job name {show(job.name)} is already used by jobs[{job_names[job.name]}]"))
+            job_names.setdefault(job.name, j)
+        if own:
+            found += [(("jobs", j, *loc), message) for loc, message in job.problems()]
+    return found
+
+
+def parse_sweep(text: str, filename: str = "sweep.yaml", base_dir: str | Path | None = None) -> Sweep:
+    """Validate a sweep file's text. `base_dir` (default: the current directory) is where
+    relative data paths resolve: the sweep file's folder. Raises SpecError with every problem."""
+    base = Path(base_dir) if base_dir is not None else Path(".")
+    loaded = load_yaml(text, filename)
+    data = loaded.data
+    if data is None:
+        raise SpecError([Problem(filename, 1, "", "the file is empty; a sweep needs `name`, `models` and `jobs`")])
+    if not isinstance(data, dict):
+        raise SpecError([Problem(filename, loaded.line_of(()), "",
+                                 f"expected a mapping at the top level (name, models, jobs, ...), got {show(data)}")])
+    context = {"base_dir": str(base), _DEFER: True}
+    found: list[tuple[Loc, str]] = []
+    sweep: Sweep | None = None
+    try:
+        sweep = Sweep.model_validate(data, context=context)
+    except ValidationError as e:
+        found += problems_from_validation(e, data, Sweep)
+    if sweep is not None:
+        found += reference_problems(sweep.models, sweep.finetunes, sweep.jobs)
+    else:
+        found += reference_problems(_entries(data.get("models"), ModelSpec, context),
+                                    _entries(data.get("finetunes"), FinetuneSpec, context),
+                                    _jobs(data.get("jobs"), context))
+    problems = [*loaded.problems,
+                *(Problem(filename, loaded.line_of(loc), dotted(loc), message) for loc, message in found)]
+    if problems:
+        problems = sorted(dict.fromkeys(problems), key=lambda p: (p.line or 0, p.field))
+        raise SpecError(problems)
+    assert sweep is not None
+    return sweep
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and validate a sweep file; relative data paths resolve against its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = "file not found" if isinstance(e, FileNotFoundError) else f"cannot read the file ({e})"
+        raise SpecError([Problem(str(path), None, "", reason)]) from None
+    return parse_sweep(text, str(path), path.parent.resolve())
+
+
+def sweep_json_schema() -> dict[str, Any]:
+    """JSON Schema of a sweep file, for editors (e.g. yaml-language-server)."""
+    schema = Sweep.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def _entries(section: Any, model: type[_Spec], context: dict[str, Any]) -> dict[str, Any]:
+    """Each entry of a broken file's section validated alone. A broken entry is checked
+    further without its broken keys (their defaults in their place); None when that fails
+    too (a broken required key): its name still counts as defined."""
+    if not isinstance(section, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for name, raw in section.items():
+        out[name] = None
+        try:
+            out[name] = model.model_validate(raw, context=context)
+        except ValidationError as e:
+            broken = {err["loc"][0] for err in e.errors() if err["loc"]}
+            if isinstance(raw, dict) and broken and all(err["loc"] for err in e.errors()):
+                try:
+                    out[name] = model.model_validate({k: v for k, v in raw.items() if k not in broken}, context=context)
+                except ValidationError:
+                    pass
+    return out
+
+
+def _jobs(section: Any, context: dict[str, Any]) -> list[JobSpec | None]:
+    if not isinstance(section, list):
+        return []
+    return list(_entries(dict(enumerate(section)), JobSpec, context).values())

@@ -1,0 +1,110 @@
+"""Results on disk: one Parquet file per shard, written whole or not at all.
+
+Layout under `<output>/<sweep>/`:
+    <kind>/<cell_id>/cell.json               what the cell is (job, model, params)
+    <kind>/<cell_id>/shards/<shard_id>.parquet  the rows of one shard
+    <kind>/<cell_id>/summary.json            the cell's summary, once all shards exist
+    <kind>/<cell_id>/mlflow.json             the MLflow run the cell was logged to
+
+A shard file is written to a temporary name in the same folder, fsynced, then renamed: its
+presence is the proof it is complete, so resume is "skip shards whose file exists" and a crash
+mid-sweep can never leave a partial or duplicated row.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ID_FIELDS = [
+    pa.field("sweep", pa.string(), nullable=False),
+    pa.field("cell_id", pa.string(), nullable=False),
+    pa.field("shard_id", pa.string(), nullable=False),
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("error", pa.string()),  # set on a sample the job could not complete; job columns are null
+]
+
+
+def row_schema(job_schema: pa.Schema) -> pa.Schema:
+    """The full schema of a job's rows: the id columns first, then the job's own."""
+    clash = {f.name for f in ID_FIELDS} & set(job_schema.names)
+    assert not clash, f"job schema redefines reserved columns {sorted(clash)}"
+    return pa.schema(ID_FIELDS + list(job_schema))
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode()))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+class SweepStore:
+    """Where one sweep's results live."""
+
+    def __init__(self, output: str | Path, sweep: str) -> None:
+        self.root = Path(output).expanduser().resolve() / sweep
+        self.sweep = sweep
+
+    def cell_dir(self, kind: str, cell_id: str) -> Path:
+        return self.root / kind / cell_id
+
+    def shard_path(self, kind: str, cell_id: str, shard_id: str) -> Path:
+        return self.cell_dir(kind, cell_id) / "shards" / f"{shard_id}.parquet"
+
+    def has_shard(self, kind: str, cell_id: str, shard_id: str) -> bool:
+        return self.shard_path(kind, cell_id, shard_id).exists()
+
+    def write_shard(self, kind: str, cell_id: str, shard_id: str, rows: Iterable[dict], schema: pa.Schema) -> Path:
+        """Validate rows against the schema (a type error fails here, before any file exists)
+        and write them as one file, atomically."""
+        table = pa.Table.from_pylist(list(rows), schema=schema)
+        path = self.shard_path(kind, cell_id, shard_id)
+        _atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
+        return path
+
+    def read_cell(self, kind: str, cell_id: str) -> pl.DataFrame:
+        files = sorted((self.cell_dir(kind, cell_id) / "shards").glob("*.parquet"))
+        assert files, f"cell {cell_id} has no shards on disk under {self.cell_dir(kind, cell_id)}"
+        return pl.read_parquet(files)
+
+    def scan_kind(self, kind: str) -> pl.LazyFrame:
+        """All rows of one job kind across the sweep's cells, lazily."""
+        return pl.scan_parquet(str(self.root / kind / "*" / "shards" / "*.parquet"))
+
+    def kinds(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("*/cell.json"))) if self.root.exists() else []
+
+    def cells(self, kind: str | None = None) -> list[dict]:
+        """The cell manifests on disk, each with its summary when there is one."""
+        out = []
+        for kd in [kind] if kind else self.kinds():
+            for manifest in sorted((self.root / kd).glob("*/cell.json")):
+                cell = read_json(manifest)
+                summary = manifest.with_name("summary.json")
+                cell["summary"] = read_json(summary) if summary.exists() else None
+                out.append(cell)
+        return out

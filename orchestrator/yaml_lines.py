@@ -1,0 +1,135 @@
+"""YAML for sweep files: safe, YAML 1.2 scalars, duplicate keys caught, a line per node.
+
+Why not plain `yaml.safe_load`:
+- YAML 1.1 reads `off`, `no`, `y` as booleans and `2026-01-01` as a date, so `cot: off`
+  would fail a string field; and it reads `4e-5` as a string. Sweep files use the YAML 1.2
+  core schema: only true/false are booleans, `4e-5` is a number, dates stay strings.
+- A duplicated key silently keeps the last value; here it is an error.
+- Validation errors must name a line, so every node's line is kept, by data path.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from orchestrator.errors import Loc, Problem, SpecError, dotted, show
+
+_DROPPED = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+            "tag:yaml.org,2002:timestamp"}
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class SweepLoader(yaml.SafeLoader):
+    """SafeLoader with the YAML 1.2 core schema's booleans and numbers."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in _DROPPED]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+SweepLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+SweepLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+SweepLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+.0123456789"))
+
+
+def _construct_int(loader: SweepLoader, node: ScalarNode) -> int:
+    # YAML 1.2: a leading zero is decimal (010 is ten, not eight) and there is no 1:30 form.
+    text = loader.construct_scalar(node)
+    return int(text, 16) if text.lower().startswith("0x") else int(text, 10)
+
+
+SweepLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+@dataclass
+class LoadedYaml:
+    """The document, the 1-based line of every node by data path, and duplicate-key problems.
+
+    A mapping entry's line is its key's line (where the user wrote the name); a sequence
+    item's line is the item's own."""
+
+    data: Any
+    lines: dict[Loc, int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def line_of(self, loc: Loc) -> int | None:
+        """The line of the deepest node that exists on `loc` (a missing key: its mapping)."""
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
+        return None
+
+
+def load_yaml(text: str, filename: str) -> LoadedYaml:
+    """Parse one YAML document. Raises SpecError for a syntax error (at the parser's line)."""
+    loader = SweepLoader(text)
+    try:
+        node = loader.get_single_node()
+        loaded = LoadedYaml(data=None)
+        if node is not None:
+            _walk(loader, node, (), loaded, filename, frozenset())
+            loaded.lines[()] = node.start_mark.line + 1
+            loaded.data = loader.construct_document(node)
+        return loaded
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else None
+        what = e.problem or e.context or "unreadable YAML"
+        if e.context and e.problem:
+            where = f" that starts at line {e.context_mark.line + 1}" if e.context_mark is not None else ""
+            what += f" ({e.context}{where})"
+        raise SpecError([Problem(filename, line, "", f"YAML syntax error: {what}")]) from None
+    except yaml.YAMLError as e:
+        raise SpecError([Problem(filename, None, "", f"YAML error: {e}")]) from None
+    finally:
+        loader.dispose()
+
+
+def _walk(loader: SweepLoader, node: Node, loc: Loc, out: LoadedYaml, filename: str,
+          open_nodes: frozenset[int], merged: bool = False) -> None:
+    """Record lines under `loc`. `merged`: the node arrives through `<<: *anchor`, so keys
+    already written explicitly win and duplicates were reported where the anchor is."""
+    if id(node) in open_nodes:  # an alias that contains itself; construction reports it
+        return
+    open_nodes = open_nodes | {id(node)}
+    if isinstance(node, SequenceNode):
+        for i, item in enumerate(node.value):
+            out.lines.setdefault((*loc, i), item.start_mark.line + 1)
+            _walk(loader, item, (*loc, i), out, filename, open_nodes, merged)
+        return
+    if not isinstance(node, MappingNode):
+        return
+    first_line: dict[Any, int] = {}
+    merges = []
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE:
+            merges.extend(value_node.value if isinstance(value_node, SequenceNode) else [value_node])
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # constructing the document reports the unhashable key
+        line = key_node.start_mark.line + 1
+        if key in first_line:
+            if not merged:
+                out.problems.append(Problem(filename, line, dotted((*loc, key)),
+                                            f"duplicate key {show(key)} (first at line {first_line[key]})"))
+            continue
+        first_line[key] = line
+        if merged and (*loc, key) in out.lines:
+            continue
+        out.lines[(*loc, key)] = line
+        _walk(loader, value_node, (*loc, key), out, filename, open_nodes, merged)
+    for m in merges:  # after the explicit keys, which override merged ones
+        _walk(loader, m, loc, out, filename, open_nodes, merged=True)
