@@ -12,6 +12,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 
@@ -22,6 +23,21 @@ class RaySession:
     dashboard_url: str | None
     namespace: str
     embedded: bool
+
+
+def enable_token_auth_for(address: str) -> bool:
+    """Ray only auto-enables token auth for `auto`; with an explicit address the client must
+    say RAY_AUTH_MODE=token itself. Do so when a token is at hand and the user said nothing."""
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return os.environ["RAY_AUTH_MODE"].lower() == "token"
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        from ray._raylet import Config  # Ray caches its config at import: refresh it, as Ray itself does
+
+        Config.initialize("")
+        return True
+    return False
 
 
 def _project_modules() -> list:
@@ -42,6 +58,7 @@ def ray_session(*, address: str | None, namespace: str, num_cpus: int | None = N
         yield RaySession(address=ctx.gcs_address, dashboard_url=None, namespace=ctx.namespace, embedded=False)
         return
     if address:
+        enable_token_auth_for(address)
         info = ray.init(address=address, namespace=namespace, runtime_env={"py_modules": _project_modules()},
                         log_to_driver=False)
         embedded = False

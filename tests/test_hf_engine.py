@@ -43,6 +43,10 @@ async def staggered(engine: HFEngine, requests: list[Request], gap_s: float = 0.
     return list(await asyncio.gather(*(arrive(i, r) for i, r in enumerate(requests))))
 
 
+def with_sampling(request: Request, sampling: Sampling) -> Request:
+    return request.model_copy(update={"sampling": sampling})
+
+
 def tokens(completion) -> list[str]:
     return [lp.token for lp in completion.logprobs]
 
@@ -112,18 +116,21 @@ def test_prompt_tokens_come_from_the_shared_rendering(engine: HFEngine):
 
 
 def test_greedy_is_the_same_alone_batched_joined_and_in_transformers(engine: HFEngine, reference):
-    requests = questions(24, greedy())
+    requests = questions(16, greedy())
     alone = asyncio.run(one_by_one(engine, requests))
     before = engine.stats.joins
     batched = asyncio.run(together(engine, requests))
     joined = asyncio.run(staggered(engine, requests))
     assert engine.stats.joins > before, "staggered arrivals should have joined a running batch"
-    assert len({c.text for c in alone}) > 12, "prompts should get different continuations"
+    assert len({c.text for c in alone}) > 8, "prompts should get different continuations"
     for a, b, j in zip(alone, batched, joined):
         assert tokens(a) == tokens(b) == tokens(j)
         assert (a.text, a.finish_reason, a.completion_tokens) == (b.text, b.finish_reason, b.completion_tokens)
         assert j.text == a.text
-    for request, completion in list(zip(requests, alone))[:6]:
+    # n greedy samples of one prompt share one prefill and must all be the lone greedy answer.
+    triple = asyncio.run(engine.generate(with_sampling(requests[3], greedy(n=3))))
+    assert [tokens(c) for c in triple] == [tokens(alone[3])] * 3
+    for request, completion in list(zip(requests, alone))[:4]:
         prompt = torch.tensor([engine.prompt_token_ids(request)])
         out = reference.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=16)
         expected = out[0, prompt.shape[1]:].tolist()
@@ -145,23 +152,23 @@ def test_seeded_samples_are_reproducible_whatever_shares_the_batch(engine: HFEng
     assert [c.text for c in first] == [c.text for c in again]
     assert len({c.text for c in first}) > 1, "the n samples of one request should differ"
     # Sample i of seed s is the sample of seed s+i.
-    third = asyncio.run(engine.generate(request.model_copy(update={"sampling": sampling.model_copy(update={"n": 1, "seed": 9})})))
+    third = asyncio.run(engine.generate(with_sampling(request, sampling.model_copy(update={"n": 1, "seed": 9}))))
     assert third[0].text == first[2].text
-    other_seed = asyncio.run(engine.generate(request.model_copy(update={"sampling": sampling.model_copy(update={"seed": 8})})))
+    other_seed = asyncio.run(engine.generate(with_sampling(request, sampling.model_copy(update={"seed": 8}))))
     assert [c.text for c in other_seed] != [c.text for c in first]
 
 
 def test_max_tokens_and_stop_strings(engine: HFEngine):
     request = Request.chat("Question 7: what is 7 plus 21?", sampling=greedy(max_tokens=40))
     full = asyncio.run(engine.generate(request))[0]
-    short = asyncio.run(engine.generate(request.model_copy(update={"sampling": greedy(max_tokens=3)})))[0]
+    short = asyncio.run(engine.generate(with_sampling(request, greedy(max_tokens=3))))[0]
     assert (short.finish_reason, short.completion_tokens) == ("length", 3)
     assert tokens(short) == tokens(full)[:3]
 
     # Stop on a printable piece of the greedy text, past its first character.
     start = next(i for i, ch in enumerate(full.text) if i > 0 and ch.isascii() and ch.isprintable())
     stop = full.text[start]
-    stopped = asyncio.run(engine.generate(request.model_copy(update={"sampling": greedy(max_tokens=40, stop=("@@never", stop))})))[0]
+    stopped = asyncio.run(engine.generate(with_sampling(request, greedy(max_tokens=40, stop=("@@never", stop)))))[0]
     assert stopped.finish_reason == "stop"
     assert stopped.text == full.text[: full.text.index(stop)]
     assert stopped.completion_tokens <= full.completion_tokens
@@ -178,7 +185,7 @@ def test_logprobs_are_raw_and_top1_is_the_greedy_token(engine: HFEngine, referen
         assert lp.logprob <= 0
 
     # At temperature 2 the reported logprob of the first token is still the raw model's.
-    hot = request.model_copy(update={"sampling": Sampling(max_tokens=1, temperature=2.0, seed=0, logprobs=0)})
+    hot = with_sampling(request, Sampling(max_tokens=1, temperature=2.0, seed=0, logprobs=0))
     first = asyncio.run(engine.generate(hot))[0].logprobs[0]
     assert first.top == ()
     prompt = torch.tensor([engine.prompt_token_ids(request)])
@@ -202,12 +209,12 @@ def test_too_long_prompt_fails_alone(engine: HFEngine):
 
 
 def test_adapters_apply_per_row_and_never_leak_into_base_rows(engine: HFEngine, lora_dir: Path, sharp_model: Path):
-    base_requests = questions(8, greedy())
-    lora_requests = questions(8, greedy(), adapter="lora")
+    base_requests = questions(6, greedy())
+    lora_requests = questions(6, greedy(), adapter="lora")
     base_alone = asyncio.run(one_by_one(engine, base_requests))
     lora_alone = asyncio.run(one_by_one(engine, lora_requests))
     mixed = asyncio.run(together(engine, [r for pair in zip(base_requests, lora_requests) for r in pair]))
-    assert sum(b.text != l.text for b, l in zip(base_alone, lora_alone)) >= 6, "the adapter should change outputs"
+    assert sum(b.text != l.text for b, l in zip(base_alone, lora_alone)) >= 4, "the adapter should change outputs"
     assert [c.text for c in mixed[0::2]] == [c.text for c in base_alone]
     assert [c.text for c in mixed[1::2]] == [c.text for c in lora_alone]
 
@@ -216,7 +223,9 @@ def test_adapters_apply_per_row_and_never_leak_into_base_rows(engine: HFEngine, 
 
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sharp_model), str(lora_dir)).eval()
     prompt = torch.tensor([engine.prompt_token_ids(lora_requests[0])])
-    out = peft_model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=16)
+    out = peft_model.generate(
+        input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=16
+    )
     assert tokens(lora_alone[0]) == [engine.tokenizer.decode([t]) for t in out[0, prompt.shape[1]:].tolist()]
 
     engine.add_adapter("lora-again", str(lora_dir))
@@ -253,13 +262,16 @@ async def together_raw(engine: HFEngine, requests: list[Request]) -> list:
 
 
 def test_cancelled_callers_free_their_rows(engine: HFEngine):
+    slow = Request.chat("Question 9: what is 9 plus 27?", sampling=Sampling(max_tokens=120, temperature=0, n=2))
+
     async def impatient():
-        slow = Request.chat("Question 9: what is 9 plus 27?", sampling=Sampling(max_tokens=120, temperature=0, stop=("@@never",)))
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(engine.generate(slow), timeout=0.02)
+            await asyncio.wait_for(engine.generate(slow), timeout=0.01)
         return await engine.generate(questions(1, greedy())[0])
 
+    before = engine.stats.aborted
     assert asyncio.run(impatient())[0].completion_tokens > 0
+    assert engine.stats.aborted - before == 2, "both rows of the abandoned request should be dropped"
 
 
 def test_closed_engine_refuses(sharp_model: Path):

@@ -26,22 +26,22 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from actors.engines.chat import render_prompt
 from actors.engines.hf_batch import ABORTED, Finisher, Row, RunningBatch
-from actors.engines.protocol import (
-    Completion, EngineError, ReplicaUnavailable, Request, RequestError, TokenLogprob, TopLogprob,
-)
+from actors.engines.protocol import Completion, EngineError, ReplicaUnavailable, Request, RequestError
 
 
 @dataclass
 class EngineStats:
     """Counters for what the engine did: `batches` counts prefill forward passes (each admits
     a group of rows), `joins` those that joined a batch already decoding, `steps` decode
-    forward passes, `rows` rows admitted, `tokens` tokens generated."""
+    forward passes, `rows` rows admitted, `tokens` tokens generated, `aborted` rows dropped
+    because their caller stopped waiting (cancelled or timed out)."""
 
     batches: int = 0
     joins: int = 0
     rows: int = 0
     steps: int = 0
     tokens: int = 0
+    aborted: int = 0
 
 
 @dataclass(eq=False)
@@ -92,10 +92,8 @@ class HFEngine:
         pad_id = self.tokenizer.pad_token_id
         pad_id = min(eos_ids) if pad_id is None else pad_id
         self._tokenizer_lock = threading.Lock()  # fast tokenizers are not safe across threads
-        self._token_text: dict[int, str] = {}
-        self._hidden_ids = frozenset(eos_ids | {pad_id})
-        finisher = Finisher(frozenset(eos_ids), self._hidden_ids, self._decode)
-        self._batch = RunningBatch(self._forward, self._new_cache, finisher, pad_id, self.device)
+        self._finisher = Finisher(frozenset(eos_ids), frozenset(eos_ids | {pad_id}), self._decode)
+        self._batch = RunningBatch(self._forward, self._new_cache, self._finisher, pad_id, self.device)
 
         self._model_lock = threading.Lock()  # decode steps and adapter loading never overlap
         self._queue: collections.deque[Row] = collections.deque()
@@ -235,18 +233,25 @@ class HFEngine:
             row = self._queue.popleft()
             if not row.owner.future.done():
                 taken.append(row)
+            else:
+                self.stats.aborted += 1
         return taken
 
     def _should_admit(self) -> bool:
-        """Whether the worker should hand back so queued rows can join: there is room, and
-        either the queue fills it or its oldest row has waited batch_wait_ms."""
+        """Whether the worker should hand back so queued rows can join the running batch.
+        Each join costs a prefill pass and a copy of the cache, so while more rows wait than
+        fit, wait until an eighth of the batch is free; when all waiting rows fit, let them
+        in once there are that many or the oldest has waited batch_wait_ms."""
         if not self._queue or not self._batch.can_admit():
             return False
         room = self.max_batch_size - self._batch.live
         if room <= 0:
             return False
-        oldest = self._queue[0].owner.enqueued_at
-        return len(self._queue) >= room or time.monotonic() - oldest >= self._batch_wait_s
+        worth_a_pass = max(1, self.max_batch_size // 8)
+        if len(self._queue) >= room:
+            return room >= worth_a_pass
+        waited = time.monotonic() - self._queue[0].owner.enqueued_at
+        return len(self._queue) >= worth_a_pass or waited >= self._batch_wait_s
 
     def _work(self, admit: list[Row]) -> list[tuple[_Pending, list[Completion]]]:
         """Worker thread: admit rows, then decode until a request completes or rows wait."""
@@ -265,7 +270,7 @@ class HFEngine:
                 done = self._completed(finished)
                 if done or self._closed or self._should_admit():
                     break
-                self._batch.abort(lambda row: row.owner.future.done())
+                self.stats.aborted += self._batch.abort(lambda row: row.owner.future.done())
                 self._batch.compact()
                 if not self._batch.rows:
                     break
@@ -284,7 +289,7 @@ class HFEngine:
             if not pending.reported and all(r.done for r in pending.rows):
                 pending.reported = True
                 if not any(r.finish_reason == ABORTED for r in pending.rows):
-                    done.append((pending, [self._completion(r) for r in pending.rows]))
+                    done.append((pending, [self._finisher.completion(r) for r in pending.rows]))
         return done
 
     # ---- model and tokenizer ----------------------------------------------------------------
@@ -308,32 +313,6 @@ class HFEngine:
     def _decode(self, ids: list[int]) -> str:
         with self._tokenizer_lock:
             return self.tokenizer.decode(ids, skip_special_tokens=False)
-
-    def _token(self, token_id: int) -> str:
-        text = self._token_text.get(token_id)
-        if text is None:
-            text = self._token_text[token_id] = self._decode([token_id])
-        return text
-
-    def _completion(self, row: Row) -> Completion:
-        # Keep special tokens such as <think> in the text (reasoning parsing needs them); drop
-        # only the end-of-sequence and padding ids.
-        text = self._decode([t for t in row.token_ids if t not in self._hidden_ids])
-        if row.stopped_by is not None and (cut := text.find(row.stopped_by)) >= 0:
-            text = text[:cut]
-        logprobs = None
-        if row.sampling.logprobs is not None:
-            logprobs = tuple(
-                TokenLogprob(
-                    token=self._token(token), logprob=chosen,
-                    top=tuple(TopLogprob(token=self._token(t), logprob=lp) for t, lp in zip(top_ids, top_lps)),
-                )
-                for token, (chosen, top_ids, top_lps) in zip(row.token_ids, row.logprobs)
-            )
-        return Completion(
-            text=text, prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.token_ids),
-            finish_reason=row.finish_reason, logprobs=logprobs,
-        )
 
     # ---- shutdown helpers -------------------------------------------------------------------
 

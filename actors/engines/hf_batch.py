@@ -23,7 +23,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from actors.engines.hf_sampling import RowSampling, choose_tokens, draw_uniforms, step_logprobs
-from actors.engines.protocol import Sampling
+from actors.engines.protocol import Completion, Sampling, TokenLogprob, TopLogprob
 
 # forward(input_ids, attention_mask, position_ids, cache, adapters) -> logits of the last position [B, V]
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, DynamicCache, list[str | None]], torch.Tensor]
@@ -54,11 +54,13 @@ class Row:
 
 @dataclass
 class Finisher:
-    """Decides when a row is complete: an end-of-sequence id, a stop string, or max_tokens."""
+    """Decides when a row is complete (an end-of-sequence id, a stop string, or max_tokens)
+    and what it reports then."""
 
     eos_ids: frozenset[int]
     strip_ids: frozenset[int]  # ids never shown in text (eos, pad)
     decode: Callable[[list[int]], str]
+    _token_text: dict[int, str] = field(default_factory=dict)
 
     def accept(self, row: Row, token: int) -> None:
         row.token_ids.append(token)
@@ -73,9 +75,38 @@ class Finisher:
         # A stop string of b bytes spans at most b tokens (every token is at least one byte),
         # plus one whose leading bytes may belong to an unfinished character: decoding that
         # tail suffices, since an earlier occurrence would have ended the row earlier.
-        window = max(len(s.encode()) for s in row.sampling.stop) + 2
+        stops = [s for s in row.sampling.stop if s]
+        if not stops:
+            return None
+        window = max(len(s.encode()) for s in stops) + 2
         tail = self.decode([t for t in row.token_ids[-window:] if t not in self.strip_ids])
-        return next((s for s in row.sampling.stop if s in tail), None)
+        return next((s for s in stops if s in tail), None)
+
+    def completion(self, row: Row) -> Completion:
+        # Special tokens such as <think> stay in the text (reasoning parsing needs them); only
+        # end-of-sequence and padding ids are dropped.
+        text = self.decode([t for t in row.token_ids if t not in self.strip_ids])
+        if row.stopped_by is not None and (cut := text.find(row.stopped_by)) >= 0:
+            text = text[:cut]
+        logprobs = None
+        if row.sampling.logprobs is not None:
+            logprobs = tuple(
+                TokenLogprob(
+                    token=self._token(token), logprob=chosen,
+                    top=tuple(TopLogprob(token=self._token(t), logprob=lp) for t, lp in zip(top_ids, top_lps)),
+                )
+                for token, (chosen, top_ids, top_lps) in zip(row.token_ids, row.logprobs)
+            )
+        return Completion(
+            text=text, prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.token_ids),
+            finish_reason=row.finish_reason, logprobs=logprobs,
+        )
+
+    def _token(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self._token_text[token_id] = self.decode([token_id])
+        return text
 
 
 class RunningBatch:
@@ -90,7 +121,7 @@ class RunningBatch:
     def reset(self) -> None:
         self.rows: list[Row] = []
         self._cache: DynamicCache | None = None
-        self._mask: torch.Tensor | None = None  # [B, T]: 1 where a cache slot holds a real token
+        self._mask: torch.Tensor | None = None  # [B, T] bool: where a cache slot holds a real token
         self._positions: torch.Tensor | None = None  # [B]: position id of each row's next input
         self._next: torch.Tensor | None = None  # [B]: each row's next input token
         self._sampling: RowSampling | None = None
@@ -108,14 +139,26 @@ class RunningBatch:
         rows that finished on that first token."""
         assert self.can_admit(), "rows may join a running batch only when its cache can be merged"
         assert rows, "admit needs at least one row"
-        width = max(len(r.prompt_ids) for r in rows)
-        ids = [[self._pad_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows]
-        mask = [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows]
-        input_ids = torch.tensor(ids, dtype=torch.long, device=self._device)
-        mask_t = torch.tensor(mask, dtype=torch.long, device=self._device)
-        position_ids = (mask_t.cumsum(-1) - 1).clamp_(min=0)
+        # Samples of one request share their prompt: prefill each distinct prompt once and
+        # copy its cache rows (the n=100 sampling protocols would otherwise prefill 100 times).
+        distinct: dict[tuple[str | None, tuple[int, ...]], int] = {}
+        source = [distinct.setdefault((r.adapter, tuple(r.prompt_ids)), len(distinct)) for r in rows]
+        prompts = [(adapter, list(ids)) for adapter, ids in distinct]
+        width = max(len(ids) for _, ids in prompts)
+        input_ids = torch.tensor(
+            [[self._pad_id] * (width - len(ids)) + ids for _, ids in prompts], dtype=torch.long, device=self._device
+        )
+        filled = torch.tensor(
+            [[0] * (width - len(ids)) + [1] * len(ids) for _, ids in prompts], dtype=torch.long, device=self._device
+        )
+        position_ids = (filled.cumsum(-1) - 1).clamp_(min=0)
+        mask_t = filled.bool()
         cache = self._new_cache()
-        logits = self._forward(input_ids, mask_t, position_ids, cache, [r.adapter for r in rows])
+        logits = self._forward(input_ids, mask_t, position_ids, cache, [adapter for adapter, _ in prompts])
+        if len(prompts) < len(rows):
+            index = torch.tensor(source, dtype=torch.long, device=self._device)
+            cache.batch_select_indices(index)
+            logits, mask_t = logits.index_select(0, index), mask_t.index_select(0, index)
         sampling = _sampling_of(rows, self._device)
         tokens, finished = self._choose(rows, logits, sampling)
         positions = torch.tensor([len(r.prompt_ids) for r in rows], dtype=torch.long, device=self._device)
@@ -125,7 +168,7 @@ class RunningBatch:
     def step(self) -> list[Row]:
         """One decode step for every row. Returns the rows that finished on it."""
         assert self._cache is not None and self._mask is not None, "step needs admitted rows"
-        ones = torch.ones((len(self.rows), 1), dtype=self._mask.dtype, device=self._device)
+        ones = torch.ones((len(self.rows), 1), dtype=torch.bool, device=self._device)
         self._mask = torch.cat([self._mask, ones], dim=1)
         logits = self._forward(
             self._next[:, None], self._mask, self._positions[:, None], self._cache, [r.adapter for r in self.rows]
@@ -134,10 +177,14 @@ class RunningBatch:
         self._next, finished = self._choose(self.rows, logits, self._sampling)
         return finished
 
-    def abort(self, should_abort: Callable[[Row], bool]) -> None:
+    def abort(self, should_abort: Callable[[Row], bool]) -> int:
+        """End the rows whose caller went away; returns how many."""
+        aborted = 0
         for row in self.rows:
             if not row.done and should_abort(row):
                 row.finish_reason = ABORTED
+                aborted += 1
+        return aborted
 
     def compact(self, force: bool = False) -> None:
         """Evict finished rows once they are a quarter of the batch (or on `force`): each
@@ -197,7 +244,7 @@ class RunningBatch:
 
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
     """Zero-pad the sequence axis on the left to `width`: axis 2 of [B, H, T, D] keys/values
-    or axis 1 of a [B, T] mask. Zeros are safe in the cache because the mask hides them."""
+    or axis 1 of a [B, T] mask. Zeros (False) are safe in the cache: the mask hides them."""
     axis = 2 if t.dim() == 4 else 1
     missing = width - t.shape[axis]
     if missing == 0:
