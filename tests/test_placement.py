@@ -1,0 +1,100 @@
+"""Tensor-parallel placement on a real (logical) two-node Ray cluster: GPUs are declared,
+not present, which is all placement needs."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+import ray
+
+from actors.engines.placement import GPUNode, TensorParallelPlacement, plan_ranks, reserve_tensor_parallel
+
+
+def test_plan_prefers_one_node_and_the_fullest_that_fits():
+    nodes = [GPUNode("a", 8), GPUNode("b", 2), GPUNode("c", 4)]
+    assert plan_ranks(2, nodes) == ["b", "b"]
+    assert plan_ranks(4, nodes) == ["c"] * 4
+    assert plan_ranks(8, nodes) == ["a"] * 8
+
+
+def test_plan_spans_fewest_nodes_with_ranks_grouped_by_node():
+    nodes = [GPUNode("a", 2), GPUNode("b", 3), GPUNode("c", 1)]
+    assert plan_ranks(5, nodes) == ["b", "b", "b", "a", "a"]
+    assert plan_ranks(6, nodes) == ["b", "b", "b", "a", "a", "c"]
+    with pytest.raises(ValueError, match="needs 7 free GPUs"):
+        plan_ranks(7, nodes)
+
+
+@pytest.fixture(scope="module")
+def two_gpu_nodes():
+    from ray.cluster_utils import Cluster
+
+    # A short temp dir of our own: Ray's socket paths must fit in 107 characters, and the
+    # cluster's address file (which a bare ray.init() elsewhere would join) stays private.
+    temp_dir = tempfile.mkdtemp(prefix="rayp-", dir="/tmp")
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp_dir
+    os.makedirs(os.path.join(temp_dir, "ray"))
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "num_gpus": 2, "include_dashboard": False, "temp_dir": os.path.join(temp_dir, "ray")},
+    )
+    cluster.add_node(num_cpus=1, num_gpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@ray.remote
+class Probe:
+    def where(self) -> dict:
+        group = ray.util.get_current_placement_group()  # how vLLM finds the group it runs in
+        return {"node": ray.get_runtime_context().get_node_id(), "gpus": sorted(ray.get_gpu_ids()),
+                "group": group.id.hex() if group else None}
+
+
+def place_probe(placement: TensorParallelPlacement) -> dict:
+    probe = Probe.options(**placement.actor_options()).remote()
+    try:
+        return ray.get(probe.where.remote(), timeout=60)
+    finally:
+        ray.kill(probe)
+
+
+def test_single_node_replica_holds_all_its_gpus_in_one_bundle(two_gpu_nodes):
+    placement = reserve_tensor_parallel(2, num_cpus=0.5, timeout_s=60)
+    try:
+        assert placement.single_node and len(placement.bundle_nodes()) == 1
+        assert placement.engine_options() == {"distributed_executor_backend": "mp"}
+        seen = place_probe(placement)
+        assert seen["node"] == placement.rank_nodes[0], "the replica runs where its GPUs are"
+        assert len(seen["gpus"]) == 2, f"the replica should see both its GPUs, saw {seen['gpus']}"
+    finally:
+        placement.remove()
+
+
+def test_multi_node_bundles_are_ordered_by_node(two_gpu_nodes):
+    placement = reserve_tensor_parallel(4, num_cpus=0.5, timeout_s=60)
+    try:
+        placed = placement.bundle_nodes()
+        assert placed == list(placement.rank_nodes), "each bundle sits on its planned node"
+        assert len(set(placed)) == 2 and placed[0] == placed[1] and placed[2] == placed[3], (
+            f"ranks must be grouped by node, got {placed}"
+        )
+        assert placement.engine_options() == {"distributed_executor_backend": "ray"}
+        seen = place_probe(placement)
+        assert seen["node"] == placed[0] and seen["gpus"] == [], "the replica takes bundle 0's CPUs, no GPU"
+        assert seen["group"] == placement.placement_group.id.hex(), "vLLM finds its group from inside the replica"
+    finally:
+        placement.remove()
