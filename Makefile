@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
+# Two commands on a fresh machine: `make demo` and `make test`. Organisms are built on first
+# use (cached by recipe hash under ~/.cache/orchestrate/organisms); `make organisms` prebuilds them.
 # The venv is built in install order: CPU torch first (pinned to the build on disk; anything
 # later that asks for torch then finds it satisfied instead of pulling a CUDA build).
 PY      ?= python3
@@ -28,7 +29,7 @@ organisms: venv
 demo: venv
 	$(BIN)/orchestrate submit examples/quickstart.yaml
 
-test: venv organisms
+test: venv
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 clean:
