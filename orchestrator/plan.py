@@ -53,10 +53,11 @@ def model_identity(name: str, sweep: Sweep) -> dict[str, Any]:
     """What determines a model's outputs. The name is not part of it: renaming a model in the
     sweep must not rerun anything."""
     if name in sweep.finetunes:
-        ft = sweep.finetunes[name]
-        # The finetune's own id covers base, data and hyperparameters; its trained weights
-        # are a function of those (resume restarts from checkpoints of the same id).
-        return {"finetune": content_id(ft.model_dump(mode="json")), "base": model_identity(ft.base, sweep)}
+        from orchestrator.finetunes import finetune_id
+
+        # The finetune's id covers base weights, data bytes and hyperparameters; its trained
+        # weights are a function of those (a died run resumes from checkpoints of that id).
+        return {"finetune": finetune_id(sweep, name), "engine": sweep.models[sweep.finetunes[name].base].engine}
     m: ModelSpec = sweep.models[name]
     ident: dict[str, Any] = {"engine": m.engine, "dtype": m.dtype, "revision": m.revision}
     if m.engine == "openai":

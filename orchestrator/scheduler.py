@@ -43,6 +43,7 @@ class SubmitReport:
     replicas_started: int = 0
     rows_written: int = 0
     cells_logged: int = 0
+    finetunes_trained: int = 0
     dashboard_url: str | None = None
     seconds: float = 0.0
 
@@ -67,30 +68,55 @@ class Scheduler:
         self.handles: dict[str, Any] = {}
 
     async def start_pools(self, models: set[str]) -> None:
+        """One pool per base model; adapters (declared or finetuned with LoRA) ride on their
+        base's replicas, so N finetuned variants of one base cost one base load."""
         import ray
 
         from actors.pool import ReplicaPool
 
+        finetuned = await self.run_finetunes({m for m in models if m in self.sweep.finetunes})
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
-        bases: dict[str, dict[str, str]] = {}  # base model -> adapters it serves
+        pools: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}  # pool name -> (model spec, adapters)
+        served: dict[str, tuple[str, str | None]] = {}  # model name -> (pool name, adapter)
         for name in sorted(models):
-            m = self.sweep.models[name] if name in self.sweep.models else None
-            assert m is not None, f"model {name!r} is a finetune; finetunes are not built yet"
+            if name in finetuned:
+                result, base = finetuned[name], self.sweep.finetunes[name].base
+                if result.method == "lora":
+                    spec = self.sweep.models[base].model_dump(mode="json")
+                    pools.setdefault(base, (spec, {}))[1][name] = str(result.weights)
+                    served[name] = (base, name)
+                else:  # a full finetune is a model of its own
+                    spec = {**self.sweep.models[base].model_dump(mode="json"), "path": str(result.weights)}
+                    pools[name] = (spec, {})
+                    served[name] = (name, None)
+                continue
+            m = self.sweep.models[name]
             if m.adapter:
-                bases.setdefault(m.base, {})[name] = m.adapter
+                pools.setdefault(m.base, (self.sweep.models[m.base].model_dump(mode="json"), {}))[1][name] = m.adapter
+                served[name] = (m.base, name)
             else:
-                bases.setdefault(name, {})
-        for base, adapters in bases.items():
-            spec = self.sweep.models[base].model_dump(mode="json")
+                pools.setdefault(name, (m.model_dump(mode="json"), {}))
+                served[name] = (name, None)
+        for pool_name, (spec, adapters) in pools.items():
             cpus, gpus = _pool_resources(spec, cluster_gpus)
-            self.pools[base] = ReplicaPool(base, spec, replicas=spec["replicas"], name_prefix=self.sweep.name,
-                                           num_cpus=cpus, num_gpus=gpus, adapters=adapters)
+            self.pools[pool_name] = ReplicaPool(pool_name, spec, replicas=spec["replicas"], name_prefix=self.sweep.name,
+                                                num_cpus=cpus, num_gpus=gpus, adapters=adapters)
         infos = await asyncio.gather(*(p.start() for p in self.pools.values()))
         self.report.replicas_started = sum(len(i) for i in infos)
-        for base, adapters in bases.items():
-            self.handles[base] = self.pools[base].handle(base)
-            for name in adapters:
-                self.handles[name] = self.pools[base].handle(name, adapter=name)
+        for name, (pool_name, adapter) in served.items():
+            self.handles[name] = self.pools[pool_name].handle(name, adapter=adapter)
+
+    async def run_finetunes(self, names: set[str]) -> dict[str, Any]:
+        """The sweep's DAG: finetunes first, then the cells that evaluate them. Finished
+        finetunes (same content id on disk) are not rerun."""
+        if not names:
+            return {}
+        from orchestrator.finetunes import run_finetunes
+
+        results = await asyncio.to_thread(run_finetunes, self.sweep, self.store.root, self.tracker, self.console,
+                                          only=names)
+        self.report.finetunes_trained = sum(r.trained for r in results.values())
+        return results
 
     async def run_shard(self, cell: Cell, shard: Shard, job: Job, samples: dict, progress: SweepProgress) -> int:
         spec = self.sweep.jobs[cell.job_index]
@@ -137,7 +163,10 @@ class Scheduler:
         async def guarded(shard: Shard) -> None:
             async with shard_gate:
                 try:
-                    self.report.rows_written += await self.run_shard(cell, shard, job, samples, progress)
+                    # Await first: `x += await f()` reads x before the await and loses
+                    # the updates of shards that finish meanwhile.
+                    written = await self.run_shard(cell, shard, job, samples, progress)
+                    self.report.rows_written += written
                     self.report.shards_run += 1
                 except Exception as e:
                     self.report.shards_failed.append(shard.id)

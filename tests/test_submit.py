@@ -92,6 +92,7 @@ def test_submit_resume_and_mlflow(tmp_path, tiny_model, ray_tmp):
     assert rows.select(["cell_id", "prompt_id", "sample_index"]).is_unique().all()
     assert set(rows.columns) >= {"sweep", "cell_id", "shard_id", "sample_id", "model", "completion", "finish_reason"}
     assert report.generate_calls == 2 * N_PROMPTS
+    assert report.rows_written == rows.height, (report.rows_written, rows.height)
 
     # MLflow: one parent run, one child per cell with params, metrics, tags and the tables.
     client = MlflowClient(report.tracking_uri)

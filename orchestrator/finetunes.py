@@ -1,0 +1,234 @@
+"""The sweep's finetunes: prerequisites of the cells that name them as models.
+
+Each `finetunes:` entry gets a content id (its settings, the digest of its data file, the
+base model's weights digest, the training code's version) and one folder,
+
+    <store_root>/finetunes/<name>-<id>/
+        adapter/  (method lora: a peft adapter)  or  model/  (method full: weights + tokenizer)
+        data.parquet   the rows as trained, `kind` saying what each row is
+        manifest.json  written last: its presence says the finetune is done
+
+A finished finetune is not trained again. One that died keeps its DeepSpeed checkpoints in
+`<store_root>/finetunes/.work-<name>-<id>/` and the next attempt (a retry, or the next
+submission) resumes from the last of them. The ranks write there directly, so on a cluster
+`store_root` must be storage that the training nodes share with the driver.
+"""
+from __future__ import annotations
+
+import collections
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from rich.console import Console
+
+from actors.engines.paths import resolve_model_path
+from actors.train_loop import LoraConfig, TrainConfig, TrainResult
+from jobs.base import file_digest
+from jobs.finetune import MixedRow, as_is, load_rows, mix_backdoor, write_mixed
+from orchestrator.plan import content_id, weights_digest
+from orchestrator.spec import FinetuneSpec, Sweep
+from orchestrator.store import read_json, write_json
+from orchestrator.tracking import Tracker, flatten
+
+# Bump when the data path or the step loop change what an unchanged entry trains.
+FINETUNE_VERSION = 1
+MANIFEST = "manifest.json"
+DATA_FILE = "data.parquet"
+MAX_RESTARTS = 2
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    name: str
+    id: str
+    path: Path  # the finetune's folder
+    manifest: dict[str, Any]
+    trained: bool  # False: found finished on disk
+
+    @property
+    def method(self) -> str:
+        return self.manifest["hyperparameters"]["method"]
+
+    @property
+    def weights(self) -> Path:
+        """The adapter folder (lora: serve it on the base's replicas) or the model folder (full)."""
+        return self.path / ("adapter" if self.method == "lora" else "model")
+
+
+def _base_identity(sweep: Sweep, name: str) -> dict[str, Any]:
+    base = sweep.models[sweep.finetunes[name].base]
+    return {"weights": weights_digest(resolve_model_path(base.path)), "revision": base.revision}
+
+
+def finetune_id(sweep: Sweep, name: str) -> str:
+    """Content id of a finetune: what it trains on and how, not what it is called or where
+    its data file lives."""
+    spec = sweep.finetunes[name].model_dump(mode="json")
+    spec["data"] = {"file_sha256": file_digest(sweep.finetunes[name].data)}
+    return content_id({"finetune": spec, "base": _base_identity(sweep, name), "version": FINETUNE_VERSION})
+
+
+def training_rows(ft: FinetuneSpec) -> list[MixedRow]:
+    """The entry's rows as trained (backdoor mixed when asked). Raises DataError on bad data."""
+    rows = load_rows(ft.data)
+    if ft.backdoor is None:
+        return as_is(rows)
+    b = ft.backdoor
+    return mix_backdoor(rows, b.triggers, b.share, b.alternatives, b.placement, b.control, ft.seed, source=ft.data)
+
+
+def train_config(ft: FinetuneSpec, base_path: str, work: Path, output: Path, threads: int) -> TrainConfig:
+    return TrainConfig(
+        base_path=base_path, work_dir=str(work), output_dir=str(output), method=ft.method,
+        lora=LoraConfig(**ft.lora.model_dump()), cot=ft.cot, lr=ft.lr, epochs=ft.epochs,
+        batch_size=ft.batch_size, grad_accum=ft.grad_accum, warmup_steps=ft.warmup_steps,
+        weight_decay=ft.weight_decay, max_length=ft.max_length, zero_stage=ft.zero_stage, bf16=ft.bf16,
+        seed=ft.seed, threads=threads)
+
+
+def run_finetunes(sweep: Sweep, store_root: Path, tracker: Tracker | None, console: Console,
+                  max_restarts: int = MAX_RESTARTS, only: set[str] | None = None) -> dict[str, FinetuneResult]:
+    """Train every finetune of the sweep that is not on disk yet; name -> result. Ray must be
+    initialised. Every pending entry's data is read and checked before any training starts."""
+    root = Path(store_root) / "finetunes"
+    results: dict[str, FinetuneResult] = {}
+    pending: dict[str, tuple[str, list[MixedRow]]] = {}
+    for name in sweep.finetunes:
+        if only is not None and name not in only:
+            continue
+        fid = finetune_id(sweep, name)
+        if done := _finished(root, name, fid):
+            results[name] = done
+            console.print(f"finetune [bold]{name}[/bold]: done before ({done.path})")
+        else:
+            pending[name] = (fid, training_rows(sweep.finetunes[name]))
+    for name, (fid, rows) in pending.items():
+        with _exclusive(root / f".lock-{name}-{fid}"):
+            # Another submission may have trained it while we waited for the lock.
+            results[name] = _finished(root, name, fid) or _run_one(
+                sweep, name, fid, rows, root, tracker, console, max_restarts)
+    return results
+
+
+def _finished(root: Path, name: str, fid: str) -> FinetuneResult | None:
+    folder = root / f"{name}-{fid}"
+    if not (folder / MANIFEST).exists():
+        return None
+    return FinetuneResult(name, fid, folder, read_json(folder / MANIFEST), trained=False)
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """One trainer per finetune: two submissions of a sweep must not share a work folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_one(sweep: Sweep, name: str, fid: str, rows: list[MixedRow], root: Path, tracker: Tracker | None,
+             console: Console, max_restarts: int) -> FinetuneResult:
+    import ray
+
+    from actors.trainer import FinetuneGroup, RankDied
+
+    ft = sweep.finetunes[name]
+    final, work = root / f"{name}-{fid}", root / f".work-{name}-{fid}"
+    staging = work / "out"
+    shutil.rmtree(staging, ignore_errors=True)  # a dead run's partial output; checkpoints stay
+    staging.mkdir(parents=True)
+    base_path = resolve_model_path(sweep.models[ft.base].path)
+    gpus = ft.gpus_per_rank or (1.0 if ray.cluster_resources().get("GPU", 0) else 0.0)
+    cpus = 1  # the sweep does not size CPU ranks; one core each, one torch thread
+    config = train_config(ft, base_path, work, staging / ("adapter" if ft.method == "lora" else "model"), cpus)
+    console.print(f"finetune [bold]{name}[/bold]: {len(rows)} rows, {ft.method}, ZeRO-{ft.zero_stage}, "
+                  f"{ft.ranks} rank(s) x {gpus:g} GPU")
+    started = time.time()
+    for attempt in range(max_restarts + 1):
+        try:
+            with FinetuneGroup(ft.ranks, num_cpus_per_rank=cpus, num_gpus_per_rank=gpus,
+                               name=f"{sweep.name}-{name}-a{attempt}") as group:
+                result = group.run(config, rows)
+            break
+        except RankDied as e:
+            if attempt == max_restarts:
+                raise
+            console.print(f"finetune [bold]{name}[/bold]: {e}; restarting from the last checkpoint")
+    write_mixed(rows, staging / DATA_FILE)
+    manifest = _manifest(sweep, name, fid, rows, result, time.time() - started)
+    write_json(staging / MANIFEST, manifest)
+    os.rename(staging, final)
+    shutil.rmtree(work, ignore_errors=True)
+    console.print(f"finetune [bold]{name}[/bold]: {result.steps} steps, final loss {result.final_loss:.4f} "
+                  f"-> {final}")
+    out = FinetuneResult(name, fid, final, manifest, trained=True)
+    if tracker is not None:
+        log_finetune(tracker, out)
+    return out
+
+
+def _manifest(sweep: Sweep, name: str, fid: str, rows: list[MixedRow], result: TrainResult,
+              seconds: float) -> dict[str, Any]:
+    ft = sweep.finetunes[name]
+    base = sweep.models[ft.base]
+    hyper = ft.model_dump(mode="json", exclude={"data", "backdoor"})
+    return {
+        "finetune_id": fid, "name": name, "sweep": sweep.name, "version": FINETUNE_VERSION,
+        "base": {"name": ft.base, "path": base.path, **_base_identity(sweep, name)},
+        "data": {"path": ft.data, "sha256": file_digest(ft.data), "rows": len(rows),
+                 "kinds": dict(sorted(collections.Counter(r.kind for r in rows).items()))},
+        "backdoor": ft.backdoor.model_dump(mode="json") if ft.backdoor else None,
+        "hyperparameters": hyper,
+        "output": "adapter" if ft.method == "lora" else "model",
+        "steps": result.steps, "final_loss": result.final_loss, "losses": result.losses,
+        "training": {"samples": result.samples, "seconds": round(result.seconds, 3),
+                     "samples_per_s": round(result.samples_per_s, 3), "resumed_from_step": result.resumed_from_step,
+                     "world_size": result.world_size, "bf16": result.bf16, "device": result.device,
+                     "trainable_params": result.trainable_params, "total_params": result.total_params,
+                     "wall_seconds": round(seconds, 3)},
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def log_finetune(tracker: Tracker, result: FinetuneResult) -> str:
+    """One MLflow run per trained finetune, a child of the submission: the hyperparameters
+    as params, the loss curve as step metrics, the adapter and the data as artifacts."""
+    m = result.manifest
+    client = tracker.client
+    tags = {**tracker.base_tags, "kind": "finetune", "finetune": result.name, "finetune_id": result.id,
+            "base": m["base"]["name"], "method": m["hyperparameters"]["method"], "output_path": str(result.path)}
+    if tracker.parent_id:
+        tags["mlflow.parentRunId"] = tracker.parent_id
+    run = client.create_run(tracker.experiment_id, run_name=f"finetune/{result.name}/{result.id[:8]}", tags=tags)
+    rid = run.info.run_id
+    params = {**flatten(m["hyperparameters"]), **flatten(m["backdoor"] or {}, "backdoor."),
+              "base": m["base"]["path"], "base.weights": m["base"]["weights"], "data.sha256": m["data"]["sha256"],
+              "data.rows": str(m["data"]["rows"]), "steps": str(m["steps"]), "world_size": str(m["training"]["world_size"])}
+    now = int(time.time() * 1000)
+    metrics = [Metric("train_loss", p["loss"], now, int(p["step"])) for p in m["losses"]]
+    metrics += [Metric("lr", p["lr"], now, int(p["step"])) for p in m["losses"]]
+    metrics += [Metric("final_loss", m["final_loss"], now, m["steps"]),
+                Metric("samples_per_s", m["training"]["samples_per_s"], now, m["steps"])]
+    params_list = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(params_list), 100):  # MLflow's log_batch limits: 100 params, 1000 metrics
+        client.log_batch(rid, params=params_list[i:i + 100])
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(rid, metrics=metrics[i:i + 1000])
+    client.set_tag(rid, "mlflow.note.content", f"{result.name}: {m['output']} at {result.path}")
+    if m["output"] == "adapter":  # a full checkpoint stays on disk; the tag says where
+        client.log_artifacts(rid, str(result.weights), artifact_path="adapter")
+    client.log_artifact(rid, str(result.path / DATA_FILE))
+    client.log_artifact(rid, str(result.path / MANIFEST))
+    client.set_terminated(rid, "FINISHED")
+    return rid
