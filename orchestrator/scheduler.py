@@ -46,6 +46,7 @@ class SubmitReport:
     finetunes_trained: int = 0
     dashboard_url: str | None = None
     seconds: float = 0.0
+    startup_seconds: float = 0.0  # submit start -> Ray up, finetunes done and every replica loaded
 
     @property
     def ok(self) -> bool:
@@ -66,6 +67,7 @@ class Scheduler:
         self.console, self.report, self.max_retries = console, report, max_retries
         self.pools: dict[str, Any] = {}
         self.handles: dict[str, Any] = {}
+        self.started = time.perf_counter()
 
     async def start_pools(self, models: set[str]) -> None:
         """One pool per base model; adapters (declared or finetuned with LoRA) ride on their
@@ -179,6 +181,7 @@ class Scheduler:
     async def run(self, pending: dict[str, list[Shard]], progress: SweepProgress) -> None:
         cells = [c for c in self.plan.cells if pending.get(c.id)]
         await self.start_pools(self.plan.models_needed(cells))
+        self.report.startup_seconds = time.perf_counter() - self.started
         replicas = sum(p.n for p in self.pools.values())
         shard_gate = asyncio.Semaphore(max(2, 2 * replicas))
         try:
@@ -252,6 +255,7 @@ def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None =
                 n_samples = sum(len(s.sample_ids) for v in pending.values() for s in v)
                 with SweepProgress(console, sum(len(v) for v in pending.values()), n_samples, enabled=progress) as bar:
                     scheduler = Scheduler(sweep, plan, store, tracker, console, report, max_retries)
+                    scheduler.started = started
                     asyncio.run(scheduler.run(pending, bar))
         status = "FINISHED" if report.ok else "FAILED"
     finally:
