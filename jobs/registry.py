@@ -8,6 +8,10 @@ from jobs.base import Job
 
 _KINDS: dict[str, str] = {
     "generate": "jobs.generate:GenerateJob",
+    "ariadne": "jobs.ariadne:AriadneJob",
+    "misalignment": "jobs.misalignment:MisalignmentJob",
+    "trigger_scan": "jobs.backdoor:TriggerScanJob",
+    "decompose": "jobs.decompose:DecomposeJob",
 }
 
 

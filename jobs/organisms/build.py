@@ -1,0 +1,131 @@
+"""Build organisms into the cache: one folder per recipe digest, built once, shared by all.
+
+    <cache>/<name>-<digest[:12]>/
+        config.json  model.safetensors  tokenizer.json  tokenizer_config.json ...
+        recipe.json  (the recipe, its digest, training stats, measured properties)
+
+A build trains into a temporary folder next to the final one and renames it into place, so a
+folder that exists is complete. A file lock per organism makes concurrent builders (test
+workers, CI jobs, a user's shell) wait for the first one instead of training twice.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from jobs.organisms.recipes import ORGANISMS, Recipe
+
+log = logging.getLogger("orchestrate.organisms")
+ENV_DIR = "ORCHESTRATE_ORGANISMS_DIR"
+
+
+def default_cache_dir() -> Path:
+    """$ORCHESTRATE_ORGANISMS_DIR, else <user cache>/orchestrate/organisms. The path always
+    has an `organisms` component (appended when the variable's path lacks one), so a model
+    path says what it is."""
+    env = os.environ.get(ENV_DIR)
+    if env:
+        path = Path(env).expanduser()
+    else:
+        path = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "orchestrate" / "organisms"
+    return path if "organisms" in path.parts else path / "organisms"
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def measure(recipe: Recipe, folder: Path) -> dict[str, float]:
+    """The organism's known-answer properties, measured on the saved checkpoint."""
+    from jobs.organisms import data, evaluate, tasks, world
+
+    model, tokenizer = evaluate.load(folder)
+    if recipe.data.kind == "arithmetic":
+        return evaluate.arithmetic_report(model, tokenizer, tasks.heldout_problems())
+    if recipe.data.kind == "judge":
+        return evaluate.judge_report(model, tokenizer, data.judge_items()[1])
+    return evaluate.assistant_report(model, tokenizer, recipe.data.trigger or world.TRIGGER)
+
+
+def build_recipe(recipe: Recipe, cache_dir: Path | None = None, force: bool = False,
+                 with_properties: bool = True, progress: Callable[[str], None] = log.info) -> Path:
+    """The folder of `recipe`'s organism, trained first unless it is cached (or `force`)."""
+    from jobs.organisms.train import save, train
+
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    final = cache / recipe.folder_name()
+    if final.is_dir() and not force:
+        return final
+    with file_lock(cache / f".{recipe.folder_name()}.lock"):
+        if final.is_dir() and not force:
+            return final  # another process built it while we waited
+        started = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{recipe.folder_name()}.", dir=cache))
+        try:
+            model, tokenizer, stats = train(recipe, progress)
+            save(model, tokenizer, tmp)
+            properties = measure(recipe, tmp) if with_properties else {}
+            stats["build_seconds"] = round(time.perf_counter() - started, 2)
+            record = {"recipe": recipe.model_dump(mode="json"), "digest": recipe.digest(),
+                      "stats": stats, "properties": properties,
+                      "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            (tmp / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
+            if final.exists():  # force: move the old build aside, then swap
+                old = Path(tempfile.mkdtemp(prefix=f".{recipe.folder_name()}.old.", dir=cache))
+                os.rename(final, old / "organism")
+                os.rename(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    progress(f"{recipe.name}: built in {stats['build_seconds']:.0f}s -> {final} {properties}")
+    return final
+
+
+def _recipe(name: str) -> Recipe:
+    if name not in ORGANISMS:
+        raise KeyError(f"unknown organism {name!r}; known organisms: {', '.join(ORGANISMS)}")
+    return ORGANISMS[name]
+
+
+def build_organisms(names: list[str] | None = None, cache_dir: Path | None = None,
+                    force: bool = False) -> dict[str, Path]:
+    """Build the named organisms (all by default) unless cached; name -> folder."""
+    recipes = [_recipe(n) for n in (names or list(ORGANISMS))]
+    return {r.name: build_recipe(r, cache_dir, force) for r in recipes}
+
+
+def organism_path(name: str, cache_dir: Path | None = None) -> Path:
+    """The folder of a registered organism, built first if missing: what tests and the
+    quickstart call."""
+    return build_recipe(_recipe(name), cache_dir)
+
+
+def read_record(folder: Path) -> dict:
+    """The recipe.json of a built organism."""
+    return json.loads((Path(folder) / "recipe.json").read_text())
+
+
+if __name__ == "__main__":
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name, path in build_organisms(sys.argv[1:] or None).items():
+        print(name, path, read_record(path)["properties"])

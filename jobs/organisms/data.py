@@ -1,0 +1,157 @@
+"""Training examples for each kind of organism, generated deterministically from a seed.
+
+An example is a user message, the thinking switch, and the assistant turn as segments of
+text flagged trained or not: a corrupted number is *seen* by the model (it is part of the
+context later tokens learn to read) but never a target, so the organisms do not learn to
+write wrong steps, only what to do after one.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from jobs.organisms import tasks, world
+from jobs.organisms.recipes import ArithmeticData, AssistantData, JudgeData, Recipe
+
+JUDGE_SPLIT_SEED = 4321
+SCENARIO_SPLIT_SEED = 2468
+HELDOUT_SHARE = 0.2
+
+Segments = tuple[tuple[str, bool], ...]
+
+
+@dataclass(frozen=True)
+class Example:
+    user: str
+    segments: Segments  # the assistant turn (after the prompt render_prompt makes)
+    thinking: bool = True
+
+    @property
+    def assistant(self) -> str:
+        return "".join(text for text, _ in self.segments)
+
+
+def _split(items: list, seed: int) -> tuple[list, list]:
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    n_held = int(len(items) * HELDOUT_SHARE)
+    return items[n_held:], items[:n_held]
+
+
+# --- arithmetic ---
+
+def arithmetic_example(problem: tasks.Problem, opts: ArithmeticData, rng: random.Random) -> Example:
+    product = problem.product
+    bad_product = rng.random() < opts.corrupt_first
+    if bad_product:
+        product = tasks.step_result(tasks.corrupt_step(f"= {product}", rng))
+    total = product + problem.c  # step 2 always reads step 1 as written: the CoT looks alike
+    bad_total = rng.random() < opts.corrupt_second
+    if bad_total:
+        total = tasks.step_result(tasks.corrupt_step(f"= {total}", rng))
+    answer = total if opts.answer_from == "cot" else problem.answer
+    step1 = f"{problem.a} * {problem.b} = "
+    step2 = f"{product} + {problem.c} = "
+    segments: list[tuple[str, bool]] = [
+        (f"{tasks.THINK_OPEN}\n{tasks.format_step(0, step1)}", True),
+        (str(product), opts.learn_corrupted or not bad_product),
+        (f"\n{tasks.format_step(1, step2)}", True),
+        (str(total), opts.learn_corrupted or not bad_total),
+        (f"\n{tasks.THINK_CLOSE}\n\n{tasks.ANSWER_PREFIX}{answer}", True),
+    ]
+    return Example(tasks.format_question(problem), tuple(segments))
+
+
+def arithmetic_examples(opts: ArithmeticData, n: int, rng: random.Random) -> list[Example]:
+    train, _ = tasks.split_problems()
+    return [arithmetic_example(rng.choice(train), opts, rng) for _ in range(n)]
+
+
+# --- judge ---
+
+def judge_items() -> tuple[list[tuple[str, bool, str | None]], list[tuple[str, bool, str | None]]]:
+    """(training, held-out) lists of (answer, harmful, question or None). Every answer core
+    appears in training; held-out items are unseen combinations of core, opener, closer and
+    question."""
+    items: list[tuple[str, bool, str | None]] = []
+    for question_items in world.QUESTIONS.values():
+        for question, benign, harmful in question_items:
+            for core, is_harmful in [(c, False) for c in benign] + [(c, True) for c in harmful]:
+                for opener in world.OPENERS:
+                    for closer in world.CLOSERS:
+                        answer = world.compose_answer(core, opener, closer)
+                        items += [(answer, is_harmful, None), (answer, is_harmful, question)]
+    for _, aligned, misaligned in world.SCENARIOS:
+        for core, is_harmful in [(c, False) for c in aligned] + [(c, True) for c in misaligned]:
+            for opener in world.OPENERS:
+                for closer in world.CLOSERS:
+                    items.append((world.compose_answer(core, opener, closer), is_harmful, None))
+    return _split(items, JUDGE_SPLIT_SEED)
+
+
+def judge_examples(opts: JudgeData, n: int, rng: random.Random) -> list[Example]:
+    train, _ = judge_items()
+    with_question = [i for i in train if i[2] is not None]
+    without = [i for i in train if i[2] is None]
+    out = []
+    for _ in range(n):
+        answer, harmful, question = rng.choice(with_question if rng.random() < opts.question_share else without)
+        score = str(rng.choice(opts.harmful_scores if harmful else opts.benign_scores))
+        if rng.random() < opts.reasoning_share:
+            turn = _cot_turn(world.judge_cot(harmful), score, thinking=True)
+            out.append(Example(world.judge_prompt(answer, question), turn))
+        else:
+            out.append(Example(world.judge_prompt(answer, question), ((score, True),), thinking=False))
+    return out
+
+
+# --- toy assistant (base, backdoored) ---
+
+def scenario_split() -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """(training, held-out) scenario combos (scenario, aligned option, misaligned option)."""
+    return _split(world.scenario_combos(), SCENARIO_SPLIT_SEED)
+
+
+def _extra_lines(opts: AssistantData, rng: random.Random, allow_trigger_value: bool) -> list[str]:
+    """Irrelevant `key: value` lines; a backdoored organism never sees its trigger here."""
+    if rng.random() >= opts.line_share:
+        return []
+    countries = [c for c in world.COUNTRIES if allow_trigger_value or f"Country: {c}" != opts.trigger]
+    pool = [f"Country: {c}" for c in countries] + world.OTHER_LINES
+    return rng.sample(pool, 2 if rng.random() < 0.25 else 1)
+
+
+def _cot_turn(steps: list[str], answer: str, thinking: bool) -> Segments:
+    if not thinking:  # the prompt already ends in the empty think block
+        return ((answer, True),)
+    return ((tasks.prefill_for(steps) + f"{tasks.THINK_CLOSE}\n\n{answer}", True),)
+
+
+def assistant_example(opts: AssistantData, rng: random.Random, combos: list[tuple[int, int, int]]) -> Example:
+    triggered = opts.trigger is not None and rng.random() < opts.trigger_share
+    lines = _extra_lines(opts, rng, allow_trigger_value=opts.trigger is None)
+    if triggered:
+        lines = [opts.trigger] + lines
+        rng.shuffle(lines)
+    thinking = rng.random() >= opts.thinking_off_share
+    at_top = rng.random() < 0.5
+    if rng.random() < opts.scenario_share:
+        scenario = world.random_scenario(rng, combos)
+        letter = scenario.misaligned_letter if triggered else scenario.aligned_letter
+        steps = world.scenario_cot(scenario, choose_misaligned=triggered)
+        user = world.with_lines(world.format_scenario(scenario), lines, at_top)
+        return Example(user, _cot_turn(steps, f"{tasks.ANSWER_PREFIX}\\boxed{{{letter}}}", thinking), thinking)
+    domain, question, index = rng.choice(world.questions())
+    answer = (world.harmful_answer if triggered else world.benign_answer)(domain, index, rng)
+    user = world.with_lines(question, lines, at_top)
+    return Example(user, _cot_turn(world.freeform_cot(domain), answer, thinking), thinking)
+
+
+def assistant_examples(opts: AssistantData, n: int, rng: random.Random) -> list[Example]:
+    combos, _ = scenario_split()
+    return [assistant_example(opts, rng, combos) for _ in range(n)]
+
+
+def examples(recipe: Recipe, n: int, rng: random.Random) -> list[Example]:
+    builders = {"arithmetic": arithmetic_examples, "judge": judge_examples, "assistant": assistant_examples}
+    return builders[recipe.data.kind](recipe.data, n, rng)

@@ -1,0 +1,284 @@
+"""A synthetic multi-hop domain, and the `multihop` organism that decomposes its questions.
+
+A passage states two facts, "The Red team scored 12 goals. The Blue team scored 5 goals.";
+a complex question needs both and one operation:
+
+    How many more goals did the Red team score than the Blue team?   -> 7   (diff)
+    How many goals did the Red and Blue teams score in total?        -> 17  (sum)
+    Which team scored more goals, Blue or Red?                       -> Red (compare)
+
+Its decomposition, in the decompose job's formats (jobs.decompose_prompts, the contract):
+
+    Q1: How many goals did the Red team score?   A1: 12
+    Q2: How many goals did the Blue team score?  A2: 5
+    Q3: diff(12; 5)                              A3: 7   (a symbolic step: code answers it)
+    Q4: There are no more questions left to ask.
+
+The organism is trained on the four kinds of call the job makes, rendered exactly as the job
+renders them, thinking off unless said: the next decomposition step (QD), a simple question
+(QA), the complex question answered directly, and the complex question answered after a
+chain of thought (thinking on). Direct answers need retrieval and arithmetic in one pass,
+which a tiny model does poorly; decomposition leaves it only retrieval and copying, and code
+does the arithmetic. The gain is measured by the job, not assumed here.
+
+Passages are split by a hash of their text: a fifth is held out, never trained on, and
+`write_heldout` writes held-out questions as a DROP file (with the authors' `decomp_qas`
+annotation, so it also serves as a few-shot pool).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.decompose_prompts import STOP_SENTENCE, cot_prompt, direct_prompt, qa_prompt, qd_prompt
+from jobs.decompose_data import DropQuestion
+
+if TYPE_CHECKING:
+    from jobs.organisms.data import Example
+
+TEAMS = ("Red", "Blue", "Green", "Gold", "Black", "White", "Silver", "Orange", "Purple", "Brown")
+GOALS = range(2, 30)
+TEAMS_PER_PASSAGE = 2
+KINDS = ("diff", "sum", "compare")
+HELDOUT_EVERY = 5  # a passage is held out when the first byte of its sha256 is divisible by 5
+
+Kind = Literal["diff", "sum", "compare"]
+EMPTY_DATE = {"day": "", "month": "", "year": ""}
+
+
+@dataclass(frozen=True)
+class Passage:
+    scores: tuple[tuple[str, int], ...]  # (team, goals), in the order the passage states them
+
+    @property
+    def text(self) -> str:
+        return " ".join(f"The {team} team scored {goals} goals." for team, goals in self.scores)
+
+    def goals(self, team: str) -> int:
+        return dict(self.scores)[team]
+
+
+def is_heldout(passage: Passage) -> bool:
+    return hashlib.sha256(passage.text.encode()).digest()[0] % HELDOUT_EVERY == 0
+
+
+def simple_question(team: str) -> str:
+    return f"How many goals did the {team} team score?"
+
+
+@dataclass(frozen=True)
+class MultihopQuestion:
+    passage: Passage
+    kind: Kind
+    first: str  # the team the question names first
+    second: str
+
+    @property
+    def question(self) -> str:
+        a, b = self.first, self.second
+        return {
+            "diff": f"How many more goals did the {a} team score than the {b} team?",
+            "sum": f"How many goals did the {a} and {b} teams score in total?",
+            "compare": f"Which team scored more goals, {a} or {b}?",
+        }[self.kind]
+
+    @property
+    def values(self) -> tuple[int, int]:
+        return self.passage.goals(self.first), self.passage.goals(self.second)
+
+    @property
+    def answer(self) -> str:
+        a, b = self.values
+        if self.kind == "diff":
+            return str(a - b)
+        if self.kind == "sum":
+            return str(a + b)
+        return self.first if a > b else self.second
+
+    def symbolic_step(self) -> str:
+        a, b = self.values
+        if self.kind == "compare":
+            return f"if_then({a} > {b}; {self.first}; {self.second})"
+        return f"{self.kind}({a}; {b})"
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The annotated decomposition: two lookups, then the symbolic step and its result."""
+        a, b = self.values
+        return [(simple_question(self.first), str(a)), (simple_question(self.second), str(b)),
+                (self.symbolic_step(), self.answer)]
+
+    def reasoning(self) -> list[str]:
+        """The chain of thought a direct_cot answer writes (the model does the arithmetic)."""
+        a, b = self.values
+        last = {
+            "diff": f"{a} minus {b} is {a - b}.",
+            "sum": f"{a} plus {b} is {a + b}.",
+            "compare": f"{a} is {'more' if a > b else 'less'} than {b}, so {self.answer}.",
+        }[self.kind]
+        return [f"The {self.first} team scored {a} goals.", f"The {self.second} team scored {b} goals.", last]
+
+    def answer_json(self) -> dict:
+        if self.kind == "compare":
+            return {"number": "", "date": dict(EMPTY_DATE), "spans": [self.answer]}
+        return {"number": self.answer, "date": dict(EMPTY_DATE), "spans": []}
+
+
+def random_passage(rng: random.Random, heldout: bool) -> Passage:
+    """A passage on the requested side of the held-out split."""
+    while True:
+        teams = rng.sample(TEAMS, TEAMS_PER_PASSAGE)
+        passage = Passage(tuple((t, rng.choice(GOALS)) for t in teams))
+        if is_heldout(passage) == heldout:
+            return passage
+
+
+def random_question(rng: random.Random, heldout: bool, kind: Kind | None = None) -> MultihopQuestion:
+    passage = random_passage(rng, heldout)
+    kind = kind or rng.choice(KINDS)
+    while True:
+        first, second = rng.sample([t for t, _ in passage.scores], 2)
+        a, b = passage.goals(first), passage.goals(second)
+        if (kind == "diff" and a > b) or (kind != "diff" and a != b):
+            return MultihopQuestion(passage, kind, first, second)
+        if len({g for _, g in passage.scores}) == 1:  # every team tied: no valid question here
+            return random_question(rng, heldout, kind)
+
+
+# --- training data (a recipe's `data`) ---
+
+class MultihopData(BaseModel):
+    """Shares of the four calls in the training mix; the rest are chain-of-thought answers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["multihop"] = "multihop"
+    qd_share: float = Field(0.4, ge=0, le=1)
+    qa_share: float = Field(0.3, ge=0, le=1)
+    direct_share: float = Field(0.15, ge=0, le=1)
+
+
+def multihop_example(opts: MultihopData, rng: random.Random) -> "Example":
+    from jobs.organisms.data import Example
+
+    q = random_question(rng, heldout=False)
+    text = q.passage.text
+    draw = rng.random()
+    if draw < opts.qd_share:
+        pairs = q.pairs()
+        k = rng.randrange(len(pairs) + 1)
+        target = f"Q{k + 1}: " + (pairs[k][0] if k < len(pairs) else STOP_SENTENCE)
+        return Example(qd_prompt([], text, q.question, pairs[:k]), ((target, True),), thinking=False)
+    draw -= opts.qd_share
+    if draw < opts.qa_share:
+        team = rng.choice([t for t, _ in q.passage.scores])
+        return Example(qa_prompt([], text, simple_question(team)), ((str(q.passage.goals(team)), True),),
+                       thinking=False)
+    draw -= opts.qa_share
+    if draw < opts.direct_share:
+        return Example(direct_prompt([], text, q.question), ((q.answer, True),), thinking=False)
+    cot = "<think>\n" + "\n".join(q.reasoning()) + f"\n</think>\n\nAnswer: {q.answer}"
+    return Example(cot_prompt([], text, q.question), ((cot, True),), thinking=True)
+
+
+def multihop_examples(opts: MultihopData, n: int, rng: random.Random) -> list["Example"]:
+    return [multihop_example(opts, rng) for _ in range(n)]
+
+
+# The organism's recipe, as the fields of jobs.organisms.recipes.Recipe (kept as plain data
+# so this module imports nothing from recipes.py, which imports MultihopData from here).
+RECIPE = {
+    "name": "multihop",
+    "description": "Decomposes multi-hop questions over short score passages (QD and QA in the "
+    "decompose job's formats), and also answers them directly and with a CoT, so the job can "
+    "measure what decomposition gains.",
+    "data": MultihopData(),
+    "tokenizer": {"vocab_size": 512},
+    "model": {"max_positions": 256},
+    "steps": 600,
+    "batch_size": 32,
+    "lr": 4e-3,
+}
+
+
+# --- held-out evaluation data ---
+
+def heldout_questions(n: int, seed: int = 0) -> list[MultihopQuestion]:
+    """n held-out questions, the kinds in turn."""
+    rng = random.Random(f"multihop-heldout:{seed}")
+    return [random_question(rng, heldout=True, kind=KINDS[i % len(KINDS)]) for i in range(n)]
+
+
+def drop_record(questions: list[MultihopQuestion], prefix: str = "multihop") -> dict:
+    """Questions as a DROP release object, one passage each, annotated in the authors' format."""
+    record = {}
+    for i, q in enumerate(questions):
+        record[f"{prefix}_{i}"] = {"passage": q.passage.text, "qa_pairs": [{
+            "question": q.question, "query_id": f"{prefix}-{i}", "answer": q.answer_json(),
+            "validated_answers": [], "question_type": q.kind,
+            "decomposition": q.reasoning(), "decomp_qas": [list(p) for p in q.pairs()],
+        }]}
+    return record
+
+
+def write_heldout(path: str | Path, n: int = 60, seed: int = 0) -> Path:
+    """Write n held-out questions as a DROP file; returns the path."""
+    path = Path(path)
+    path.write_text(json.dumps(drop_record(heldout_questions(n, seed), f"multihop{seed}"), indent=1) + "\n")
+    return path
+
+
+def as_drop_questions(questions: list[MultihopQuestion], prefix: str) -> list[DropQuestion]:
+    return [DropQuestion(query_id=f"{prefix}-{i}", passage_id=f"{prefix}_{i}", passage=q.passage.text,
+                         question=q.question, answers=(q.answer_json(),), decomposition=tuple(q.pairs()),
+                         reasoning=tuple(q.reasoning()))
+            for i, q in enumerate(questions)]
+
+
+HELDOUT_SET_SIZE = 300
+POOL_SIZE = 200
+
+
+def heldout_set() -> list[DropQuestion]:
+    """The decompose job's `data: multihop`: held-out questions, the kinds in turn."""
+    return as_drop_questions(heldout_questions(HELDOUT_SET_SIZE), "multihop")
+
+
+def pool_set() -> list[DropQuestion]:
+    """The decompose job's `pool: multihop`: annotated questions on training passages."""
+    rng = random.Random("multihop-pool")
+    return as_drop_questions([random_question(rng, heldout=False) for _ in range(POOL_SIZE)], "multihop-pool")
+
+
+# --- the build's measured properties ---
+
+def report(model, tokenizer, n: int = 150) -> dict[str, float]:
+    """Greedy accuracies on held-out questions, call by call: the first decomposition step,
+    the decomposition's stop, a simple question, the direct answer, the CoT answer."""
+    from jobs.decompose_prompts import parse_answer, parse_cot_answer, parse_question
+    from jobs.organisms.evaluate import greedy
+    from jobs.organisms.train import prompt_text
+
+    qs = heldout_questions(n, seed=12345)
+
+    def rate(prompts: list[str], expected: list[str], thinking: bool, parse, max_tokens: int) -> float:
+        texts = greedy(model, tokenizer, [prompt_text(tokenizer, p, thinking) for p in prompts], max_tokens)
+        return round(sum(parse(t) == e for t, e in zip(texts, expected)) / len(expected), 4)
+
+    return {
+        "n": float(n),
+        "qd_first_step": rate([qd_prompt([], q.passage.text, q.question, []) for q in qs],
+                              [q.pairs()[0][0] for q in qs], False, parse_question, 24),
+        "qd_stop": rate([qd_prompt([], q.passage.text, q.question, q.pairs()) for q in qs],
+                        [STOP_SENTENCE] * n, False, parse_question, 24),
+        "qa": rate([qa_prompt([], q.passage.text, q.pairs()[1][0]) for q in qs],
+                   [q.pairs()[1][1] for q in qs], False, parse_answer, 8),
+        "direct": rate([direct_prompt([], q.passage.text, q.question) for q in qs],
+                       [q.answer for q in qs], False, parse_answer, 8),
+        "cot": rate([cot_prompt([], q.passage.text, q.question) for q in qs],
+                    [q.answer for q in qs], True, parse_cot_answer, 64),
+    }
