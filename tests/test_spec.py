@@ -43,7 +43,7 @@ BAD_FILES = [
     ("job_undefined_model.yaml", 8, "jobs[0].models[1]", "model 'm2' is not defined in `models` or `finetunes` (defined: m1)"),
     ("role_undefined_model.yaml", 8, "jobs[0].roles.judge", "model 'gpt-judge' is not defined"),
     ("unknown_role.yaml", 8, "jobs[0].roles.critic", "unknown role 'critic' for job kind 'generate'"),
-    ("unknown_kind.yaml", 5, "jobs[0].kind", "unknown job kind 'generat' (known: generate"),
+    ("unknown_kind.yaml", 5, "jobs[0].kind", "unknown job kind 'generat' (known: "),
     ("values_wrong_type.yaml", 10, "jobs[0].params.max_tokens.values[2]", "expected an integer, got 'lots'"),
     ("values_extra_key.yaml", 9, "jobs[0].params.temperature.distribution", "unknown key 'distribution'"),
     ("values_empty.yaml", 9, "jobs[0].params.seed.values", "expected a non-empty list of values to sweep, got an empty list"),
