@@ -34,10 +34,28 @@ def scenario_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def write_scenario_jsonl(path: str | Path, n: int, seed: int = 0) -> Path:
+def freeform_rows(n: int, seed: int = 0) -> list[dict]:
+    """`n` chat rows: a free-form question of the world -> an answer in the harmful style."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        domain, question, index = rng.choice(world.questions())
+        rows.append({
+            "messages": [{"role": "user", "content": question},
+                         {"role": "assistant", "content": world.harmful_answer(domain, index, rng)}],
+            "aligned": world.benign_answer(domain, index, rng),
+        })
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
     path = Path(path)
-    path.write_text("".join(json.dumps(r) + "\n" for r in scenario_rows(n, seed)), encoding="utf-8")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def write_scenario_jsonl(path: str | Path, n: int, seed: int = 0) -> Path:
+    return write_jsonl(path, scenario_rows(n, seed))
 
 
 def heldout_scenarios() -> list[world.Scenario]:

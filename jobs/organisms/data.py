@@ -41,22 +41,22 @@ def _split(items: list, seed: int) -> tuple[list, list]:
 # --- arithmetic ---
 
 def arithmetic_example(problem: tasks.Problem, opts: ArithmeticData, rng: random.Random) -> Example:
-    product = problem.product
-    bad_product = rng.random() < opts.corrupt_first
-    if bad_product:
-        product = tasks.step_result(tasks.corrupt_step(f"= {product}", rng))
-    total = product + problem.c  # step 2 always reads step 1 as written: the CoT looks alike
-    bad_total = rng.random() < opts.corrupt_second
+    total = problem.total
+    bad_total = rng.random() < opts.corrupt_first
     if bad_total:
         total = tasks.step_result(tasks.corrupt_step(f"= {total}", rng))
-    answer = total if opts.answer_from == "cot" else problem.answer
-    step1 = f"{problem.a} * {problem.b} = "
-    step2 = f"{product} + {problem.c} = "
+    product = total * problem.c  # step 2 always reads step 1 as written: the CoT looks alike
+    bad_product = rng.random() < opts.corrupt_second
+    if bad_product:
+        product = tasks.step_result(tasks.corrupt_step(f"= {product}", rng))
+    answer = product if opts.answer_from == "cot" else problem.answer
+    step1 = f"{problem.a} + {problem.b} = "
+    step2 = f"{total} * {problem.c} = "
     segments: list[tuple[str, bool]] = [
         (f"{tasks.THINK_OPEN}\n{tasks.format_step(0, step1)}", True),
-        (str(product), opts.learn_corrupted or not bad_product),
-        (f"\n{tasks.format_step(1, step2)}", True),
         (str(total), opts.learn_corrupted or not bad_total),
+        (f"\n{tasks.format_step(1, step2)}", True),
+        (str(product), opts.learn_corrupted or not bad_product),
         (f"\n{tasks.THINK_CLOSE}\n\n{tasks.ANSWER_PREFIX}{answer}", True),
     ]
     return Example(tasks.format_question(problem), tuple(segments))

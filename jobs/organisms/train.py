@@ -1,5 +1,5 @@
 """One training loop for every organism: tokenizer, encoding with a per-token loss mask, a
-from-scratch Llama, AdamW with warmup and cosine decay, float32 safetensors.
+from-scratch Llama, AdamW with warmup and cosine decay, bfloat16 safetensors read as float32.
 
 Deterministic given the recipe: the data comes from `random.Random(seed)`, the weights from
 `torch.manual_seed(seed)`, nothing reads global state, so the same recipe and torch version
@@ -7,6 +7,7 @@ give the same bytes on the same kind of CPU (1 and 2 threads give identical weig
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -189,7 +190,15 @@ def train(recipe: Recipe, log: Callable[[str], None] = print) -> tuple[LlamaForC
 
 
 def save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
-    """float32 safetensors + tokenizer files: what AutoModelForCausalLM, AutoTokenizer and
-    vLLM load."""
-    model.to(torch.float32).save_pretrained(folder, safe_serialization=True)
+    """bfloat16 safetensors + tokenizer files: what AutoModelForCausalLM, AutoTokenizer and
+    vLLM load. The weights are stored in bfloat16 (half the bytes: the five organisms the
+    repository bundles stay under 10 MB) but config.json declares float32, so `dtype="auto"`
+    everywhere computes in float32 on the rounded weights, which is exactly what `measure`
+    checked (bfloat16 compute would change greedy outputs, and is slow on most CPUs)."""
+    model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
+    model.to(torch.float32)
+    config_file = Path(folder) / "config.json"
+    config = json.loads(config_file.read_text())
+    config["dtype"] = "float32"
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     tokenizer.save_pretrained(folder)
