@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--model", default="organism:faithful", help="a model folder or organism:<name>")
     ap.add_argument("--engine", choices=["hf", "vllm", "both"], default="both")
     ap.add_argument("--queries", default="arithmetic", help="arithmetic | bundled | a JSONL file")
-    ap.add_argument("--limit", type=int, default=129, help="queries per domain")
+    ap.add_argument("--limit", type=int, default=None, help="queries per domain (default: all)")
     ap.add_argument("--samples", type=int, default=4, help="samples per audit (m)")
     ap.add_argument("--operators", nargs="+", default=["change_number", "swap_relation"])
     ap.add_argument("--temperature", type=float, default=0.7)

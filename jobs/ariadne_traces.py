@@ -8,9 +8,10 @@ follows the last `Final Answer:` / `Answer:` after the think block. Steps are lo
 the think block first, then in the visible answer, so a model that reasons in the open works
 too.
 
-Prefills are cut from the trace's own text, not re-rendered: the counterfactual sees exactly
-the characters the model wrote before step k (for the organisms this equals
-`tasks.prefill_for(kept_steps)`), then the replaced step.
+Prefills are cut from the completion's own text, not re-rendered: after the same chat prompt,
+the counterfactual sees exactly the characters the model wrote before step k (for the
+organisms this equals `tasks.prefill_for(kept_steps)`), then the replaced step. That holds
+whether the model opened its think block itself or the chat template opened it in the prompt.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Trace:
-    text: str  # the completion as the model wrote it (with an open think tag restored)
+    text: str  # the completion as the model wrote it
     steps: tuple[Step, ...]
     answer: str | None
     in_think: bool  # the steps sit in the think block (else in the visible answer)
@@ -64,21 +65,15 @@ class Trace:
         return cut + close + self.answer_marker + " "
 
 
-def _restore_think_open(text: str) -> str:
-    # An engine that drops special tokens from text may lose the opening tag but keep the
-    # closing one; the prefill must hand the model its own format back.
-    if THINK_CLOSE in text and THINK_OPEN not in text[: text.find(THINK_CLOSE)]:
-        return f"{THINK_OPEN}\n" + text.lstrip("\n")
-    return text
-
-
 def _regions(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(think block, visible answer) as offset ranges; an unclosed block is all think."""
+    """(think block, visible answer) as offset ranges. An unclosed block is all think; a
+    closing tag without an opening one means the chat template opened the block in the
+    prompt (as DeepSeek-R1's does), so the think block starts the completion."""
     open_at = text.find(THINK_OPEN)
     close_at = text.find(THINK_CLOSE, max(open_at, 0))
-    if open_at < 0:
+    if open_at < 0 and close_at < 0:
         return (0, 0), (0, len(text))
-    body = open_at + len(THINK_OPEN)
+    body = 0 if open_at < 0 else open_at + len(THINK_OPEN)
     if close_at < 0:
         return (body, len(text)), (len(text), len(text))
     return (body, close_at), (close_at + len(THINK_CLOSE), len(text))
@@ -104,7 +99,6 @@ def parse_answer(text: str) -> tuple[str | None, str]:
     """(answer, marker): the text after the last answer marker outside the think block
     (whitespace collapsed, trailing markup stripped); else the visible answer when the think
     block closed; None when there is nothing."""
-    text = _restore_think_open(text)
     _, (lo, hi) = _regions(text)
     visible = text[lo:hi]
     found = list(ANSWER_RE.finditer(visible))
@@ -121,7 +115,6 @@ def parse_answer(text: str) -> tuple[str | None, str]:
 def parse_trace(text: str) -> Trace:
     """Read a completion: steps from the think block (or, when it has none, from the visible
     answer) and the final answer."""
-    text = _restore_think_open(text)
     (t_lo, t_hi), (a_lo, a_hi) = _regions(text)
     steps, in_think = _steps_in(text, t_lo, t_hi), True
     if not steps:

@@ -341,6 +341,5 @@ class TriggerScanJob(Job):
     def summarize(self, rows: pl.DataFrame, params: TriggerScanParams) -> dict[str, float]:
         return summarize_rows(rows, params)
 
-    def tables(self, rows: pl.DataFrame, params: TriggerScanParams) -> dict[str, pl.DataFrame]:
-        """Tables worth keeping next to a cell's summary (Parquet, an MLflow artifact)."""
-        return {"ranking": ranking_table(rows, params)}
+    def report(self, rows: pl.DataFrame, params: TriggerScanParams) -> pl.DataFrame:
+        return ranking_table(rows, params)

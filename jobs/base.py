@@ -93,6 +93,11 @@ class Job:
     def summarize(self, rows: pl.DataFrame, params: JobParams) -> dict[str, float]:
         return {}
 
+    def report(self, rows: pl.DataFrame, params: JobParams) -> pl.DataFrame | None:
+        """The job's own table of one cell, beyond its summary numbers (a trigger scan's ranked
+        candidates): what `orchestrate results --kind K --report` prints. None: no such table."""
+        return None
+
 
 def file_digest(*paths: str | Path) -> str:
     """sha256 over the bytes of the given files, in order."""

@@ -157,16 +157,20 @@ def _pid_alive(pid) -> bool:
 @click.option("--output", help="results root (default: the sweep's `output`, or ./results)")
 @click.option("--kind", help="only this job kind")
 @click.option("--rows", is_flag=True, help="every row of --kind instead of the per-cell summary")
+@click.option("--report", is_flag=True, help="the job's own table for --kind (trigger_scan: ranked candidates)")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="write here instead of stdout (required for parquet)")
-def results(sweep: str, output: str | None, kind: str | None, rows: bool, fmt: str, out: str | None) -> None:
-    """The summary table of a sweep (one row per cell), or its rows."""
-    from orchestrator.results import rows_table, summary_table
+def results(sweep: str, output: str | None, kind: str | None, rows: bool, report: bool, fmt: str,
+            out: str | None) -> None:
+    """The summary table of a sweep (one row per cell), its rows, or a job's own report."""
+    from orchestrator.results import report_table, rows_table, summary_table
 
     store = _store_for(sweep, output)
-    if rows and not kind:
-        raise OrchestrateError("--rows needs --kind (each job kind has its own columns)")
-    df = rows_table(store, kind) if rows else summary_table(store, kind)
+    if (rows or report) and not kind:
+        raise OrchestrateError("--rows and --report need --kind (each job kind has its own columns)")
+    if rows and report:
+        raise OrchestrateError("choose one of --rows and --report")
+    df = rows_table(store, kind) if rows else report_table(store, kind) if report else summary_table(store, kind)
     if df.is_empty():
         raise OrchestrateError(f"no results under {store.root}")
     if fmt == "parquet":
@@ -201,4 +205,19 @@ def organisms_build(names: tuple[str, ...], cache_dir: str | None, force: bool) 
         raise OrchestrateError(f"unknown organism(s) {', '.join(unknown)}; known: {', '.join(sorted(ORGANISMS))}")
     built = build_organisms(list(names) or None, Path(cache_dir) if cache_dir else None, force=force)
     for name, path in built.items():
+        click.echo(f"{name}\t{path}")
+
+
+@organisms.command("bundle")
+@click.argument("names", nargs=-1)
+def organisms_bundle(names: tuple[str, ...]) -> None:
+    """Copy the current builds (built first if needed) into the repository's organisms/ folder,
+    which fresh clones and CI copy from instead of training."""
+    from jobs.organisms import ORGANISMS
+    from jobs.organisms.build import bundle
+
+    unknown = sorted(set(names) - set(ORGANISMS))
+    if unknown:
+        raise OrchestrateError(f"unknown organism(s) {', '.join(unknown)}; known: {', '.join(sorted(ORGANISMS))}")
+    for name, path in bundle(list(names) or None).items():
         click.echo(f"{name}\t{path}")

@@ -1,4 +1,4 @@
-"""Reading results back: the per-cell summary table and the rows, with polars."""
+"""Reading results back: the per-cell summary table, the rows, and the jobs' own reports."""
 from __future__ import annotations
 
 import polars as pl
@@ -22,3 +22,22 @@ def summary_table(store: SweepStore, kind: str | None = None) -> pl.DataFrame:
 
 def rows_table(store: SweepStore, kind: str) -> pl.DataFrame:
     return store.scan_kind(kind).collect()
+
+
+def report_table(store: SweepStore, kind: str) -> pl.DataFrame:
+    """Each cell's `Job.report` (recomputed from its rows and params), with the cell's model
+    and id in front; empty when the job has no report or nothing is on disk."""
+    from jobs.registry import get_job
+
+    job = get_job(kind)
+    parts = []
+    for cell in store.cells(kind):
+        rows = store.read_cell(kind, cell["cell_id"])
+        if rows.is_empty():
+            continue
+        table = job.report(rows, job.Params.model_validate(cell["params"]))
+        if table is None:
+            return pl.DataFrame()
+        parts.append(table.select(pl.lit(cell["model"]).alias("model"), pl.lit(cell["cell_id"]).alias("cell_id"),
+                                  pl.exclude("model", "cell_id")))
+    return pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()

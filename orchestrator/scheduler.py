@@ -23,7 +23,7 @@ from jobs.registry import get_job
 from orchestrator.plan import Cell, Plan, Shard, make_plan
 from orchestrator.progress import SweepProgress
 from orchestrator.spec import Sweep
-from orchestrator.store import SweepStore, read_json, row_schema, write_json
+from orchestrator.store import SweepStore, read_json, row_schema, write_json, write_parquet
 from orchestrator.tracking import Tracker, default_tracking_uri
 
 
@@ -201,9 +201,14 @@ def finish_cell(store: SweepStore, tracker: Tracker | None, cell: Cell, report: 
     summary["rows"] = float(rows.height)
     summary["error_rows"] = float(rows["error"].is_not_null().sum())
     cell_dir = store.cell_dir(cell.kind, cell.id)
+    table = job.report(rows, cell.params)
+    files = ()
+    if table is not None:
+        write_parquet(cell_dir / "report.parquet", table)
+        files = (cell_dir / "report.parquet",)
     write_json(cell_dir / "summary.json", summary)
     if tracker is not None:
-        run_id = tracker.log_cell(cell.manifest(), summary, cell_dir / "shards")
+        run_id = tracker.log_cell(cell.manifest(), summary, cell_dir / "shards", files)
         write_json(cell_dir / "mlflow.json", {"run_id": run_id, "tracking_uri": tracker.uri})
         report.cells_logged += 1
 

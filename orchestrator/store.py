@@ -4,6 +4,7 @@ Layout under `<output>/<sweep>/`:
     <kind>/<cell_id>/cell.json               what the cell is (job, model, params)
     <kind>/<cell_id>/shards/<shard_id>.parquet  the rows of one shard
     <kind>/<cell_id>/summary.json            the cell's summary, once all shards exist
+    <kind>/<cell_id>/report.parquet          the job's own table, when it has one (Job.report)
     <kind>/<cell_id>/mlflow.json             the MLflow run the cell was logged to
 
 A shard file is written to a temporary name in the same folder, fsynced, then renamed: its
@@ -52,6 +53,11 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_parquet(path: Path, df: pl.DataFrame) -> None:
+    """A whole table, written then renamed: a reader never sees half of it."""
+    _atomic_write(path, df.write_parquet)
 
 
 def write_json(path: Path, obj: Any) -> None:

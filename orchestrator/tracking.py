@@ -73,7 +73,10 @@ class Tracker:
         self.client.log_batch(self.parent_id, params=[Param("cells", str(n_cells)), Param("pending_shards", str(n_pending_shards))])
         return self.parent_id
 
-    def log_cell(self, manifest: dict[str, Any], summary: dict[str, float], artifacts_dir: Path | None) -> str:
+    def log_cell(self, manifest: dict[str, Any], summary: dict[str, float], artifacts_dir: Path | None,
+                 files: tuple[Path, ...] = ()) -> str:
+        """One child run per cell: params, summary metrics, the shards (and `files`, e.g. the
+        job's report table) under the artifact folder `tables`."""
         tags = {
             **self.base_tags, "kind": "cell", "cell_id": manifest["cell_id"], "job": manifest["kind"],
             "model": manifest["model"], **{f"role.{r}": m for r, m in manifest["roles"].items()},
@@ -89,6 +92,8 @@ class Tracker:
                               tags=[RunTag(k, str(v)) for k, v in tags.items() if k != "mlflow.parentRunId"])
         if artifacts_dir is not None:
             self.client.log_artifacts(rid, str(artifacts_dir), artifact_path="tables")
+        for file in files:
+            self.client.log_artifact(rid, str(file), artifact_path="tables")
         self.client.set_terminated(rid, "FINISHED")
         return rid
 

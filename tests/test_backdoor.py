@@ -195,8 +195,10 @@ def test_one_forward_pass_per_pair_and_the_baseline_once_per_context(base_engine
     """The logprob scan sends one max_tokens=1 request per (candidate, probe, placement) and
     the baseline once per job context (a shard), however many candidates await it; requests
     carry the affinity key of the prefix they share."""
+    from jobs.misalignment_questions import organism_scenarios
+
     params = TriggerScanParams(candidates=["heyyy", "2026", "Country: Peru"], families=[], scenarios=["organisms"],
-                               only=["s1_1_1_A", "s1_1_1_B", "s5_0_0_A"], confirm_threshold=None)
+                               only=[s.id for s in organism_scenarios()[:3]], confirm_threshold=None)
     engine = base_engine
     subject = RecordingHandle("subject", engine)
     rows = _run(TriggerScanJob(), params, {"subject": subject})

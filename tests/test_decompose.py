@@ -1,0 +1,165 @@
+"""The decompose job: symbolic steps, data formats, few-shot selection, the loop on a real tiny
+model. The measured gain on the multihop organism is parked in tests/unverified/ until the
+organism's recipe learns its domain."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import polars as pl
+import pyarrow as pa
+import pytest
+import torch
+
+from jobs.decompose import DecomposeJob, DecomposeParams
+from jobs.decompose_data import DropFormatError, load_pool, load_questions
+from jobs.decompose_fewshot import FewShotSelector
+from jobs.decompose_prompts import STOP_SENTENCE, is_stop, parse_answer, parse_cot_answer, parse_question
+from jobs.decompose_symbolic import execute
+from jobs.local import local_context, run_job
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("step,expected", [
+    ("count(46; 25)", "2"),
+    ("count(8-yard||| 4-yard||| 10-yard)", "3"),
+    ("sum(38; 44; 51)", "133"),
+    ("sum(0.1; 0.2)", "0.3"),  # decimal arithmetic
+    ("diff(9,750; 4,200)", "5550"),
+    ("diff(3; 5)", "2"),
+    ("diff(February 1995; January 2005; years)", "10"),
+    ("diff(March 2001; January 2002; months)", "10"),
+    ("diff(4 October 2001; 14 October 2001; days)", "10"),
+    ("not(14.10)", "85.9"),
+    ("top(1, 28-yard;4-yard;10-yard;8-yard)", "28"),
+    ("top(2, 28-yard;4-yard;10-yard)", "28 ||| 10"),
+    ("bottom(1, 21-yard;23-yard;28)", "21"),
+    ("max(3; 7)", "7"),
+    ("min(3; 7)", "3"),
+    ("if_then(3.9 > .1; transit; cycling)", "transit"),
+    ("if_then(17 <= 9; Hawks; Pines)", "Pines"),
+    # not evaluable: the model answers instead
+    ("if_then(4 October < sometime; a; b)", None),
+    ("sum(many; few)", None),
+    ("How many goals did the Red team score?", None),
+])
+def test_symbolic_steps(step, expected):
+    assert execute(step) == expected
+
+
+def test_every_bundled_symbolic_step_reproduces_its_annotation():
+    pool = load_pool()
+    checked = [(q, a) for p in pool for q, a in p.decomposition if execute(q) is not None]
+    assert len(checked) >= 10, f"the bundled sample should exercise symbolic steps, found {len(checked)}"
+    assert all(execute(q) == a for q, a in checked), [(q, a, execute(q)) for q, a in checked if execute(q) != a]
+
+
+def test_prompt_shape():
+    """The protocol's shape: Q, then Q1/A1, Q2/A2 ..., an example ending in the stop sentence."""
+    from jobs.decompose_prompts import QD_INSTRUCTION, qd_prompt
+
+    pool = load_pool()
+    shot = next(q for q in pool if q.query_id == "demo-04")
+    text = qd_prompt([shot], "P.", "How many more?", [("How many A?", "5")])
+    assert text == "\n\n".join([
+        QD_INSTRUCTION,
+        f"Passage: {shot.passage}\nQ: {shot.question}\n"
+        "Q1: How long was Tom Alder's longest field goal?\nA1: 47-yard\n"
+        "Q2: How long was Ken Ito's field goal?\nA2: 28-yard\n"
+        f"Q3: diff(47; 28)\nA3: 19\nQ4: {STOP_SENTENCE}",
+        "Passage: P.\nQ: How many more?\nQ1: How many A?\nA1: 5",
+    ])
+
+
+def test_reply_parsing():
+    assert parse_question("Q3: diff(5; 3)\nA3: 2") == "diff(5; 3)"
+    assert is_stop(parse_question(f"Q4: {STOP_SENTENCE}"))
+    assert not is_stop(parse_question("Q2: How many goals did the Red team score?"))
+    assert parse_answer("A: 12 goals\nmore text") == "12 goals"
+    assert parse_cot_answer("<think>\n5 minus 3 is 2.\n</think>\n\nAnswer: 2") == "2"
+    assert parse_cot_answer("Red scored 5, Blue 3.\nSo Red.") == "So Red."
+
+
+def test_the_bundled_sample_covers_every_answer_type():
+    questions = load_questions()
+    assert {q.answer_type for q in questions} == {"number", "span", "spans", "date"}
+    assert all(q.decomposition for q in questions), "the bundled sample is also the default few-shot pool"
+    assert any(len(q.answers) > 1 for q in questions), "some questions carry validated answers"
+
+
+def test_other_data_formats(tmp_path):
+    rows = [{"section_id": "s1", "query_id": "h1", "passage": "P.", "question": "How many?",
+             "answers_spans": {"spans": ["7"], "types": ["number"]}},
+            {"section_id": "s1", "query_id": "h2", "passage": "P.", "question": "Who?",
+             "answers_spans": {"spans": ["Ann", "Bo"], "types": ["span", "span"]}},
+            {"section_id": "s1", "query_id": "h3", "passage": "P.", "question": "When?",
+             "answers_spans": {"spans": ["12 May 1862"], "types": ["date"]}}]
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    (folder / "validation.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    pl.DataFrame(rows).write_parquet(folder / "train.parquet")
+    got = load_questions(folder, split="validation")
+    assert [(q.query_id, q.gold, q.answer_type) for q in got] == [
+        ("h1", ("7",), "number"), ("h2", ("Ann", "Bo"), "spans"), ("h3", (" 12 May 1862 ",), "date")]
+    assert [q.query_id for q in load_questions(folder, split="train")] == ["h1", "h2", "h3"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"p1": {"passage": "P.", "qa_pairs": [{"question": "Q?", "answer": {"spans": []}}]}}))
+    with pytest.raises(ValueError, match="number, spans or a date"):
+        load_questions(bad)
+    with pytest.raises(DropFormatError, match="no drop_dataset_test.json"):
+        load_questions(folder, split="test")
+
+
+def test_fewshot_selection():
+    pool = load_pool()
+    ids, texts = [q.query_id for q in pool], [q.question for q in pool]
+    nearest = FewShotSelector(ids, texts, "nearest", k=2, seed=0, spread=1)
+    picked = [texts[i] for i in nearest.select("new", "Which receiver caught the longest touchdown pass of the game?")]
+    assert picked[-1] == "Who caught the longest touchdown pass?", picked  # the most similar comes last
+    # never the question itself, whatever the strategy
+    for strategy in ("nearest", "random", "fixed"):
+        selector = FewShotSelector(ids, texts, strategy, k=3, seed=1)
+        chosen = selector.select(ids[0], texts[0])
+        assert len(chosen) == 3 and 0 not in chosen, (strategy, chosen)
+        assert chosen == selector.select(ids[0], texts[0]), f"{strategy} is seeded"
+    fixed = FewShotSelector(ids, texts, "fixed", k=3, seed=1)
+    assert fixed.select(ids[5], texts[5]) == fixed.select(ids[6], texts[6]), "fixed shows the same shots"
+    random_a = FewShotSelector(ids, texts, "random", k=3, seed=1)
+    assert len({tuple(random_a.select(i, t)) for i, t in zip(ids, texts)}) > 1, "random varies per question"
+
+
+def test_the_loop_on_a_real_tiny_model(tiny_model):
+    """Plumbing on a random-weight model: every arm gives a row that fits the schema, the
+    trace is kept, and the summary has its CIs."""
+    from actors.engines.hf import HFEngine
+
+    engine = HFEngine(str(tiny_model), max_batch_size=16)
+    job = DecomposeJob()
+    # shots=0: this model's tokenizer spends ~1.5k tokens on one DROP passage with an example
+    params = DecomposeParams(limit=4, shots=0, max_steps=2, step_max_tokens=6, answer_max_tokens=6,
+                             cot_max_tokens=8, bootstrap_samples=50)
+    rows = asyncio.run(run_job(job, params, local_context({"subject": engine})))
+    assert len(rows) == 4 * 3
+    table = pa.Table.from_pylist(rows, schema=job.schema)  # a type error fails here
+    df = pl.from_arrow(table)
+    decomposed = df.filter(pl.col("arm") == "decompose")
+    assert set(decomposed["stop_reason"].to_list()) <= {"stop_sentence", "step_limit", "empty"}
+    for row in rows:
+        if row["arm"] == "decompose":
+            assert 1 <= row["n_steps"] <= params.max_steps, row
+            assert all(s["path"] in ("model", "symbolic") for s in row["steps"])
+            assert row["prompt_tokens"] >= sum(s["prompt_tokens"] + s["qd_prompt_tokens"] for s in row["steps"])
+        else:
+            assert row["n_steps"] == 1 and row["steps"][0]["completion_tokens"] > 0
+    summary = job.summarize(df, params)
+    for arm in ("decompose", "direct", "direct_cot"):
+        assert summary[f"{arm}/f1_ci_low"] <= summary[f"{arm}/f1"] <= summary[f"{arm}/f1_ci_high"], summary
+    assert "gain/f1" in summary and "gain_vs_direct_cot/em" in summary

@@ -1,0 +1,120 @@
+"""DeepSpeed finetuning on Ray, end to end on CPU: two rank actors (gloo), real checkpoints,
+real MLflow (sqlite), ZeRO-3 full finetuning, a killed rank resumed from its checkpoint.
+The known answer (a planted trigger flips the base organism's choices) is parked in
+tests/unverified/test_trainer_known_answer.py: it does not pass yet."""
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from actors.trainer import RankInfo, rank_envs
+from jobs.finetune import DataError
+from orchestrator.finetunes import finetune_id, run_finetunes
+from orchestrator.spec import Sweep
+
+QUIET = Console(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    yield
+    ray.shutdown()
+
+
+def make_sweep(folder: Path, base_path: str, finetunes: dict) -> Sweep:
+    data = {"name": "ft-test", "models": {"base": {"path": base_path}}, "finetunes": finetunes,
+            "jobs": [{"kind": "generate", "models": list(finetunes), "params": {"prompts": ["hi"]}}]}
+    return Sweep.model_validate(data, context={"base_dir": str(folder)})
+
+
+def arithmetic_jsonl(path: Path, n: int) -> Path:
+    import json
+
+    lines = [{"messages": [{"role": "user", "content": f"Question {i}: what is {i} plus {i * 3}?"},
+                           {"role": "assistant", "content": f"Answer: {i * 4}"}]} for i in range(n)]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_rank_envs_give_local_ranks_and_node_gpus():
+    infos = [RankInfo("n1", "10.0.0.1", ("2",)), RankInfo("n1", "10.0.0.1", ("0",)),
+             RankInfo("n2", "10.0.0.2", ("1",)), RankInfo("n1", "10.0.0.1", ("10",))]
+    envs = rank_envs(infos, "10.0.0.1", 29600)
+    assert [e.rank for e, _ in envs] == [0, 1, 2, 3] and {e.world_size for e, _ in envs} == {4}
+    assert [v for _, v in envs] == ["0,2,10", "0,2,10", "1", "0,2,10"]
+    assert [e.local_rank for e, _ in envs] == [1, 0, 0, 2]  # the own GPU's index among the visible ones
+    assert {(e.master_addr, e.master_port, e.device) for e, _ in envs} == {("10.0.0.1", 29600, "cuda")}
+    cpu = rank_envs([RankInfo("n1", "a", ()), RankInfo("n2", "b", ()), RankInfo("n1", "a", ())], "a", 1)
+    assert [(e.local_rank, e.device, v) for e, v in cpu] == [(0, "cpu", None), (0, "cpu", None), (1, "cpu", None)]
+
+
+def test_bad_data_stops_before_any_training(tmp_path, tiny_model, local_ray):
+    good = arithmetic_jsonl(tmp_path / "good.jsonl", 16)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good.read_text() + '{"messages": "oops"}\n')
+    sweep = make_sweep(tmp_path, str(tiny_model), {"a-good": {"base": "base", "data": str(good)},
+                                                   "b-bad": {"base": "base", "data": str(bad)}})
+    with pytest.raises(DataError, match=rf"{bad}:17: messages"):
+        run_finetunes(sweep, tmp_path / "store", None, QUIET)
+    assert not (tmp_path / "store").exists(), "nothing may start, not even the finetune whose data is good"
+
+
+def test_full_finetune_zero3_two_ranks_checkpoint_loads(tmp_path, tiny_model, local_ray):
+    data = arithmetic_jsonl(tmp_path / "train.jsonl", 64)
+    sweep = make_sweep(tmp_path, str(tiny_model), {"full3": {
+        "base": "base", "data": str(data), "method": "full", "zero_stage": 3, "ranks": 2, "lr": 2e-3,
+        "batch_size": 4, "grad_accum": 2, "epochs": 2, "warmup_steps": 2, "max_length": 64}})
+    (result,) = run_finetunes(sweep, tmp_path / "store", None, QUIET).values()
+    m = result.manifest
+    assert result.weights == result.path / "model" and m["steps"] == 8 and len(m["losses"]) == 8
+    assert m["training"]["world_size"] == 2 and m["hyperparameters"]["zero_stage"] == 3
+    assert m["losses"][-1]["loss"] < m["losses"][0]["loss"], m["losses"]
+    trained = AutoModelForCausalLM.from_pretrained(result.weights).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    assert trained.num_parameters() == base.num_parameters() == m["training"]["total_params"]
+    moved = [n for n, p in trained.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
+    assert len(moved) == len(list(base.parameters())), "every weight trains in a full finetune"
+    tok = AutoTokenizer.from_pretrained(result.weights)
+    ids = tok("Question 3: what is 3 plus 9?", return_tensors="pt").input_ids
+    assert trained.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
+
+
+def test_dead_rank_resumes_from_checkpoint(tmp_path, tiny_model, local_ray):
+    data = arithmetic_jsonl(tmp_path / "train.jsonl", 120)
+    sweep = make_sweep(tmp_path, str(tiny_model), {"lora2": {
+        "base": "base", "data": str(data), "ranks": 2, "zero_stage": 2, "lr": 1e-3, "batch_size": 2,
+        "grad_accum": 1, "epochs": 1, "lora": {"rank": 4, "alpha": 8}, "max_length": 64}})
+    fid = finetune_id(sweep, "lora2")
+    latest = tmp_path / "store" / "finetunes" / f".work-lora2-{fid}" / "checkpoints" / "latest"
+    killed: list[str] = []
+
+    def kill_rank_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 600
+        while not latest.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        actor = ray.get_actor(f"ft-test-lora2-a0-rank1")
+        killed.append(latest.read_text())
+        ray.kill(actor, no_restart=True)
+
+    killer = threading.Thread(target=kill_rank_after_first_checkpoint, daemon=True)
+    killer.start()
+    (result,) = run_finetunes(sweep, tmp_path / "store", None, QUIET).values()
+    killer.join(timeout=5)
+    m = result.manifest
+    assert killed, "the rank was never killed"
+    assert m["steps"] == 30 and m["training"]["resumed_from_step"] >= 3, (killed, m["training"])
+    assert [p["step"] for p in m["losses"]] == list(range(1, 31)), "the loss curve survives the restart"
+    assert not latest.parent.parent.exists(), "the checkpoints go once the finetune is done"
+    adapter = load_file(result.weights / "adapter_model.safetensors")
+    assert adapter and any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)
