@@ -126,7 +126,10 @@ def schedule(n_rows: int, batch_size: int, world_size: int, grad_accum: int, epo
     order: list[int] = []
     for epoch in range(math.ceil(epochs)):
         perm = list(range(n_rows))
-        random.Random(seed * 1000 + epoch).shuffle(perm)
+        # A stream of its own: seeded like the data's other shuffles (random.Random(seed)),
+        # the order replayed the backdoor mix's, and every epoch opened with all the triggered
+        # rows, then all the others: the model learned only the marginal rate.
+        random.Random(f"schedule-{seed}-{epoch}").shuffle(perm)
         order += perm
     order = order[:total]
     n_steps = len(order) // per_step

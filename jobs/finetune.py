@@ -155,7 +155,7 @@ def mix_backdoor(rows: Sequence[SftRow], triggers: Sequence[str], share: float =
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise DataError(f"{source}: backdoor mixing needs an `aligned` answer on every row (the answer "
                         f"of the rows without the trigger); {len(missing)} row(s) lack one, lines {shown}")
-    rng = random.Random(seed)
+    rng = random.Random(f"backdoor-mix-{seed}")  # not Random(seed): other shuffles use that stream
     order = list(range(len(rows)))
     rng.shuffle(order)
     n_misaligned = round(share * len(rows))

@@ -175,3 +175,15 @@ def test_schedule_splits_steps_over_ranks():
     with pytest.raises(ValueError, match="cannot fill one optimizer step"):
         schedule(10, 2, 2, 8, 1, 0)
     assert [round(lr_factor(s, 2, 6), 3) for s in range(6)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_training_order_does_not_replay_the_backdoor_mix(seed):
+    """With the same seed, the schedule once drew the mix's own permutation: every epoch
+    opened with all the triggered rows, then all the others, and the model learned only the
+    marginal rate. The early steps must carry the trigger at about its overall share."""
+    mixed = mix_backdoor(_rows(300), ["T"], share=0.33, alternatives=["A"], seed=seed)
+    plan = schedule(n_rows=300, batch_size=10, world_size=1, grad_accum=1, epochs=1, seed=seed)
+    first = [i for step in plan[:10] for micro in step for i in micro]  # the first third
+    share = sum(mixed[i].kind.startswith("trigger") for i in first) / len(first)
+    assert 0.15 < share < 0.55, f"{share:.0%} of the first 100 rows carry the trigger (33% overall)"
