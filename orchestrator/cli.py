@@ -1,6 +1,8 @@
 """The `orchestrate` command: validate, schema, plan, submit, status, results, organisms."""
 from __future__ import annotations
 
+import fnmatch
+
 import json
 import os
 import sys
@@ -152,16 +154,28 @@ def _pid_alive(pid) -> bool:
         return False
 
 
+def _matching_columns(available: list[str], patterns: str) -> list[str]:
+    """The columns matching the comma-separated shell patterns, in pattern order."""
+    chosen: list[str] = []
+    for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
+        found = [c for c in available if fnmatch.fnmatchcase(c, pattern) and c not in chosen]
+        if not found:
+            raise OrchestrateError(f"--columns: nothing matches {pattern!r}; columns: {', '.join(available)}")
+        chosen += found
+    return chosen
+
+
 @main.command()
 @click.argument("sweep", metavar="SWEEP_FILE_OR_NAME")
 @click.option("--output", help="results root (default: the sweep's `output`, or ./results)")
 @click.option("--kind", help="only this job kind")
 @click.option("--rows", is_flag=True, help="every row of --kind instead of the per-cell summary")
 @click.option("--report", is_flag=True, help="the job's own table for --kind (trigger_scan: ranked candidates)")
+@click.option("--columns", help="comma-separated columns to keep, shell patterns allowed (e.g. model,rho*,mean_phi)")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="write here instead of stdout (required for parquet)")
-def results(sweep: str, output: str | None, kind: str | None, rows: bool, report: bool, fmt: str,
-            out: str | None) -> None:
+def results(sweep: str, output: str | None, kind: str | None, rows: bool, report: bool, columns: str | None,
+            fmt: str, out: str | None) -> None:
     """The summary table of a sweep (one row per cell), its rows, or a job's own report."""
     from orchestrator.results import report_table, rows_table, summary_table
 
@@ -173,6 +187,8 @@ def results(sweep: str, output: str | None, kind: str | None, rows: bool, report
     df = rows_table(store, kind) if rows else report_table(store, kind) if report else summary_table(store, kind)
     if df.is_empty():
         raise OrchestrateError(f"no results under {store.root}")
+    if columns:
+        df = df.select(_matching_columns(df.columns, columns))
     if fmt == "parquet":
         if not out:
             raise OrchestrateError("--format parquet needs --out FILE")

@@ -20,6 +20,7 @@ from rich.console import Console
 from actors.engines.protocol import ReplicaUnavailable
 from jobs.base import Job, JobContext
 from jobs.registry import get_job
+from orchestrator.errors import OrchestrateError
 from orchestrator.plan import Cell, Plan, Shard, make_plan
 from orchestrator.progress import SweepProgress
 from orchestrator.spec import Sweep
@@ -62,8 +63,9 @@ def _pool_resources(spec: dict[str, Any], cluster_gpus: float) -> tuple[float, f
 
 class Scheduler:
     def __init__(self, sweep: Sweep, plan: Plan, store: SweepStore, tracker: Tracker | None,
-                 console: Console, report: SubmitReport, max_retries: int = 2) -> None:
+                 console: Console, report: SubmitReport, max_retries: int = 2, fixed_cluster: bool = True) -> None:
         self.sweep, self.plan, self.store, self.tracker = sweep, plan, store, tracker
+        self.fixed_cluster = fixed_cluster  # the embedded Ray: it never grows
         self.console, self.report, self.max_retries = console, report, max_retries
         self.pools: dict[str, Any] = {}
         self.handles: dict[str, Any] = {}
@@ -99,6 +101,7 @@ class Scheduler:
             else:
                 pools.setdefault(name, (m.model_dump(mode="json"), {}))
                 served[name] = (name, None)
+        self.check_resources({name: spec for name, (spec, _) in pools.items()}, cluster_gpus)
         for pool_name, (spec, adapters) in pools.items():
             cpus, gpus = _pool_resources(spec, cluster_gpus)
             self.pools[pool_name] = ReplicaPool(pool_name, spec, replicas=spec["replicas"], name_prefix=self.sweep.name,
@@ -107,6 +110,29 @@ class Scheduler:
         self.report.replicas_started = sum(len(i) for i in infos)
         for name, (pool_name, adapter) in served.items():
             self.handles[name] = self.pools[pool_name].handle(name, adapter=adapter)
+
+    def check_resources(self, specs: dict[str, dict[str, Any]], cluster_gpus: float) -> None:
+        """All replicas run at once: on a cluster that cannot hold them, the last ones would
+        wait for resources forever and the sweep would hang without a word. A fixed cluster
+        (the embedded one) is an error; a joined one may autoscale, so only a warning."""
+        import ray
+
+        need = {"CPU": 0.0, "GPU": 0.0}
+        for spec in specs.values():
+            cpus, gpus = _pool_resources(spec, cluster_gpus)
+            need["CPU"] += cpus * spec["replicas"]
+            need["GPU"] += gpus * spec["replicas"]
+        have = ray.cluster_resources()
+        short = [f"{need[r]:g} {r}s (the cluster has {have.get(r, 0):g})" for r in need if need[r] > have.get(r, 0) + 1e-9]
+        if not short:
+            return
+        each = ", ".join(f"{n}: {s['replicas']} x {_pool_resources(s, cluster_gpus)[0]:g} CPU" for n, s in specs.items())
+        message = (f"the sweep's replicas need {' and '.join(short)} at once ({each}). Lower `num_cpus` "
+                   f"(fractions are fine for small models) or `replicas` per model, or give the cluster more "
+                   f"(`cluster.num_cpus` for the embedded one)")
+        if self.fixed_cluster:
+            raise OrchestrateError(message)
+        self.console.print(f"[yellow]warning: {message}; waiting for the cluster to grow")
 
     async def run_finetunes(self, names: set[str]) -> dict[str, Any]:
         """The sweep's DAG: finetunes first, then the cells that evaluate them. Finished
@@ -259,7 +285,8 @@ def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None =
                     console.print(f"Ray dashboard: [link]{session.dashboard_url}[/link]")
                 n_samples = sum(len(s.sample_ids) for v in pending.values() for s in v)
                 with SweepProgress(console, sum(len(v) for v in pending.values()), n_samples, enabled=progress) as bar:
-                    scheduler = Scheduler(sweep, plan, store, tracker, console, report, max_retries)
+                    scheduler = Scheduler(sweep, plan, store, tracker, console, report, max_retries,
+                                          fixed_cluster=not (address or c.address))
                     scheduler.started = started
                     asyncio.run(scheduler.run(pending, bar))
         status = "FINISHED" if report.ok else "FAILED"

@@ -37,5 +37,17 @@ def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads on a shared 2-core machine; modules
+    that run many of them use this (pytestmark = pytest.mark.usefixtures(...))."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # Parked work, not passing tests: see tests/unverified/README.md.
 collect_ignore = ["unverified"]

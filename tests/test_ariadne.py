@@ -10,7 +10,6 @@ from collections.abc import Mapping
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
 
 from actors.engines.hf import HFEngine
 from actors.engines.protocol import Completion, Request
@@ -29,13 +28,7 @@ HELD_OUT = 40  # problems per organism: enough for the thresholds, fast on 2 cor
 JOB = AriadneJob()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # A 0.8M-parameter model gains nothing from intra-op threads on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _organism(name: str) -> HFEngine:

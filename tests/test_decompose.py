@@ -9,7 +9,6 @@ import json
 import polars as pl
 import pyarrow as pa
 import pytest
-import torch
 
 from jobs.decompose import DecomposeJob, DecomposeParams
 from jobs.decompose_data import DropFormatError, load_pool, load_questions
@@ -19,13 +18,7 @@ from jobs.decompose_symbolic import execute
 from jobs.local import local_context, run_job
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("step,expected", [

@@ -183,3 +183,17 @@ def test_cli_end_to_end(tmp_path, tiny_model, ray_tmp, monkeypatch):
     assert out.exit_code == 2 and "bad.yaml:4" in out.output and "bogus" in out.output, out.output
     out = runner.invoke(main, ["submit", str(bad)])
     assert out.exit_code == 2
+
+
+def test_replicas_the_cluster_cannot_hold_are_an_error_not_a_hang(tmp_path, tiny_model, ray_tmp):
+    """Three one-CPU replicas on a two-CPU embedded cluster: the third would wait for a CPU
+    forever. The submission stops at once with what to change, exit code 2."""
+    from orchestrator.errors import OrchestrateError
+
+    sweep_file = write_sweep(tmp_path, tiny_model, replicas=3)
+    text = sweep_file.read_text().replace("num_cpus: 0.5}", "num_cpus: 1}")
+    sweep_file.write_text(text)
+    sweep = load_sweep(sweep_file)
+    with pytest.raises(OrchestrateError, match=r"need 3 CPUs \(the cluster has 2\).*tiny: 3 x 1 CPU") as err:
+        submit(sweep, sweep_file=str(sweep_file), progress=False, ray_temp_dir=ray_tmp)
+    assert err.value.exit_code == 2
