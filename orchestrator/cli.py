@@ -160,7 +160,8 @@ def _matching_columns(available: list[str], patterns: str) -> list[str]:
     for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
         found = [c for c in available if fnmatch.fnmatchcase(c, pattern) and c not in chosen]
         if not found:
-            raise OrchestrateError(f"--columns: nothing matches {pattern!r}; columns: {', '.join(available)}")
+            shown = ", ".join(available[:30]) + (f", ... ({len(available)} in all)" if len(available) > 30 else "")
+            raise OrchestrateError(f"--columns: nothing matches {pattern!r}; columns: {shown}")
         chosen += found
     return chosen
 

@@ -197,3 +197,45 @@ def test_replicas_the_cluster_cannot_hold_are_an_error_not_a_hang(tmp_path, tiny
     with pytest.raises(OrchestrateError, match=r"need 3 CPUs \(the cluster has 2\).*tiny: 3 x 1 CPU") as err:
         submit(sweep, sweep_file=str(sweep_file), progress=False, ray_temp_dir=ray_tmp)
     assert err.value.exit_code == 2
+
+
+def test_a_finetune_is_a_step_of_the_sweep_served_as_an_adapter(tmp_path, tiny_model, ray_tmp):
+    """`finetunes:` in a sweep: the LoRA finetune trains first (two gloo ranks), then the
+    generate job evaluates the base and the finetune on one replica (the adapter rides on the
+    base's load); resubmitting trains nothing and runs nothing."""
+    import json
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                                                       {"role": "assistant", "content": f"Answer: {2 * i}"}]}) + "\n"
+                            for i in range(32)))
+    sweep_file = write_sweep(tmp_path, tiny_model, extra_job="")
+    text = sweep_file.read_text().replace("    models: [tiny]", "    models: [tiny, tuned]")
+    text = text.replace("jobs:\n", f"""finetunes:
+  tuned:
+    base: tiny
+    data: {data}
+    method: lora
+    ranks: 2
+    zero_stage: 2
+    lora: {{rank: 4, alpha: 8}}
+    lr: 0.01
+    batch_size: 4
+    grad_accum: 1
+    epochs: 1
+    max_length: 64
+jobs:
+""")
+    sweep_file.write_text(text)
+    sweep = load_sweep(sweep_file)
+    report = submit(sweep, sweep_file=str(sweep_file), progress=False, ray_temp_dir=ray_tmp)
+    assert report.ok and report.replicas_started == 1, report
+    store = SweepStore(tmp_path / "results", "skeleton")
+    rows = all_rows(store)
+    assert set(rows["model"].unique()) == {"tiny", "tuned"}
+    per_model = rows.group_by("model").agg(pl.len())
+    assert per_model["len"].to_list() == [per_model["len"][0]] * 2, per_model
+    manifests = list((tmp_path / "results" / "skeleton" / "finetunes").glob("*/manifest.json"))
+    assert len(manifests) == 1 and json.loads(manifests[0].read_text())["steps"] == 4
+    again = submit(sweep, sweep_file=str(sweep_file), progress=False, ray_temp_dir=ray_tmp)
+    assert again.shards_run == 0 and again.replicas_started == 0
