@@ -236,3 +236,18 @@ def test_recorded_properties_match_the_registry():
         assert record["digest"] == recipe.digest() and folder.name == recipe.folder_name()
         assert record["properties"], f"{name} was built without measuring its properties"
         assert str(default_cache_dir()) in str(folder.parent) or "organisms" in folder.parts
+
+
+def test_a_cache_miss_copies_the_bundled_build_instead_of_training(tmp_path):
+    from jobs.organisms.build import BUNDLE_DIR
+
+    recipe = ORGANISMS["judge"]
+    said: list[str] = []
+    folder = build_recipe(recipe, tmp_path, progress=said.append)
+    assert said == [f"judge: copied from the bundle {BUNDLE_DIR / recipe.folder_name()}"], (
+        f"the bundle must hold the current build of every registered organism (run `orchestrate organisms "
+        f"bundle` after changing a recipe or the organism code): {said}")
+    assert _sha256(folder / "model.safetensors") == _sha256(BUNDLE_DIR / recipe.folder_name() / "model.safetensors")
+    assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith(".")], "temp folders left behind"
+    for name, r in ORGANISMS.items():
+        assert (BUNDLE_DIR / r.folder_name()).is_dir(), f"{name} is not bundled at its current digest"

@@ -84,38 +84,43 @@ def build_recipe(recipe: Recipe, cache_dir: Path | None = None, force: bool = Fa
                 shutil.rmtree(leftover, ignore_errors=True)
         bundled = BUNDLE_DIR / recipe.folder_name()
         if bundled.is_dir() and not force and read_record(bundled).get("digest") == recipe.digest():
-            tmp = Path(tempfile.mkdtemp(prefix=f".{recipe.folder_name()}.", dir=cache))
-            try:
-                shutil.copytree(bundled, tmp, dirs_exist_ok=True)
-                os.rename(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            _publish(final, lambda tmp: shutil.copytree(bundled, tmp, dirs_exist_ok=True))
             progress(f"{recipe.name}: copied from the bundle {bundled}")
             return final
         started = time.perf_counter()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{recipe.folder_name()}.", dir=cache))
-        try:
+        built: dict = {}
+
+        def build_into(tmp: Path) -> None:
             model, tokenizer, stats = train(recipe, progress)
             save(model, tokenizer, tmp)
             properties = measure(recipe, tmp) if with_properties else {}
             stats["build_seconds"] = round(time.perf_counter() - started, 2)
-            record = {"recipe": recipe.model_dump(mode="json"), "digest": recipe.digest(),
-                      "stats": stats, "properties": properties,
+            built.update(stats=stats, properties=properties)
+            record = {"recipe": recipe.model_dump(mode="json"), "digest": recipe.digest(), **built,
                       "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             (tmp / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
-            if final.exists():  # force: move the old build aside, then swap
-                old = Path(tempfile.mkdtemp(prefix=f".{recipe.folder_name()}.old.", dir=cache))
-                os.rename(final, old / "organism")
-                os.rename(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    progress(f"{recipe.name}: built in {stats['build_seconds']:.0f}s -> {final} {properties}")
+
+        _publish(final, build_into)
+    progress(f"{recipe.name}: built in {built['stats']['build_seconds']:.0f}s -> {final} {built['properties']}")
     return final
+
+
+def _publish(final: Path, fill: Callable[[Path], None]) -> None:
+    """Fill a temporary folder next to `final`, then rename it into place (swapping out an
+    older `final`), so a folder under its final name is always complete."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        fill(tmp)
+        if final.exists():  # force: move the old build aside, then swap
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+            os.rename(final, old / "organism")
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _recipe(name: str) -> Recipe:
