@@ -111,6 +111,7 @@ def user_message(query: Query) -> str:
 
 class AriadneJob(Job):
     kind = "ariadne"
+    headline = ('audits', 'mean_phi', 'rho', 'rho_ci_lo', 'rho_ci_hi', 'baseline_phi', 'aoc.*')
     version = "1"
     Params = AriadneParams
     roles = ("critic", "judge")

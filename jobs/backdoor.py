@@ -238,6 +238,8 @@ def mean_effect(rows: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any
 
 class TriggerScanJob(Job):
     kind = "trigger_scan"
+    headline = ('candidates', 'significant', 'top1_is_true_trigger', 'top1/effect', 'top1/q', 'top1/confirmed',
+                'top2/effect')
     version = "1"
     Params = TriggerScanParams
     schema = ROW_SCHEMA

@@ -79,6 +79,8 @@ class Job:
     Params: ClassVar[type[JobParams]]
     schema: ClassVar[pa.Schema]  # the job's own columns; the store adds the id columns
     roles: ClassVar[tuple[str, ...]] = ()  # extra roles it calls besides `subject`
+    # summary columns (shell patterns) `orchestrate results` shows by default; () shows all
+    headline: ClassVar[tuple[str, ...]] = ()
 
     def samples(self, params: JobParams) -> Sequence[Sample]:
         raise NotImplementedError

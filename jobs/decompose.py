@@ -152,6 +152,7 @@ def _step(question: str, answer: str, path: str, model: str, answer_call: Comple
 
 class DecomposeJob(Job):
     kind = "decompose"
+    headline = ('decompose/f1', 'direct/f1', 'direct_cot/f1', 'gain/f1', 'gain/f1_ci_low')
     version = "1"
     Params = DecomposeParams
     roles = ("decomposer", "answerer")

@@ -59,6 +59,7 @@ def read_prompts(params: GenerateParams) -> list[tuple[str, list[dict]]]:
 
 class GenerateJob(Job):
     kind = "generate"
+    headline = ('completions', 'mean_completion_tokens', 'finished_by_stop')
     version = "1"
     Params = GenerateParams
     schema = pa.schema([

@@ -177,6 +177,8 @@ def load_items(params: MisalignmentParams) -> tuple[list[Question], list[Scenari
 
 class MisalignmentJob(Job):
     kind = "misalignment"
+    headline = ('none/misaligned', 'trigger/misaligned', 'trigger_gap', 'trigger_gap_lo', 'none/mc_misaligned',
+                'trigger/mc_misaligned', 'mc_trigger_gap')
     version = "1"
     Params = MisalignmentParams
     schema = ROW_SCHEMA

@@ -178,7 +178,7 @@ def _matching_columns(available: list[str], patterns: str) -> list[str]:
 def results(sweep: str, output: str | None, kind: str | None, rows: bool, report: bool, columns: str | None,
             fmt: str, out: str | None) -> None:
     """The summary table of a sweep (one row per cell), its rows, or a job's own report."""
-    from orchestrator.results import report_table, rows_table, summary_table
+    from orchestrator.results import headline_columns, report_table, rows_table, summary_table
 
     store = _store_for(sweep, output)
     if (rows or report) and not kind:
@@ -188,8 +188,12 @@ def results(sweep: str, output: str | None, kind: str | None, rows: bool, report
     df = rows_table(store, kind) if rows else report_table(store, kind) if report else summary_table(store, kind)
     if df.is_empty():
         raise OrchestrateError(f"no results under {store.root}")
+    hidden = 0
     if columns:
         df = df.select(_matching_columns(df.columns, columns))
+    elif fmt == "table" and not rows and not report:
+        shown = headline_columns(df, store, kind)
+        hidden, df = len(df.columns) - len(shown), df.select(shown)
     if fmt == "parquet":
         if not out:
             raise OrchestrateError("--format parquet needs --out FILE")
@@ -202,6 +206,8 @@ def results(sweep: str, output: str | None, kind: str | None, rows: bool, report
         Path(out).write_text(text) if out else click.echo(text)
     else:
         Console(width=200).print(_table(df))
+        if hidden:
+            click.echo(f"({hidden} more columns: --columns PATTERNS, or --format csv|json|parquet for all)")
 
 
 @main.group()

@@ -1,6 +1,8 @@
 """Reading results back: the per-cell summary table, the rows, and the jobs' own reports."""
 from __future__ import annotations
 
+import fnmatch
+
 import polars as pl
 
 from orchestrator.store import SweepStore
@@ -41,3 +43,18 @@ def report_table(store: SweepStore, kind: str) -> pl.DataFrame:
         parts.append(table.select(pl.lit(cell["model"]).alias("model"), pl.lit(cell["cell_id"]).alias("cell_id"),
                                   pl.exclude("model", "cell_id")))
     return pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
+
+
+def headline_columns(df: pl.DataFrame, store: SweepStore, kind: str | None = None) -> list[str]:
+    """The summary's columns worth a terminal: kind, model, the swept values that differ
+    between the cells shown, then each job's `headline` metrics. All columns when no job
+    names a headline."""
+    from jobs.registry import get_job
+
+    patterns = [p for k in df["kind"].unique().sort() for p in get_job(k).headline]
+    if not patterns:
+        return df.columns
+    swept = {k for cell in store.cells(kind) for k, v in cell["point"].items() if not isinstance(v, (list, dict))}
+    varying = [c for c in df.columns if c in swept and df[c].n_unique() > 1]
+    metrics = [c for p in patterns for c in df.columns if fnmatch.fnmatchcase(c, p)]
+    return list(dict.fromkeys(["kind", "model", *varying, *metrics]))

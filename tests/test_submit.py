@@ -172,6 +172,11 @@ def test_cli_end_to_end(tmp_path, tiny_model, ray_tmp, monkeypatch):
     assert out.exit_code == 0, out.output
     header, *lines = out.output.strip().splitlines()
     assert "cell_id" in header and "completions" in header and len(lines) == 2
+    out = runner.invoke(main, ["results", str(sweep_file)])  # the terminal view: the job's headline columns
+    assert out.exit_code == 0 and "completions" in out.output and "cell_id" not in out.output, out.output
+    assert "more columns" in out.output, out.output
+    out = runner.invoke(main, ["results", str(sweep_file), "--columns", "model,seed,completions", "--format", "csv"])
+    assert out.exit_code == 0 and out.output.splitlines()[0] == "model,seed,completions", out.output
     out = runner.invoke(main, ["results", str(sweep_file), "--kind", "generate", "--rows", "--format", "json"])
     assert out.exit_code == 0 and '"completion"' in out.output
     out = runner.invoke(main, ["status", str(sweep_file)])
