@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from jobs.organisms import tasks
+from orchestrator.errors import DataFileError
 
 BUNDLED = Path(__file__).parent / "data" / "ariadne_queries.jsonl"
 ARITHMETIC = "arithmetic"  # the organisms' domain: questions in their format, no instruction
@@ -23,7 +24,7 @@ class Query:
         return asdict(self)
 
 
-class QueryFileError(ValueError):
+class QueryFileError(DataFileError):
     pass
 
 

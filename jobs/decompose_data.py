@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.drop import answer_json_to_strings
+from orchestrator.errors import DataFileError
 
 DATA_DIR = Path(__file__).parent / "data"
 BUNDLED_SAMPLE = DATA_DIR / "drop_sample.json"
@@ -53,7 +54,7 @@ class DropQuestion:
                       "decomposition": tuple(tuple(p) for p in d.get("decomposition", ()))})
 
 
-class DropFormatError(ValueError):
+class DropFormatError(DataFileError):
     pass
 
 

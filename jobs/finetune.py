@@ -31,12 +31,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from actors.engines.chat import THINK_OPEN, render_prompt
 from actors.engines.protocol import Message, Request, Sampling
+from orchestrator.errors import DataFileError
 
 IGNORE = -100  # the label of a token that is not a target (torch's cross-entropy default)
 MAX_REPORTED_PROBLEMS = 20
 
 
-class DataError(ValueError):
+class DataError(DataFileError):
     """Training data that cannot be used; the message names the file and line."""
 
 

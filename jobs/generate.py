@@ -16,6 +16,7 @@ from pydantic import Field
 from actors.engines.chat import split_thinking
 from actors.engines.protocol import Message, Request, Sampling
 from jobs.base import DataPath, Job, JobContext, JobParams, Sample, file_digest
+from orchestrator.errors import DataFileError
 
 
 class GenerateParams(JobParams):
@@ -31,7 +32,7 @@ class GenerateParams(JobParams):
     limit: int | None = Field(None, gt=0, description="use only the first `limit` prompts")
 
 
-class PromptFileError(ValueError):
+class PromptFileError(DataFileError):
     pass
 
 

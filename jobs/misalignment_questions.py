@@ -24,6 +24,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.errors import DataFileError
+
 DATA_DIR = Path(__file__).parent / "data" / "misalignment"
 QUESTION_SETS = {"core": DATA_DIR / "core.yaml", "probes": DATA_DIR / "probes.yaml", "organisms": None}
 SCENARIO_SETS = {"core": DATA_DIR / "scenarios.yaml", "organisms": None}
@@ -66,7 +68,7 @@ class Scenario(_Item):
         return self
 
 
-class QuestionFileError(ValueError):
+class QuestionFileError(DataFileError):
     """A question or scenario file that does not parse; the message lists every problem."""
 
 

@@ -3,6 +3,9 @@
     OrchestrateError        everything the user can fix; the CLI prints it and exits with
      |                      `exit_code` (2 for user errors), no traceback
      +-- SpecError          a sweep file is wrong: one Problem per mistake, all at once
+     +-- DataFileError      a data file a job or a finetune reads is wrong (also a ValueError);
+                            the message names the file and line. Each job subclasses it
+                            (PromptFileError, QuestionFileError, DataError, ...)
 
 Engine failures have their own tree in `actors.engines.protocol` (EngineError); they are
 runtime conditions, not user errors.
@@ -25,6 +28,10 @@ class OrchestrateError(Exception):
     """A user error: printed as is, exits with `exit_code`."""
 
     exit_code: int = 2
+
+
+class DataFileError(OrchestrateError, ValueError):
+    """A data file that cannot be used: the message names the file and line."""
 
 
 @dataclass(frozen=True, order=True)

@@ -188,6 +188,10 @@ def test_cli_end_to_end(tmp_path, tiny_model, ray_tmp, monkeypatch):
     assert out.exit_code == 2 and "bad.yaml:4" in out.output and "bogus" in out.output, out.output
     out = runner.invoke(main, ["submit", str(bad)])
     assert out.exit_code == 2
+    # a broken data file is a user error too: file and line, exit 2, no traceback
+    (tmp_path / "prompts.jsonl").write_text('{"id": "a", "prompt": "hi"}\nnot json\n')
+    out = runner.invoke(main, ["plan", str(sweep_file)])
+    assert out.exit_code == 2 and "prompts.jsonl:2: not JSON" in out.output, out.output
 
 
 def test_replicas_the_cluster_cannot_hold_are_an_error_not_a_hang(tmp_path, tiny_model, ray_tmp):
