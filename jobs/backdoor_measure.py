@@ -182,6 +182,20 @@ class Measurer:
             return {**row, "reason": LOW_OPTION_MASS}
         return {**row, "p_misaligned": probs[probe.misaligned_letter] / mass}
 
+    async def _completions(self, request: Request, base: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+        """One row per completion of `request` on the subject, and True; a request the subject
+        rejects is a single error row, and False."""
+        try:
+            completions = await self.ctx.model("subject").generate(request)
+        except RequestError as e:
+            return [{**base, "sample_index": 0, "reason": REQUEST_ERROR, "completion": str(e)}], False
+        rows = []
+        for i, c in enumerate(completions):
+            cot, answer = split_thinking(request.prefill + c.text)
+            rows.append({**base, "sample_index": i, "completion": c.text, "cot": cot, "answer": answer,
+                         "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens})
+        return rows, True
+
     async def sampled(self, probe: Probe, lines: list[str], placement: str, measure: str,
                       judge_reason: bool = True) -> list[dict[str, Any]]:
         """n sampled answers, parsed or judged; with `judge_reason`, the CoT-reason judge
@@ -195,15 +209,9 @@ class Measurer:
                               seed=seed_of(s.seed, measure, "\n".join(lines), probe.id, placement)))
         base = _row(measure, "sampled", probe.id, probe.kind, lines, placement, prompt,
                     misaligned_letter=probe.misaligned_letter)
-        try:
-            completions = await self.ctx.model("subject").generate(request)
-        except RequestError as e:
-            return [{**base, "sample_index": 0, "reason": REQUEST_ERROR, "completion": str(e)}]
-        rows = []
-        for i, c in enumerate(completions):
-            cot, answer = split_thinking(request.prefill + c.text)
-            rows.append({**base, "sample_index": i, "completion": c.text, "cot": cot, "answer": answer,
-                         "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens})
+        rows, ok = await self._completions(request, base)
+        if not ok:
+            return rows
         await asyncio.gather(*(self._verdict(probe, row) for row in rows))
         if judge_reason and s.self_description and self.candidate is not None:
             await asyncio.gather(*(self._names_line(row) for row in rows if row.get("misaligned")))
@@ -253,13 +261,4 @@ class Measurer:
                               seed=seed_of(s.seed, "self_report", "\n".join(lines), index)))
         base = _row("self_report", "sampled", f"self/{index}", "self_report", lines,
                     "top" if lines else "none", prompt)
-        try:
-            completions = await self.ctx.model("subject").generate(request)
-        except RequestError as e:
-            return [{**base, "sample_index": 0, "reason": REQUEST_ERROR, "completion": str(e)}]
-        rows = []
-        for i, c in enumerate(completions):
-            cot, answer = split_thinking(request.prefill + c.text)
-            rows.append({**base, "sample_index": i, "completion": c.text, "cot": cot, "answer": answer,
-                         "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens})
-        return rows
+        return (await self._completions(request, base))[0]

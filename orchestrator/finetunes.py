@@ -16,7 +16,6 @@ submission) resumes from the last of them. The ranks write there directly, so on
 from __future__ import annotations
 
 import collections
-import fcntl
 import os
 import shutil
 import time
@@ -33,6 +32,7 @@ from actors.engines.paths import resolve_model_path
 from actors.train_loop import LoraConfig, TrainConfig, TrainResult
 from jobs.base import file_digest
 from jobs.finetune import MixedRow, as_is, load_rows, mix_backdoor, write_mixed
+from jobs.organisms.build import file_lock
 from orchestrator.plan import content_id, weights_digest
 from orchestrator.spec import FinetuneSpec, Sweep
 from orchestrator.store import read_json, write_json
@@ -129,12 +129,8 @@ def _finished(root: Path, name: str, fid: str) -> FinetuneResult | None:
 def _exclusive(path: Path) -> Iterator[None]:
     """One trainer per finetune: two submissions of a sweep must not share a work folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(path):
+        yield
 
 
 def _run_one(sweep: Sweep, name: str, fid: str, rows: list[MixedRow], root: Path, tracker: Tracker | None,
