@@ -5,6 +5,13 @@ same live replica by rendezvous hashing, so prefix caching pays; a request for a
 prefers replicas that already hold it; otherwise the least-loaded replica wins. A replica that
 dies fails its in-flight requests with ReplicaUnavailable (the scheduler retries the shard) and
 is replaced in the background.
+
+Coalescing: a Ray actor call costs about as much as a small model's request, so requests
+routed to the same replica are not sent one call each. Each waits in its replica's queue
+until the event loop has run what was ready when it arrived (the other samples of a shard
+start, or wake on their results, in the same loop iteration), then the whole queue goes in
+one `generate_many` call. A lone request waits one loop iteration, no timer. Results stream
+back per request as the engine finishes them.
 """
 from __future__ import annotations
 
@@ -20,6 +27,8 @@ from actors.engines.protocol import Completion, ReplicaUnavailable, Request
 from actors.replica import ModelReplica
 
 AFFINITY_SLACK = 64  # extra in-flight requests we accept on a replica to keep an adapter warm
+MAX_BATCH = 256  # requests per actor call: bounds one message's size; more go in the next call
+MAX_WAIT_TICKS = 4  # loop iterations a queue may wait while it keeps growing (a burst still arriving)
 
 
 @dataclass
@@ -30,6 +39,8 @@ class _Slot:
     inflight: int = 0
     adapters: set[str] = field(default_factory=set)
     alive: bool = True
+    queue: list[tuple[Request, asyncio.Future]] = field(default_factory=list)  # picked, not sent yet
+    flush_pending: bool = False  # a flush of `queue` is scheduled on the loop
 
 
 class ReplicaPool:
@@ -42,8 +53,10 @@ class ReplicaPool:
         self.ready_timeout_s = ready_timeout_s
         self.slots: list[_Slot] = []
         self.restarts = 0
-        self.calls = 0
+        self.calls = 0  # requests served (the submit report's generate_calls)
+        self.actor_calls = 0  # generate_many calls: calls / actor_calls is the coalescing factor
         self._replacing: dict[int, asyncio.Task] = {}
+        self._sending: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
 
     def _spawn(self, index: int, generation: int) -> _Slot:
         suffix = f".r{generation}" if generation else ""
@@ -80,12 +93,77 @@ class ReplicaPool:
             if request.adapter and request.adapter not in slot.adapters:
                 await slot.actor.add_adapter.remote(request.adapter, self.adapter_paths[request.adapter])
                 slot.adapters.add(request.adapter)
-            return await slot.actor.generate.remote(request)
-        except (RayActorError, ActorUnavailableError) as e:
+            future = asyncio.get_running_loop().create_future()
+            self._enqueue(slot, request, future)
+            return await future
+        except (RayActorError, ActorUnavailableError) as e:  # from add_adapter; batches fail in _send
             self._replace(slot)
             raise ReplicaUnavailable(f"replica {self.model}/{slot.index} died: {type(e).__name__}") from None
         finally:
             slot.inflight -= 1
+
+    # ---- coalescing -------------------------------------------------------------------------
+
+    def _enqueue(self, slot: _Slot, request: Request, future: asyncio.Future) -> None:
+        slot.queue.append((request, future))
+        if len(slot.queue) >= MAX_BATCH:
+            self._flush(slot)
+        elif not slot.flush_pending:
+            slot.flush_pending = True
+            # call_soon runs after every callback already ready in this iteration: the other
+            # tasks woken with this one get to enqueue first.
+            asyncio.get_running_loop().call_soon(self._flush_when_quiet, slot, len(slot.queue), 0)
+
+    def _flush_when_quiet(self, slot: _Slot, seen: int, ticks: int) -> None:
+        """Send the queue once an iteration passes without it growing (or after
+        MAX_WAIT_TICKS iterations): a burst arriving over a few iterations (tasks woken by
+        a task woken by a result) goes in one call; a lone request waits one iteration."""
+        if len(slot.queue) > seen and ticks < MAX_WAIT_TICKS:
+            asyncio.get_running_loop().call_soon(self._flush_when_quiet, slot, len(slot.queue), ticks + 1)
+            return
+        slot.flush_pending = False
+        self._flush(slot)
+
+    def _flush(self, slot: _Slot) -> None:
+        batch = [(r, f) for r, f in slot.queue if not f.done()]  # a cancelled caller needs no call
+        slot.queue = []
+        if not batch:
+            return
+        if not slot.alive:  # it died after these were routed to it
+            for _, future in batch:
+                future.set_exception(ReplicaUnavailable(f"replica {self.model}/{slot.index} died"))
+            return
+        self.actor_calls += 1
+        task = asyncio.ensure_future(self._send(slot, batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, slot: _Slot, batch: list[tuple[Request, asyncio.Future]]) -> None:
+        """One generate_many call; each result or error goes to its own request's future as it
+        streams in. Only a failure of the call itself (the replica died) fails them all."""
+        futures = [f for _, f in batch]
+        error: BaseException | None = None
+        try:
+            async for ref in slot.actor.generate_many.remote([r for r, _ in batch]):
+                for index, outcome in await ref:
+                    future = futures[index]
+                    if future.done():  # its caller left
+                        continue
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        except (RayActorError, ActorUnavailableError) as e:
+            self._replace(slot)
+            error = ReplicaUnavailable(f"replica {self.model}/{slot.index} died: {type(e).__name__}")
+        except Exception as e:  # the call failed as a whole (a bug, not a request's own error)
+            error = e
+        for future in futures:
+            if not future.done():
+                future.set_exception(error or ReplicaUnavailable(
+                    f"replica {self.model}/{slot.index} ended a batch without answering every request"))
+
+    # ---- replacement ------------------------------------------------------------------------
 
     def _replace(self, slot: _Slot) -> None:
         if not slot.alive:

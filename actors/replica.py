@@ -2,18 +2,30 @@
 
 An async actor: many requests are in flight at once and the engine batches them. Named
 `<sweep>/<model>/<index>` so the Ray dashboard shows which model each process holds.
+
+The pool sends requests in batches (`generate_many`): one Ray call per batch instead of one per
+request, which is most of what a request through Ray used to cost. Results still come back as
+each request finishes (a streaming generator), so a slow request does not hold up the others
+and the engine's continuous batching is not turned into static batches.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import os
 import time
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, Union
 
 import ray
+from ray import cloudpickle
 
 from actors.engines.factory import build_engine
-from actors.engines.protocol import Completion, Request
+from actors.engines.protocol import Completion, EngineError, Request
+
+# What generate_many streams: (index of the request in the batch, its completions or its error).
+Outcome = tuple[int, Union[list[Completion], BaseException]]
 
 
 @ray.remote(max_restarts=0)
@@ -31,9 +43,49 @@ class ModelReplica:
                 "gpus": [str(g) for g in ray.get_gpu_ids()], "load_seconds": self.load_seconds}
 
     async def generate(self, request: Request) -> list[Completion]:
+        """One request, one call: for callers outside the pool (benchmarks, scripts)."""
         out = await self.engine.generate(request)
         self.served += 1
         return out
+
+    @ray.method(num_returns="streaming")
+    async def generate_many(self, requests: list[Request]) -> AsyncIterator[list[Outcome]]:
+        """All `requests` go to the engine at once (it batches them with everything else in
+        flight). Yields lists of (index, completions or error): everything that finished
+        since the previous yield, so the completions of one engine step cost one streamed
+        object, not one each. A request's own failure is its outcome, never the batch's."""
+        finished: list[Outcome] = []
+        wake = asyncio.Event()
+
+        def settle(index: int, task: asyncio.Task) -> None:
+            if task.cancelled():
+                outcome: list[Completion] | BaseException = EngineError("the request was cancelled in the replica")
+            elif task.exception() is not None:
+                outcome = _portable(task.exception())
+            else:
+                outcome = task.result()
+                self.served += 1
+            finished.append((index, outcome))
+            wake.set()
+
+        tasks = []
+        for index, request in enumerate(requests):
+            task = asyncio.ensure_future(self.engine.generate(request))
+            task.add_done_callback(functools.partial(settle, index))
+            tasks.append(task)
+        remaining = len(tasks)
+        try:
+            while remaining:
+                await wake.wait()
+                wake.clear()
+                group = finished[:]
+                finished.clear()
+                remaining -= len(group)
+                yield group
+        finally:  # the call was cancelled or the stream dropped: stop the engine work too
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
 
     async def add_adapter(self, name: str, path: str) -> None:
         self.engine.add_adapter(name, path)
@@ -43,3 +95,13 @@ class ModelReplica:
         if dataclasses.is_dataclass(stats):
             stats = dataclasses.asdict(stats)
         return {"served": self.served, **dict(stats)}
+
+
+def _portable(error: BaseException) -> BaseException:
+    """The error itself when it survives pickling (so a RequestError stays a RequestError for
+    the job that catches it); otherwise an EngineError that carries its text."""
+    try:
+        cloudpickle.loads(cloudpickle.dumps(error))
+        return error
+    except Exception:
+        return EngineError(f"{type(error).__name__}: {error}")

@@ -6,13 +6,18 @@ actor (ModelReplica on a local Ray), in one run: requests/s and tokens/s of each
     PYTHONPATH=. python benchmarks/engines.py --model /models/x --dtype bfloat16 --prompts 2048 --max-tokens 256
 
 `openai` runs against `vllm serve` of the same model, started here on loopback, in token-id
-mode (tokenizer_path), so all three decode the same prompt tokens. Both sides of an engine
-are built before timing and timed alternately (--repeat), the best run of each kept, so
-drifting load on a shared machine hits both alike. The replica's overhead is
-1 - replica req/s / bare req/s; the target is under 5%. The Ray floor is the same requests
-sent to an actor that answers at once: the part of the overhead that is Ray's per-call cost,
-whatever the engine. On CPU, --threads pins torch's threads in this process, the replica and
-the server alike (vLLM's CPU backend would otherwise pick its own count in each).
+mode (tokenizer_path), so all three decode the same prompt tokens.
+
+Two ways through Ray, on the same replica actor: `replica`, one actor call per request
+(ModelReplica.generate), and `pool`, what jobs use: a ReplicaPool that coalesces the requests
+of one event-loop iteration into one generate_many call and streams results back. Overhead is
+1 - req/s through it / bare req/s; the target is under 5%. All sides are built before timing
+and timed in turn for --repeat rounds (the order rotating), so drifting load on a shared
+machine hits them alike; the best run of each and the median of the per-round ratios are
+printed. The Ray floor is the same requests sent one call each to an actor that answers at
+once: the part of the per-call overhead that is Ray's, whatever the engine. On CPU, --threads
+pins torch's threads in this process, the replica and the server alike (vLLM's CPU backend
+would otherwise pick its own count in each).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import asyncio
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -101,35 +107,41 @@ def stop_server(server: subprocess.Popen) -> None:
         os.killpg(server.pid, signal.SIGKILL)
 
 
-def bench_engine(engine: str, path: str, args: argparse.Namespace, requests: list) -> tuple[Run, Run]:
-    import ray
-
+def bench_engine(engine: str, path: str, args: argparse.Namespace, requests: list) -> dict[str, list[Run]]:
+    """Every run of each side, round by round: bare, replica (one call per request), pool
+    (coalesced)."""
     from actors.engines.factory import build_engine
-    from actors.replica import ModelReplica
+    from actors.pool import ReplicaPool
 
     server, base_url = start_server(path, args) if engine == "openai" else (None, None)
     try:
         spec = spec_for(engine, path, args, base_url)
         bare = build_engine(spec)
-        replica = ModelReplica.options(name=f"bench/{engine}", num_cpus=1, max_concurrency=10_000).remote(engine, spec)
-        ray.get(replica.ready.remote())
+        pool = ReplicaPool(engine, spec, replicas=1, name_prefix="bench", num_cpus=1, num_gpus=0)
+        asyncio.run(pool.start())
+        replica = pool.slots[0].actor  # the same process serves both ways through Ray
+        handle = pool.handle(engine)
 
         async def through_replica(request):
             return await replica.generate.remote(request)
 
+        sides = {"bare": bare.generate, "replica": through_replica, "pool": handle.generate}
         warm = requests[: min(8, len(requests))]
-        asyncio.run(timed(bare.generate, warm))
-        asyncio.run(timed(through_replica, warm))
-        best_bare = best_replica = None
+        for generate in sides.values():
+            asyncio.run(timed(generate, warm))
+        runs: dict[str, list[Run]] = {side: [] for side in sides}
+        actor_calls = pool.actor_calls
+        order = list(sides)
         for _ in range(args.repeat):
-            run = asyncio.run(timed(bare.generate, requests))
-            best_bare = run if best_bare is None or run.seconds < best_bare.seconds else best_bare
-            run = asyncio.run(timed(through_replica, requests))
-            best_replica = run if best_replica is None or run.seconds < best_replica.seconds else best_replica
-        ray.kill(replica)
+            for side in order:
+                runs[side].append(asyncio.run(timed(sides[side], requests)))
+            order = order[1:] + order[:1]  # rotate, so no side always runs right after another
+        print(f"{engine}: pool sent {args.repeat * len(requests)} requests in {pool.actor_calls - actor_calls} "
+              "actor calls", flush=True)
+        pool.shutdown()
         if hasattr(bare, "close"):
             bare.close()
-        return best_bare, best_replica
+        return runs
     finally:
         if server is not None:
             stop_server(server)
@@ -192,22 +204,34 @@ def main() -> None:
         try:
             for engine in engines:
                 results[engine] = bench_engine(engine, path, args, requests)
-                bare, replica = results[engine]
-                print(f"{engine}: bare {bare.rps:.1f} req/s, replica {replica.rps:.1f} req/s", flush=True)
+                print(f"{engine}: " + ", ".join(f"{side} " + " ".join(f"{r.rps:.1f}" for r in runs) + " req/s"
+                                               for side, runs in results[engine].items()), flush=True)
             floor = ray_floor(requests, args.repeat)
         finally:
             ray.shutdown()
 
+    # Best run of each side, and the median over rounds of each round's own ratio: on a
+    # shared machine the load drifts between rounds, and a ratio within one round sees it less.
     print(f"\n{args.prompts} prompts, max_tokens {args.max_tokens}, dtype {args.dtype}, threads {args.threads}, "
-          f"best of {args.repeat}; model {args.model or 'organism-sized random Llama'}")
-    print(f"{'engine':8} {'bare req/s':>11} {'tok/s':>9} {'replica req/s':>14} {'tok/s':>9} {'overhead':>9}")
-    for engine, (bare, replica) in results.items():
-        overhead = 1 - replica.rps / bare.rps
-        print(f"{engine:8} {bare.rps:11.1f} {bare.tps:9.0f} {replica.rps:14.1f} {replica.tps:9.0f} {overhead:9.1%}")
-        if bare.tokens != replica.tokens:
-            print(f"  note: {engine} generated {bare.tokens} tokens bare and {replica.tokens} through the replica")
-    print(f"Ray floor: {args.prompts} calls to an instant actor take {floor:.3f} s; the replica's extra time "
-          "per engine: " + ", ".join(f"{e} {r.seconds - b.seconds:.3f} s" for e, (b, r) in results.items()))
+          f"{args.repeat} rounds; model {args.model or 'organism-sized random Llama'}")
+    print(f"{'engine':8} {'bare req/s':>11} {'tok/s':>7} {'replica req/s':>14} {'overhead':>9} {'median':>7} "
+          f"{'pool req/s':>11} {'overhead':>9} {'median':>7}")
+    for engine, runs in results.items():
+        best = {side: min(side_runs, key=lambda r: r.seconds) for side, side_runs in runs.items()}
+        bare = best["bare"]
+        line = f"{engine:8} {bare.rps:11.1f} {bare.tps:7.0f}"
+        for side in ("replica", "pool"):
+            median = statistics.median(1 - r.rps / b.rps for r, b in zip(runs[side], runs["bare"]))
+            width = 14 if side == "replica" else 11
+            line += f" {best[side].rps:{width}.1f} {1 - best[side].rps / bare.rps:9.1%} {median:7.1%}"
+            if best[side].tokens != bare.tokens:
+                line += f"\n  note: {engine} generated {bare.tokens} tokens bare and {best[side].tokens} through {side}"
+        print(line)
+    print(f"Ray floor: {args.prompts} calls to an instant actor take {floor:.3f} s; best extra time over bare per "
+          "engine (replica / pool): " + ", ".join(
+              f"{e} {min(r.seconds for r in runs['replica']) - min(r.seconds for r in runs['bare']):.3f} / "
+              f"{min(r.seconds for r in runs['pool']) - min(r.seconds for r in runs['bare']):.3f} s"
+              for e, runs in results.items()))
 
 
 if __name__ == "__main__":
