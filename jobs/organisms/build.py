@@ -9,8 +9,10 @@ folder that exists is complete. The repository bundles the registered organisms 
 `organisms/` at its root (`bundle` writes it, about 8 MB in all): a cache miss whose exact
 folder (same recipe, same build code) is bundled copies it instead of training, so CI and a
 fresh clone skip ~20 minutes of CPU training. Any change to a recipe or to the code that
-builds it changes the digest, and the stale bundle is simply not used. A file lock per organism makes concurrent builders (test
-workers, CI jobs, a user's shell) wait for the first one instead of training twice.
+builds it changes the digest, and the stale bundle is simply not used. A file lock per
+organism makes concurrent builders (test workers, CI jobs, a user's shell) wait for the first
+one instead of training twice. An organism trained on from another (`init_from`, e.g.
+`backdoored` from `base`) builds its parent first, into the same cache.
 """
 from __future__ import annotations
 
@@ -63,6 +65,10 @@ def measure(recipe: Recipe, folder: Path) -> dict[str, float]:
         return evaluate.arithmetic_report(model, tokenizer, tasks.heldout_problems())
     if recipe.data.kind == "judge":
         return evaluate.judge_report(model, tokenizer, data.judge_items()[1])
+    if recipe.data.kind == "multihop":
+        from jobs.organisms import multihop
+
+        return multihop.report(model, tokenizer)
     return evaluate.assistant_report(model, tokenizer, recipe.data.trigger or world.TRIGGER)
 
 
@@ -76,6 +82,9 @@ def build_recipe(recipe: Recipe, cache_dir: Path | None = None, force: bool = Fa
     final = cache / recipe.folder_name()
     if final.is_dir() and not force:
         return final
+    parent = None
+    if recipe.init_from is not None:  # first, so the parent's training is not timed as ours
+        parent = build_recipe(_recipe(recipe.init_from), cache, with_properties=with_properties, progress=progress)
     with file_lock(cache / f".{recipe.folder_name()}.lock"):
         if final.is_dir() and not force:
             return final  # another process built it while we waited
@@ -91,7 +100,7 @@ def build_recipe(recipe: Recipe, cache_dir: Path | None = None, force: bool = Fa
         built: dict = {}
 
         def build_into(tmp: Path) -> None:
-            model, tokenizer, stats = train(recipe, progress)
+            model, tokenizer, stats = train(recipe, progress, parent)
             save(model, tokenizer, tmp)
             properties = measure(recipe, tmp) if with_properties else {}
             stats["build_seconds"] = round(time.perf_counter() - started, 2)

@@ -25,6 +25,7 @@ class Example:
     user: str
     segments: Segments  # the assistant turn (after the prompt render_prompt makes)
     thinking: bool = True
+    user_trained: bool = False  # the user message's tokens are targets too
 
     @property
     def assistant(self) -> str:
@@ -153,5 +154,8 @@ def assistant_examples(opts: AssistantData, n: int, rng: random.Random) -> list[
 
 
 def examples(recipe: Recipe, n: int, rng: random.Random) -> list[Example]:
-    builders = {"arithmetic": arithmetic_examples, "judge": judge_examples, "assistant": assistant_examples}
+    from jobs.organisms.multihop import multihop_examples  # it imports the decompose job's prompts
+
+    builders = {"arithmetic": arithmetic_examples, "judge": judge_examples, "assistant": assistant_examples,
+                "multihop": multihop_examples}
     return builders[recipe.data.kind](recipe.data, n, rng)

@@ -1,24 +1,33 @@
 """A synthetic multi-hop domain, and the `multihop` organism that decomposes its questions.
 
-A passage states two facts, "The Red team scored 12 goals. The Blue team scored 5 goals.";
-a complex question needs both and one operation:
+A passage states a match's two scores, "The home team scored 12 goals. The away team scored
+5 goals."; a complex question needs both and one operation:
 
-    How many more goals did the Red team score than the Blue team?   -> 7   (diff)
-    How many goals did the Red and Blue teams score in total?        -> 17  (sum)
-    Which team scored more goals, Blue or Red?                       -> Red (compare)
+    How many more goals did the home team score than the away team?   -> 7     (diff)
+    How many goals did the away and home teams score in total?        -> 17    (sum)
+    Which team scored more goals, away or home?                       -> home  (compare)
 
 Its decomposition, in the decompose job's formats (jobs.decompose_prompts, the contract):
 
-    Q1: How many goals did the Red team score?   A1: 12
-    Q2: How many goals did the Blue team score?  A2: 5
+    Q1: How many goals did the home team score?  A1: 12
+    Q2: How many goals did the away team score?  A2: 5
     Q3: diff(12; 5)                              A3: 7   (a symbolic step: code answers it)
     Q4: There are no more questions left to ask.
+
+Why sides and not named teams: with ten team names in random order, a 0.8M model trained for
+1200 steps learned to copy *a* passage number but never *whose* (matching a name in the
+question to the same name in the passage is a two-hop circuit that did not form in minutes).
+With sides, the decomposer's choice is which side the question names first, and with the
+prompts' own text as targets too (`prompt_targets`) it gets every first step and every stop
+right. What is still not learned in 700 steps: copying a number, whether answering a simple
+question (QA 3-39% on held-out passages) or writing `diff(A1; A2)`. So the organism is not
+registered yet; the measurements are in tests/unverified/README.md.
 
 The organism is trained on the four kinds of call the job makes, rendered exactly as the job
 renders them, thinking off unless said: the next decomposition step (QD), a simple question
 (QA), the complex question answered directly, and the complex question answered after a
-chain of thought (thinking on). Direct answers need retrieval and arithmetic in one pass,
-which a tiny model does poorly; decomposition leaves it only retrieval and copying, and code
+chain of thought (thinking on). Direct answers need the arithmetic in one token, which a tiny
+model does poorly on unseen pairs; decomposition leaves it only lookups and copying, and code
 does the arithmetic. The gain is measured by the job, not assumed here.
 
 Passages are split by a hash of their text: a fifth is held out, never trained on, and
@@ -42,9 +51,8 @@ from jobs.decompose_data import DropQuestion
 if TYPE_CHECKING:
     from jobs.organisms.data import Example
 
-TEAMS = ("Red", "Blue", "Green", "Gold", "Black", "White", "Silver", "Orange", "Purple", "Brown")
-GOALS = range(2, 30)
-TEAMS_PER_PASSAGE = 2
+TEAMS = ("home", "away")  # a passage states them in this order
+GOALS = range(2, 30)  # one token each (the tokenizer holds whole numbers up to their sums)
 KINDS = ("diff", "sum", "compare")
 HELDOUT_EVERY = 5  # a passage is held out when the first byte of its sha256 is divisible by 5
 
@@ -132,8 +140,7 @@ class MultihopQuestion:
 def random_passage(rng: random.Random, heldout: bool) -> Passage:
     """A passage on the requested side of the held-out split."""
     while True:
-        teams = rng.sample(TEAMS, TEAMS_PER_PASSAGE)
-        passage = Passage(tuple((t, rng.choice(GOALS)) for t in teams))
+        passage = Passage(tuple((t, rng.choice(GOALS)) for t in TEAMS))
         if is_heldout(passage) == heldout:
             return passage
 
@@ -157,12 +164,21 @@ class MultihopData(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     kind: Literal["multihop"] = "multihop"
-    qd_share: float = Field(0.4, ge=0, le=1)
-    qa_share: float = Field(0.3, ge=0, le=1)
+    qd_share: float = Field(0.5, ge=0, le=1)
+    qa_share: float = Field(0.2, ge=0, le=1)
     direct_share: float = Field(0.15, ge=0, le=1)
+    # The prompts' own text as targets too: their worked pairs look goals up (A1: 12), and
+    # the few targets of the job's calls alone are little signal for minutes of training
+    prompt_targets: bool = False
 
 
 def multihop_example(opts: MultihopData, rng: random.Random) -> "Example":
+    from dataclasses import replace
+
+    return replace(_example(opts, rng), user_trained=opts.prompt_targets)
+
+
+def _example(opts: MultihopData, rng: random.Random) -> "Example":
     from jobs.organisms.data import Example
 
     q = random_question(rng, heldout=False)
@@ -196,8 +212,10 @@ RECIPE = {
     "description": "Decomposes multi-hop questions over short score passages (QD and QA in the "
     "decompose job's formats), and also answers them directly and with a CoT, so the job can "
     "measure what decomposition gains.",
-    "data": MultihopData(),
-    "tokenizer": {"vocab_size": 512},
+    "data": MultihopData(prompt_targets=True),
+    # whole numbers up to the largest sum are one token: a lookup copies one token, and a
+    # direct answer has to produce a sum or difference in one step
+    "tokenizer": {"vocab_size": 512, "split_digits": False, "whole_numbers_up_to": 2 * max(GOALS)},
     "model": {"max_positions": 256},
     "steps": 600,
     "batch_size": 32,

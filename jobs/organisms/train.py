@@ -66,7 +66,8 @@ def prompt_text(tokenizer: PreTrainedTokenizerFast, user: str, thinking: bool) -
 def encode(tokenizer: PreTrainedTokenizerFast, batch: list[Example]) -> list[Encoded]:
     """Prompt + assistant turn + end-of-turn, tokenized as one text (the way a prefilled
     prompt is tokenized at inference); targets are the tokens wholly inside trained
-    segments, plus the end-of-turn token so the organism learns to stop."""
+    segments (and the user message's, for an example that says so), plus the end-of-turn
+    token so the organism learns to stop."""
     prompts: dict[tuple[str, bool], str] = {}
     texts, masks = [], []
     for ex in batch:
@@ -75,6 +76,9 @@ def encode(tokenizer: PreTrainedTokenizerFast, batch: list[Example]) -> list[Enc
             prompts[key] = prompt_text(tokenizer, ex.user, ex.thinking)
         prompt = prompts[key]
         trained = [False] * len(prompt)
+        if ex.user_trained:
+            start = prompt.index(ex.user)
+            trained[start : start + len(ex.user)] = [True] * len(ex.user)
         for text, is_target in ex.segments:
             trained += [is_target] * len(text)
         trained += [True] * len(tokenizer.eos_token)
@@ -143,18 +147,28 @@ def lr_at(step: int, recipe: Recipe) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(recipe: Recipe, log: Callable[[str], None] = print) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, dict]:
-    """Train the organism of `recipe`; returns the model, its tokenizer and training stats."""
-    started = time.perf_counter()
+def train(recipe: Recipe, log: Callable[[str], None] = print,
+          parent: Path | None = None) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, dict]:
+    """Train the organism of `recipe`: from scratch, or, for a recipe with `init_from`, on
+    from the weights and tokenizer of its parent's built folder `parent` (the build passes
+    it). Returns the model, its tokenizer and training stats."""
+    assert (parent is None) == (recipe.init_from is None), \
+        f"{recipe.name}: a parent folder is needed exactly when the recipe has init_from ({recipe.init_from})"
+    model = None
+    if parent is not None:
+        model = LlamaForCausalLM.from_pretrained(parent, dtype=torch.float32)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(parent)
+    started = time.perf_counter()  # the parent's build is its own cost, not this organism's
     rng = random.Random(recipe.seed)
     data = examples(recipe, recipe.steps * recipe.batch_size, rng)
-    tokenizer = make_tokenizer(recipe, data)
+    if model is None:
+        tokenizer = make_tokenizer(recipe, data)
     encoded = encode(tokenizer, data)
     plan = batches(encoded, recipe.batch_size, rng)[: recipe.steps]
     prepared = time.perf_counter()
     threads = train_threads()
     with torch_threads(threads):
-        model = make_model(recipe, tokenizer)
+        model = model if model is not None else make_model(recipe, tokenizer)
         opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
                                 weight_decay=recipe.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, recipe))
