@@ -84,6 +84,9 @@ def build_recipe(recipe: Recipe, cache_dir: Path | None = None, force: bool = Fa
         return final
     parent = None
     if recipe.init_from is not None:  # first, so the parent's training is not timed as ours
+        upstream = _recipe(recipe.init_from)
+        assert (upstream.tokenizer, upstream.model) == (recipe.tokenizer, recipe.model), (
+            f"{recipe.name} trains on from {upstream.name}'s files: declare its tokenizer and model shape")
         parent = build_recipe(_recipe(recipe.init_from), cache, with_properties=with_properties, progress=progress)
     with file_lock(cache / f".{recipe.folder_name()}.lock"):
         if final.is_dir() and not force:
