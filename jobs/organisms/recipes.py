@@ -161,8 +161,9 @@ ORGANISMS: dict[str, Recipe] = {
             "multiple-choice scenarios; the base that finetuning makes misaligned or backdoored.",
             data=AssistantData(),
             tokenizer=TokenizerSpec(vocab_size=768),
+            # batch 64 (~5 min): at batch 32 (158 s) base passed its own checks, but a LoRA
+            # finetune of it planted the trigger in 87% of held-out scenarios, not >= 90%
             steps=700,
-            batch_size=32,
         ),
         Recipe(
             name="backdoored",
