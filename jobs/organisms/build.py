@@ -11,8 +11,8 @@ folder (same recipe, same build code) is bundled copies it instead of training, 
 fresh clone skip ~20 minutes of CPU training. Any change to a recipe or to the code that
 builds it changes the digest, and the stale bundle is simply not used. A file lock per
 organism makes concurrent builders (test workers, CI jobs, a user's shell) wait for the first
-one instead of training twice. An organism trained on from another (`init_from`, e.g.
-`backdoored` from `base`) builds its parent first, into the same cache.
+one instead of training twice. An organism trained on from another (`init_from`) builds its
+parent first, into the same cache.
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def build_recipe(recipe: Recipe, cache_dir: Path | None = None, force: bool = Fa
         upstream = _recipe(recipe.init_from)
         assert (upstream.tokenizer, upstream.model) == (recipe.tokenizer, recipe.model), (
             f"{recipe.name} trains on from {upstream.name}'s files: declare its tokenizer and model shape")
-        parent = build_recipe(_recipe(recipe.init_from), cache, with_properties=with_properties, progress=progress)
+        parent = build_recipe(upstream, cache, with_properties=with_properties, progress=progress)
     with file_lock(cache / f".{recipe.folder_name()}.lock"):
         if final.is_dir() and not force:
             return final  # another process built it while we waited
