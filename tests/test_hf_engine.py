@@ -217,6 +217,10 @@ def test_adapters_apply_per_row_and_never_leak_into_base_rows(engine: HFEngine, 
     assert sum(b.text != l.text for b, l in zip(base_alone, lora_alone)) >= 4, "the adapter should change outputs"
     assert [c.text for c in mixed[0::2]] == [c.text for c in base_alone]
     assert [c.text for c in mixed[1::2]] == [c.text for c in lora_alone]
+    # A batch on one adapter (or none) switches the LoRA layers rather than routing rows;
+    # switching back after a mixed batch must leave no adapter behind.
+    assert [c.text for c in asyncio.run(together(engine, base_requests))] == [c.text for c in base_alone]
+    assert [c.text for c in asyncio.run(together(engine, lora_requests))] == [c.text for c in lora_alone]
 
     # The adapter rows are what peft itself generates with that adapter.
     from peft import PeftModel

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import contextlib
 import inspect
 import threading
 import time
@@ -27,6 +29,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from actors.engines.chat import render_prompt
 from actors.engines.hf_batch import ABORTED, Finisher, Row, RunningBatch
 from actors.engines.protocol import Completion, EngineError, ReplicaUnavailable, Request, RequestError
+
+
+_MIXED: Any = object()  # rows of one forward use different adapters: peft's per-row path
 
 
 @dataclass
@@ -81,6 +86,7 @@ class HFEngine:
         self._model: Any = self._base  # becomes the peft model once an adapter is loaded
         self._peft: Any = None
         self._adapters: dict[str, str] = {}
+        self._active: Any = None  # what the LoRA layers apply now: an adapter, _MIXED or None (off)
         self._keep_last_logits = "logits_to_keep" in inspect.signature(self._base.forward).parameters
 
         config = self._base.config.get_text_config()
@@ -101,6 +107,10 @@ class HFEngine:
         self._task: asyncio.Task | None = None
         self._wakeup: asyncio.Event | None = None
         self._closed = False
+        # Every forward pass runs on this one thread. asyncio.to_thread would hop between the
+        # default pool's threads, and each thread that calls into torch on CPU keeps its own
+        # OpenMP team: two teams on the same cores halved decode speed (benchmarks/hf_engine.py).
+        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
         self.stats = EngineStats()
         for name, adapter_path in (adapters or {}).items():
             self.add_adapter(name, adapter_path)
@@ -157,7 +167,7 @@ class HFEngine:
             if self._peft is None:
                 self._peft = PeftModel.from_pretrained(self._base, path, adapter_name=name, is_trainable=False)
                 self._peft.eval()
-                self._model = self._peft
+                self._model, self._active = self._peft, name
             else:
                 self._peft.load_adapter(path, adapter_name=name, is_trainable=False)
             self._adapters[name] = path
@@ -180,6 +190,7 @@ class HFEngine:
         with self._model_lock:
             self._fail_outstanding(ReplicaUnavailable("the hf engine was closed"))
             self._model = self._peft = self._base = None
+        self._worker.shutdown(wait=False)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -206,7 +217,7 @@ class HFEngine:
                     await asyncio.sleep(self._batch_wait_s)
                 admit = self._take_rows()
                 try:
-                    done = await asyncio.to_thread(self._work, admit)
+                    done = await asyncio.get_running_loop().run_in_executor(self._worker, self._work, admit)
                 except Exception as exc:  # the model failed: fail this batch, keep serving
                     error = EngineError(f"hf engine batch failed: {type(exc).__name__}: {exc}")
                     with self._model_lock:
@@ -300,12 +311,43 @@ class HFEngine:
         if self._keep_last_logits:
             kwargs["logits_to_keep"] = 1  # prefill needs only the last position's logits
         if self._peft is not None:
-            kwargs["adapter_names"] = [name or "__base__" for name in adapters]
-        out = self._model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=cache, use_cache=True, **kwargs,
-        )
+            kwargs.update(self._route_adapters(adapters))
+        with self._attention_backends():
+            out = self._model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                past_key_values=cache, use_cache=True, **kwargs,
+            )
         return out.logits[:, -1, :]
+
+    def _attention_backends(self) -> contextlib.AbstractContextManager:
+        """Keep SDPA off cuDNN on CUDA. torch sends masked SDPA to cuDNN first on Hopper, and
+        cuDNN builds an execution plan for every new (batch, length) shape; a decode batch
+        meets a new length every step. On an H100 the first pass over a sequence of shapes
+        ran at half the speed of a second pass over the same shapes (benchmarks/RESULTS.md)."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+    def _route_adapters(self, adapters: list[str | None]) -> dict[str, Any]:
+        """peft arguments for a forward over rows with these adapters. A batch on one adapter
+        (or on none) runs peft's plain forward with that adapter active (or with the LoRA
+        layers off); only a mix takes the per-row path, which splits every LoRA layer's input
+        by adapter and costs ~30% of decode speed (benchmarks/hf_engine.py --lora)."""
+        names = set(adapters)
+        wanted = next(iter(names)) if len(names) == 1 else _MIXED
+        if wanted != self._active:
+            lora = self._peft.base_model
+            if wanted is None:
+                lora.disable_adapter_layers()
+            else:
+                if self._active is None:
+                    lora.enable_adapter_layers()
+                if wanted is not _MIXED:
+                    self._peft.set_adapter(wanted, inference_mode=True)
+            self._active = wanted
+        return {"adapter_names": [name or "__base__" for name in adapters]} if wanted is _MIXED else {}
 
     def _new_cache(self) -> DynamicCache:
         return DynamicCache(config=self._base.config)
