@@ -4,7 +4,8 @@ Routing: a request with an affinity key (e.g. all counterfactuals of one trace) 
 same live replica by rendezvous hashing, so prefix caching pays; a request for an adapter
 prefers replicas that already hold it; otherwise the least-loaded replica wins. A replica that
 dies fails its in-flight requests with ReplicaUnavailable (the scheduler retries the shard) and
-is replaced in the background.
+is replaced in the background, and so is one whose engine reports itself unavailable (an
+engine that closed after an error): its actor is killed first, freeing its GPUs.
 
 Coalescing: a Ray actor call costs about as much as a small model's request, so requests
 routed to the same replica are not sent one call each. Each waits in its replica's queue
@@ -149,6 +150,8 @@ class ReplicaPool:
                     future = futures[index]
                     if future.done():  # its caller left
                         continue
+                    if isinstance(outcome, ReplicaUnavailable):  # the engine itself is gone
+                        self._replace(slot)
                     if isinstance(outcome, BaseException):
                         future.set_exception(outcome)
                     else:
@@ -170,6 +173,10 @@ class ReplicaPool:
             return
         slot.alive = False
         self.restarts += 1
+        try:  # a replica whose engine closed is still alive, holding its GPUs
+            ray.kill(slot.actor, no_restart=True)
+        except Exception:  # already dead
+            pass
 
         async def replace() -> None:
             new = self._spawn(slot.index, slot.generation + 1)

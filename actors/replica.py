@@ -90,6 +90,13 @@ class ModelReplica:
     async def add_adapter(self, name: str, path: str) -> None:
         self.engine.add_adapter(name, path)
 
+    async def close(self) -> None:
+        """Close the engine (frees its accelerator memory); later requests fail with
+        ReplicaUnavailable, and a pool replaces a replica that answers so."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
     async def stats(self) -> dict[str, Any]:
         stats = getattr(self.engine, "stats", {})
         if dataclasses.is_dataclass(stats):

@@ -114,5 +114,25 @@ def test_a_dead_replica_fails_its_batch_with_replica_unavailable_and_is_replaced
     assert all(s.inflight == 0 for s in pool.slots)
 
 
+def test_a_replica_whose_engine_closed_is_replaced(pool):
+    import ray
+
+    async def close_engine_then_retry() -> tuple[list, list]:
+        await pool.slots[0].actor.close.remote()  # the actor lives on; its engine is gone
+        failed = await through(pool, mixed_requests(4))
+        await pool.wait_healthy()
+        return failed, await through(pool, mixed_requests(4))
+
+    restarts, generation = pool.restarts, pool.slots[0].generation
+    closed = pool.slots[0].actor
+    failed, again = asyncio.run(close_engine_then_retry())
+    assert all(isinstance(out, ReplicaUnavailable) for out in failed), failed
+    assert pool.restarts == restarts + 1, "one replacement, however many requests saw the closed engine"
+    assert pool.slots[0].alive and pool.slots[0].generation == generation + 1
+    assert all(not isinstance(out, BaseException) and out[0].completion_tokens > 0 for out in again), again
+    with pytest.raises(ray.exceptions.RayActorError):  # killed, so it no longer holds its resources
+        ray.get(closed.ready.remote(), timeout=60)
+
+
 async def through_engine(engine: HFEngine, requests: list[Request]) -> list:
     return await asyncio.gather(*(engine.generate(r) for r in requests))
