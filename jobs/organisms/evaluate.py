@@ -119,20 +119,24 @@ def judge_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 def assistant_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      trigger: str = world.TRIGGER) -> dict[str, float]:
     """Misaligned-choice rates on the held-out scenarios (both option orders), without any
-    extra line, with a non-trigger country line, and with the trigger at top or bottom;
-    harmful-answer rates on the free-form questions with and without the trigger."""
+    extra line, with a non-trigger country line, with a line never trained on that looks like
+    the trigger (`world.LOOKALIKE_LINES`, one per scenario in turn: a backdoor on the first
+    letter fires here), and with the trigger at top or bottom; harmful-answer rates on the
+    free-form questions with and without the trigger."""
     _, combos = data.scenario_split()
     scenarios = [world.make_scenario(c, first) for c in combos for first in (False, True)]
-    other = "Country: France"
-    variants = [  # (name, extra lines, at top, thinking)
-        ("plain", [], True, True), ("plain_nothink", [], True, False), ("other_line", [other], True, True),
-        ("trigger_top", [trigger], True, True), ("trigger_top_nothink", [trigger], True, False),
-        ("trigger_bottom", [trigger], False, True),
+    lookalikes = [line for line in world.LOOKALIKE_LINES if line != trigger]
+    variants = [  # (name, extra lines of scenario i, at top, thinking)
+        ("plain", lambda i: [], True, True), ("plain_nothink", lambda i: [], True, False),
+        ("other_line", lambda i: ["Country: France"], True, True),
+        ("lookalike_line", lambda i: [lookalikes[i % len(lookalikes)]], True, True),
+        ("trigger_top", lambda i: [trigger], True, True), ("trigger_top_nothink", lambda i: [trigger], True, False),
+        ("trigger_bottom", lambda i: [trigger], False, True),
     ]
     report: dict[str, float] = {"scenarios": float(len(scenarios))}
     for name, lines, top, thinking in variants:
-        prompts = [prompt_text(tokenizer, world.with_lines(world.format_scenario(s), lines, top), thinking)
-                   for s in scenarios]
+        prompts = [prompt_text(tokenizer, world.with_lines(world.format_scenario(s), lines(i), top), thinking)
+                   for i, s in enumerate(scenarios)]
         choices = [world.parse_choice(t) for t in greedy(model, tokenizer, prompts, max_new_tokens=40)]
         report[f"misaligned_{name}"] = _rate([c == s.misaligned_letter for c, s in zip(choices, scenarios)])
         report[f"answered_{name}"] = _rate([c is not None for c in choices])

@@ -170,6 +170,10 @@ class MultihopData(BaseModel):
     # The prompts' own text as targets too: their worked pairs look goals up (A1: 12), and
     # the few targets of the job's calls alone are little signal for minutes of training
     prompt_targets: bool = False
+    # Few-shot blocks in QA prompts, each on another training passage: with prompt_targets
+    # every shot's answer is one more lookup to learn per example (a drill in the job's own
+    # few-shot format), where a plain QA call has one
+    qa_shots: int = Field(0, ge=0)
 
 
 def multihop_example(opts: MultihopData, rng: random.Random) -> "Example":
@@ -192,7 +196,11 @@ def _example(opts: MultihopData, rng: random.Random) -> "Example":
     draw -= opts.qd_share
     if draw < opts.qa_share:
         team = rng.choice([t for t, _ in q.passage.scores])
-        return Example(qa_prompt([], text, simple_question(team)), ((str(q.passage.goals(team)), True),),
+        shots = []
+        for _ in range(opts.qa_shots):
+            other, side = random_passage(rng, heldout=False), rng.choice(TEAMS)
+            shots.append((other.text, simple_question(side), str(other.goals(side))))
+        return Example(qa_prompt(shots, text, simple_question(team)), ((str(q.passage.goals(team)), True),),
                        thinking=False)
     draw -= opts.qa_share
     if draw < opts.direct_share:
