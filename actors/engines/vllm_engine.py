@@ -17,18 +17,13 @@ text is decoded here from the generated ids exactly as the hf engine does (speci
 as <think> kept, end-of-sequence and padding dropped, cut at the stop string). Sample i of a
 seeded request draws from seed+i, in vLLM as in the hf engine.
 
-LoRA on vLLM's CPU backend has a slot bug: a row without an adapter indexes the stacked LoRA
-weights at -1, the last slot, so once that slot holds an adapter, base rows that share its
-batch get it applied. The engine therefore keeps one slot more than it can ever hold adapters
-(max_loras = max_adapters + 1) and never evicts one, so the last slot stays empty. It does so
-on GPUs too: one rank-r slot is cheap, and their kernels' handling of -1 was not checked here.
+LoRA slots and the CPU defaults of vllm.EngineArgs are sized in actors.engines.vllm_options.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import itertools
-import json
 import os
 import threading
 from dataclasses import dataclass
@@ -41,10 +36,7 @@ from actors.engines.chat import render_prompt
 from actors.engines.protocol import (
     Completion, EngineError, ReplicaUnavailable, Request, RequestError, Sampling, TokenLogprob, TopLogprob,
 )
-
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM allocates LoRA slots for
-CPU_KV_CACHE_BYTES = 1 << 30  # vLLM's CPU default takes 92% of memory, and fails to start beside anything
-CPU_BLOCK_SIZE = 32  # CPU default 128 caches no prefix of a short prompt; 16 is refused
+from actors.engines import vllm_options
 
 
 @dataclass(eq=False)
@@ -105,28 +97,8 @@ class VLLMEngine:
         from vllm.v1.engine.llm_engine import LLMEngine
 
         adapters = dict(adapters or {})
-        self._max_adapters = max(max_adapters or 0, len(adapters))
-        ranks = [_lora_rank(p) for p in adapters.values()]
-        self._max_lora_rank = _slot_rank(max(ranks + [max_lora_rank or 0]) or LORA_RANKS[1])
-        options = dict(engine_options)
-        if self._max_adapters:
-            spare = options.pop("max_loras", None)
-            assert spare is None or spare > self._max_adapters, (
-                f"max_loras={spare} leaves no empty LoRA slot for base rows (vLLM CPU applies the last "
-                f"slot's adapter to them); it must exceed max_adapters={self._max_adapters}"
-            )
-            options.update(
-                enable_lora=True, max_loras=spare or self._max_adapters + 1, max_lora_rank=self._max_lora_rank,
-                max_cpu_loras=max(options.get("max_cpu_loras") or 0, spare or self._max_adapters + 1),
-            )
-        if on_cpu:
-            if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-                options.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
-            if enable_prefix_caching:
-                options.setdefault("block_size", CPU_BLOCK_SIZE)
-            options.setdefault("enforce_eager", True)
-        options.setdefault("disable_log_stats", True)
-
+        options, self._max_adapters, self._max_lora_rank = vllm_options.engine_options(
+            engine_options, list(adapters.values()), max_adapters, max_lora_rank, on_cpu, enable_prefix_caching)
         self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
         # In process, vLLM's CPU worker fixes this process's torch thread count (its attention
         # kernels check it on every step) and turns torch.set_num_threads into a no-op.
@@ -214,7 +186,7 @@ class VLLMEngine:
                 f"cannot add adapter {name!r}: this vllm engine holds at most {self._max_adapters} adapters "
                 f"(vLLM sizes LoRA slots at start: pass all adapters, or max_adapters, when building it)"
             )
-        rank = _lora_rank(path)
+        rank = vllm_options.lora_rank(path)
         if rank > self._max_lora_rank:
             raise EngineError(
                 f"adapter {name!r} has rank {rank}; this engine was started for ranks <= {self._max_lora_rank}"
@@ -396,25 +368,6 @@ def _tokens(prompt_ids: list[int]) -> Any:
 
         return TokensPrompt(prompt_token_ids=prompt_ids)
     return tokens_input(prompt_ids)
-
-
-def _lora_rank(path: str) -> int:
-    """The largest rank in a peft LoRA adapter folder (`r`, or a per-module rank_pattern)."""
-    config_file = Path(path) / "adapter_config.json"
-    if not config_file.is_file():
-        raise EngineError(f"{path} holds no adapter_config.json: not a peft adapter folder")
-    config = json.loads(config_file.read_text())
-    if config.get("peft_type", "LORA") != "LORA":
-        raise EngineError(f"{path} is a {config['peft_type']} adapter; the vllm engine serves LoRA only")
-    return max([int(config["r"]), *map(int, (config.get("rank_pattern") or {}).values())])
-
-
-def _slot_rank(rank: int) -> int:
-    """The smallest rank vLLM allocates slots for that holds `rank`."""
-    fitting = [r for r in LORA_RANKS if r >= rank]
-    if not fitting:
-        raise EngineError(f"LoRA rank {rank} exceeds vLLM's largest ({LORA_RANKS[-1]})")
-    return fitting[0]
 
 
 def _eos_ids(path: str, tokenizer: Any, revision: str | None) -> set[int]:
