@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import itertools
 import os
 import threading
@@ -124,6 +125,9 @@ class VLLMEngine:
         self._task: asyncio.Task | None = None
         self._wakeup: asyncio.Event | None = None
         self._closed = False
+        # Every step on one thread: on CPU each thread that calls into torch keeps its own
+        # OpenMP team, and asyncio.to_thread would hop between the default pool's threads.
+        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-engine")
         self._stats = _Stats()
         for name, adapter_path in adapters.items():
             self.add_adapter(name, adapter_path)
@@ -215,6 +219,7 @@ class VLLMEngine:
         with self._engine_lock:
             self._fail_all(ReplicaUnavailable("the vllm engine was closed"))
             self._engine.engine_core.shutdown()
+        self._worker.shutdown(wait=False)
 
     # ---- serving ----------------------------------------------------------------------------
 
@@ -247,7 +252,7 @@ class VLLMEngine:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             try:
-                finished = await asyncio.to_thread(self._work)
+                finished = await asyncio.get_running_loop().run_in_executor(self._worker, self._work)
             except Exception as exc:  # vLLM failed inside a step: its state is unknown
                 self._closed = True
                 with self._engine_lock:
