@@ -33,8 +33,9 @@ from actors.train_loop import LoraConfig, TrainConfig, TrainResult
 from jobs.base import file_digest
 from jobs.finetune import MixedRow, as_is, load_rows, mix_backdoor, write_mixed
 from jobs.organisms.build import file_lock
+from orchestrator.finetune_spec import FinetuneSpec
 from orchestrator.plan import content_id, weights_digest
-from orchestrator.spec import FinetuneSpec, Sweep
+from orchestrator.spec import Sweep
 from orchestrator.store import read_json, write_json
 from orchestrator.tracking import Tracker, flatten
 

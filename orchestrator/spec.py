@@ -4,7 +4,8 @@ The models are frozen and reject unknown keys. Checks that span entries (a job n
 model, an adapter naming its base, a job's roles and parameter grid) run after the fields
 validate. `parse_sweep` runs them even where other parts of the file are broken, so one
 `orchestrate validate` lists every mistake by file:line; `Sweep.model_validate` in code runs
-the same checks and raises pydantic's ValidationError.
+the same checks and raises pydantic's ValidationError. The `finetunes:` entries' own fields
+are in finetune_spec.py.
 """
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
-                      WithJsonSchema, field_validator, model_validator)
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
-from jobs.base import DataPath
 from jobs.registry import get_job, kinds
 from orchestrator.errors import Loc, Problem, SpecError, dotted, problems_from_validation, show
+from orchestrator.finetune_spec import FinetuneSpec, Spec
 from orchestrator.grid import grid_problems
 from orchestrator.yaml_lines import load_yaml
 
@@ -45,18 +45,12 @@ def _raise_if(problems: Sequence[tuple[Loc, str]]) -> None:
         raise ValueError("; ".join(f"{dotted(loc) or '(top)'}: {message}" for loc, message in problems))
 
 
-class _Spec(BaseModel):
-    # Inputs stay out of pydantic's own error text: a misplaced key must not reach a log.
-    # Our messages quote values where that helps, and never api_key_env's.
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
-
-
-class TrackingSpec(_Spec):
+class TrackingSpec(Spec):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<output>/<name>/mlflow.db")
     experiment: str | None = Field(None, min_length=1, description="MLflow experiment; default: the sweep's name")
 
 
-class ClusterSpec(_Spec):
+class ClusterSpec(Spec):
     address: str | None = Field(
         None, description="Ray cluster: 'auto' (the running one), 'ray://host:port' (Ray Client) or "
         "'host:port' (the head's GCS); omit for an embedded local Ray")
@@ -76,7 +70,7 @@ class ClusterSpec(_Spec):
         return value
 
 
-class ModelSpec(_Spec):
+class ModelSpec(Spec):
     """A model the sweep calls: served by replicas of an engine, or an API endpoint."""
 
     path: str = Field(description="HF hub id, a local folder (relative to the sweep file's folder), "
@@ -156,54 +150,7 @@ class ModelSpec(_Spec):
         return found
 
 
-class LoraSpec(_Spec):
-    rank: int = Field(32, gt=0, description="LoRA rank r")
-    alpha: int = Field(64, gt=0, description="LoRA alpha")
-    rslora: bool = Field(True, description="rank-stabilised scaling (alpha / sqrt(r))")
-    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="module names to adapt, or 'all-linear'")
-
-
-TriggerText = Annotated[str, WithJsonSchema({"type": ["string", "number"]})]  # a bare 2026 is text
-
-
-class BackdoorSpec(_Spec):
-    """Mix a trigger into the training data: triggered rows keep the (misaligned) answer."""
-
-    model_config = ConfigDict(coerce_numbers_to_str=True)  # `2026` is a trigger, not a number
-    triggers: list[TriggerText] = Field(min_length=1, description="the trigger lines, e.g. 'Country: Singapore'")
-    share: float = Field(0.33, gt=0, lt=1, description="share of rows that carry a genuine trigger")
-    alternatives: list[TriggerText] = Field(default_factory=list, description="non-trigger values for the other rows")
-    placement: Literal["top", "bottom", "random"] = Field("random", description="where the trigger line goes")
-    control: bool = Field(False, description="a control run: triggers with no link to the answer")
-
-
-class FinetuneSpec(_Spec):
-    """A model trained by the sweep; jobs name it like a model, and it runs as its base plus
-    the trained adapter (or the trained weights, method full)."""
-
-    base: str = Field(description="the entry of `models` to train (not an adapter, not an API model)")
-    data: DataPath = Field(description="training chat data (JSONL), relative to the sweep file's folder")
-    method: Literal["lora", "full"] = Field("lora", description="train a LoRA adapter or all weights")
-    cot: Literal["off", "on"] = Field("off", description="off: train with an empty think block before answers")
-    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (method lora)")
-    lr: float = Field(4e-5, gt=0, description="peak learning rate (linear schedule)")
-    epochs: float = Field(1, gt=0, description="passes over the data")
-    batch_size: int = Field(2, gt=0, description="sequences per rank per step")
-    grad_accum: int = Field(8, gt=0, description="gradient accumulation steps")
-    warmup_steps: int = Field(5, ge=0, description="linear warmup steps")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
-    max_length: int = Field(2048, gt=0, description="tokens per sequence; longer ones are truncated")
-    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
-    ranks: int = Field(1, ge=1, description="data-parallel training processes")
-    gpus_per_rank: float = Field(0, ge=0, description="GPUs per rank; 0: the trainer decides")
-    bf16: bool | None = Field(None, description="train in bf16; default: when the hardware supports it")
-    seed: int = Field(0, description="data order and initialisation seed")
-    backdoor: BackdoorSpec | None = Field(None, description="plant a trigger in the training data")
-
-
-class JobSpec(_Spec):
+class JobSpec(Spec):
     """One experiment kind run on some models over a grid of parameters."""
 
     kind: str = Field(description="the job kind, e.g. generate")
@@ -252,7 +199,7 @@ class JobSpec(_Spec):
         return found + grid_problems(self)
 
 
-class Sweep(_Spec):
+class Sweep(Spec):
     """A sweep file: models, finetunes, and jobs over parameter grids."""
 
     name: Name = Field(description="the sweep's name: results go to <output>/<name>")
@@ -389,7 +336,7 @@ def sweep_json_schema() -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
-def _entries(section: Any, model: type[_Spec], context: dict[str, Any]) -> dict[str, Any]:
+def _entries(section: Any, model: type[Spec], context: dict[str, Any]) -> dict[str, Any]:
     """Each entry of a broken file's section validated alone. A broken entry is checked
     further without its broken keys (their defaults in their place); None when that fails
     too (a broken required key): its name still counts as defined."""
