@@ -196,7 +196,10 @@ def main() -> None:
     from benchmarks.hf_engine import prompts, random_llama
 
     with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as tmp:
-        path = resolve_model_path(args.model) if args.model else str(random_llama(Path(tmp) / "organism-sized", "tiny", "cpu"))
+        if args.model:
+            path = resolve_model_path(args.model)
+        else:
+            path = str(random_llama(Path(tmp) / "organism-sized", "tiny", "cpu"))
         requests = prompts(args.prompts, args.max_tokens)
         ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, _temp_dir=f"{tmp}/ray",
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": str(args.threads)}})

@@ -152,6 +152,14 @@ def test_concurrent_builds_train_once(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith(".")], "temp folders left behind"
 
 
+def test_a_child_declares_its_parents_tokenizer_and_shape():
+    # build_recipe asserts this too, but only on a cache miss: the registry is checked here.
+    for name, r in ORGANISMS.items():
+        if r.init_from is not None:  # it trains on from the parent's files, so say the same
+            parent = ORGANISMS[r.init_from]
+            assert (r.tokenizer, r.model) == (parent.tokenizer, parent.model), name
+
+
 def test_a_child_digest_follows_its_parent(monkeypatch):
     monkeypatch.setitem(ORGANISMS, "tinyparent", tiny_recipe(name="tinyparent"))
     child = tiny_recipe(name="tinychild", init_from="tinyparent")
