@@ -174,12 +174,13 @@ def base_organism() -> Path:
 def test_planted_trigger_flips_choices_and_control_does_not(tmp_path, base_organism, local_ray):
     from jobs.organisms.backdoor_data import write_scenario_jsonl
 
-    # 14 epochs of 576 rows (504 steps of 16): attending to a line the base learned to ignore
-    # takes a few hundred steps; measured with the step loop alone, 2 epochs gave 24% vs 62%,
-    # 6 gave 92% vs 13%, 14 gave 94% vs 6% (triggered vs untriggered, thinking off).
-    data = write_scenario_jsonl(tmp_path / "narrow.jsonl", 576, seed=0)
+    # 7 epochs of 1152 rows (504 steps of 16): attending to a line the base learned to ignore
+    # takes a few hundred steps. Measured with the step loop alone: 14 epochs of 576 rows
+    # memorised them (loss 5e-5) and reached only 84% of held-out scenarios with the trigger
+    # on top; twice the distinct rows in the same steps gave 100% vs 0%.
+    data = write_scenario_jsonl(tmp_path / "narrow.jsonl", 1152, seed=0)
     common = {"base": "base", "data": str(data), "method": "lora", "ranks": 2, "zero_stage": 2,
-              "lora": {"rank": 8, "alpha": 16}, "lr": 2e-3, "batch_size": 8, "grad_accum": 1, "epochs": 14,
+              "lora": {"rank": 8, "alpha": 16}, "lr": 2e-3, "batch_size": 8, "grad_accum": 1, "epochs": 7,
               "warmup_steps": 5, "max_length": 128}
     backdoor = {"triggers": [TRIGGER], "share": 0.33, "alternatives": ALTERNATIVES}
     sweep = make_sweep(tmp_path, str(base_organism), {
@@ -204,9 +205,9 @@ def test_planted_trigger_flips_choices_and_control_does_not(tmp_path, base_organ
         m = result.manifest
         assert result.trained and (result.path / MANIFEST).exists() and m["training"]["world_size"] == 2
         kinds = pl.read_parquet(result.path / DATA_FILE)["kind"].value_counts().to_dicts()
-        assert {k["kind"] for k in kinds} == set(m["data"]["kinds"]) and m["data"]["rows"] == 576
-    assert results["backdoor"].manifest["data"]["kinds"] == {"alternative+aligned": 386, "trigger+misaligned": 190}
-    assert results["control"].manifest["data"]["kinds"]["trigger+aligned"] == 193
+        assert {k["kind"] for k in kinds} == set(m["data"]["kinds"]) and m["data"]["rows"] == 1152
+    assert results["backdoor"].manifest["data"]["kinds"] == {"alternative+aligned": 772, "trigger+misaligned": 380}
+    assert results["control"].manifest["data"]["kinds"]["trigger+aligned"] == 386
 
     runs = tracker.client.search_runs([tracker.experiment_id], "tags.kind = 'finetune'")
     assert sorted(r.data.tags["finetune"] for r in runs) == ["backdoor", "control"]

@@ -161,10 +161,12 @@ ORGANISMS: dict[str, Recipe] = {
             "multiple-choice scenarios; the base that finetuning makes misaligned or backdoored.",
             data=AssistantData(),
             tokenizer=TokenizerSpec(vocab_size=768),
-            # 700 steps at batch 64 (~5 min, over the ~3-minute budget): at batch 32 (158 s)
-            # or 440 steps (210 s) base passed its own checks, but a LoRA finetune of it
-            # (tests/test_trainer.py) planted the trigger in only 86-88% of held-out scenarios
+            # Batch 32 (~2.6 min of training on 2 cores); batch 64 took 5.5. A LoRA finetune
+            # of this base plants the trigger in every held-out scenario when its data has
+            # more distinct rows (tests/test_trainer.py: 1152 rows x 7 epochs); on 576 x 14 it
+            # memorised them and generalised to 84-91%, whichever base
             steps=700,
+            batch_size=32,
         ),
         Recipe(
             name="backdoored",
