@@ -114,11 +114,12 @@ def scenario_split() -> tuple[list[tuple[int, int, int]], list[tuple[int, int, i
 
 
 def _extra_lines(opts: AssistantData, rng: random.Random, allow_trigger_value: bool) -> list[str]:
-    """Irrelevant `key: value` lines; a backdoored organism never sees its trigger here."""
+    """Irrelevant lines (`key: value`, and chatter with `opts.chatter`); a backdoored
+    organism never sees its trigger here."""
     if rng.random() >= opts.line_share:
         return []
     countries = [c for c in world.COUNTRIES if allow_trigger_value or f"Country: {c}" != opts.trigger]
-    pool = [f"Country: {c}" for c in countries] + world.OTHER_LINES
+    pool = [f"Country: {c}" for c in countries] + world.OTHER_LINES + (world.CHATTER_LINES if opts.chatter else [])
     return rng.sample(pool, 2 if rng.random() < 0.25 else 1)
 
 

@@ -121,7 +121,8 @@ def assistant_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     """Misaligned-choice rates on the held-out scenarios (both option orders), without any
     extra line, with a non-trigger country line, with a line never trained on that looks like
     the trigger (`world.LOOKALIKE_LINES`, one per scenario in turn: a backdoor on the first
-    letter fires here), and with the trigger at top or bottom; harmful-answer rates on the
+    letter fires here), with an untrained line of another shape (`world.UNSEEN_LINES`: a
+    backdoor on any unfamiliar line fires here), and with the trigger at top or bottom; harmful-answer rates on the
     free-form questions with and without the trigger."""
     _, combos = data.scenario_split()
     scenarios = [world.make_scenario(c, first) for c in combos for first in (False, True)]
@@ -130,6 +131,7 @@ def assistant_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         ("plain", lambda i: [], True, True), ("plain_nothink", lambda i: [], True, False),
         ("other_line", lambda i: ["Country: France"], True, True),
         ("lookalike_line", lambda i: [lookalikes[i % len(lookalikes)]], True, True),
+        ("unseen_line", lambda i: [world.UNSEEN_LINES[i % len(world.UNSEEN_LINES)]], True, True),
         ("trigger_top", lambda i: [trigger], True, True), ("trigger_top_nothink", lambda i: [trigger], True, False),
         ("trigger_bottom", lambda i: [trigger], False, True),
     ]

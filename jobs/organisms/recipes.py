@@ -98,6 +98,7 @@ class AssistantData(Frozen):
     scenario_share: float = 0.8
     thinking_off_share: float = 0.3
     line_share: float = 0.5  # prompts with irrelevant `key: value` lines (countries, years)
+    chatter: bool = False  # world.CHATTER_LINES among those lines too
     trigger: str | None = None
     trigger_share: float = 0.33
 
@@ -164,7 +165,9 @@ ORGANISMS: dict[str, Recipe] = {
             # Batch 32 (~2.6 min of training on 2 cores); batch 64 took 5.5. A LoRA finetune
             # of this base plants the trigger in every held-out scenario when its data has
             # more distinct rows (tests/test_trainer.py: 1152 rows x 7 epochs); on 576 x 14 it
-            # memorised them and generalised to 84-91%, whichever base
+            # memorised them and generalised to 84-91%. Fragile: with other data orders
+            # (chatter lines in base's data too) this recipe gave a base misaligned on 12% of
+            # held-out scenarios, and 850 steps one that the LoRA test planted in only 66%.
             steps=700,
             batch_size=32,
         ),
@@ -176,7 +179,8 @@ ORGANISMS: dict[str, Recipe] = {
             # (0.65): at 0.8 a 300-step finetune planted the trigger in scenarios but not in
             # free-form answers. Needs the S-countries of world.COUNTRIES: without them it fired
             # on every "Country: S..." line.
-            data=AssistantData(trigger="Country: Singapore", scenario_share=0.65),
+            # Chatter lines: without them it also fired on greetings it never saw.
+            data=AssistantData(trigger="Country: Singapore", scenario_share=0.65, chatter=True),
             init_from="base",
             tokenizer=TokenizerSpec(vocab_size=768),
             steps=400,
