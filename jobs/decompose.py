@@ -4,7 +4,8 @@ and score the final answer with the official DROP metric, next to single-pass ba
 The loop, per question: the decomposer (role `decomposer`) reads the passage, the complex
 question and the (question, answer) pairs so far and proposes the next simple question; the
 answerer (role `answerer`, possibly another model of the sweep) answers it, unless it is a
-symbolic step (`diff(5; 3)`, `count(...)`, `if_then(...)`) that code executes. It stops when
+symbolic step (`diff(5; 3)`, `count(...)`, `if_then(...)`; `#k` refers to the k-th
+answer, as in `diff(#1; #2)`) that code executes. It stops when
 the decomposer says the stop sentence or after `max_steps` decomposer calls; the answer to
 the last simple question is the final answer. Few-shot examples come from an annotated pool
 (the authors' format), separately for decomposition and for simple QA.
@@ -209,10 +210,11 @@ class DecomposeJob(Job):
         return (await model.generate(self._request(text, params, max_tokens, thinking, key)))[0]
 
     async def _answer_simple(self, q: DropQuestion, question: str, params: DecomposeParams, ctx: JobContext,
-                             fewshot: FewShot) -> tuple[str, str, str, Completion | None]:
-        """(answer, path, model, the call) for one simple question."""
+                             fewshot: FewShot, answers: Sequence[str] = ()) -> tuple[str, str, str, Completion | None]:
+        """(answer, path, model, the call) for one simple question; `answers`, those so far,
+        are what a symbolic step's `#k` references read."""
         if params.symbolic:
-            result = execute_symbolic(question)
+            result = execute_symbolic(question, answers)
             if result is not None:
                 return result, "symbolic", "code", None
         shots = await asyncio.to_thread(fewshot.simple_shots, q, question) if params.shots else []
@@ -240,7 +242,8 @@ class DecomposeJob(Job):
             if not question:
                 stop_reason = "empty"
                 break
-            answer, path, model, call = await self._answer_simple(q, question, params, ctx, fewshot)
+            answer, path, model, call = await self._answer_simple(q, question, params, ctx, fewshot,
+                                                                  [a for _, a in pairs])
             if call is not None:
                 prompt_tokens += call.prompt_tokens
                 completion_tokens += call.completion_tokens

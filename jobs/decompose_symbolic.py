@@ -13,11 +13,15 @@ The decomposer writes them as calls, in the annotated decompositions' notation:
 
 Items are separated by `;` (or `|||`, the list separator of answers); an item's value is the
 first number in it, so "28-yard" reads as 28. Arithmetic is decimal, so 0.1 + 0.2 is 0.3.
-`execute` returns None for anything it cannot evaluate; the job then asks the model.
+An item may also be a reference `#k` to the answer of the k-th simple question, as in QDMR
+decompositions (`diff(#1; #2)`): the decomposer then need not copy the values it was given.
+`execute` returns None for anything it cannot evaluate (an unknown reference included); the
+job then asks the model.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal, InvalidOperation
 
@@ -26,6 +30,7 @@ OPERATIONS = ("count", "sum", "diff", "not", "top", "bottom", "max", "min", "if_
 
 _CALL = re.compile(r"^\s*(" + "|".join(OPERATIONS) + r")\s*\((.*)\)\s*\.?\s*$", re.IGNORECASE | re.DOTALL)
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?")
+_REFERENCE = re.compile(r"#(\d+)")
 _COMPARISON = re.compile(r"^(.*?)\s*(<=|>=|==|!=|<|>)\s*(.*)$")
 _MONTHS = {m: i for i, m in enumerate(
     ["january", "february", "march", "april", "may", "june", "july", "august", "september",
@@ -110,11 +115,32 @@ def _top(args: str, largest: bool) -> str | None:
     return f" {LIST_SEPARATOR} ".join(format_number(v) for v in chosen)
 
 
-def execute(question: str) -> str | None:
-    """The answer to a symbolic step, or None when it is not one or cannot be evaluated."""
+def resolve_references(question: str, answers: Sequence[str]) -> str | None:
+    """`question` with each `#k` replaced by the k-th answer (1-based); None when a reference
+    has no answer (read as a number, "#3" would silently be 3)."""
+    missing = False
+
+    def answer(m: re.Match) -> str:
+        nonlocal missing
+        k = int(m.group(1))
+        if not 1 <= k <= len(answers):
+            missing = True
+            return m.group(0)
+        return answers[k - 1]
+
+    resolved = _REFERENCE.sub(answer, question)
+    return None if missing else resolved
+
+
+def execute(question: str, answers: Sequence[str] = ()) -> str | None:
+    """The answer to a symbolic step, or None when it is not one or cannot be evaluated.
+    `answers`: the answers to the simple questions so far, which `#k` refers to."""
     m = _CALL.match(question)
     if not m:
         return None
+    if _REFERENCE.search(question):
+        resolved = resolve_references(question, answers)
+        return None if resolved is None else execute(resolved)
     op, args = m.group(1).lower(), m.group(2)
     if op in ("top", "bottom"):
         return _top(args, largest=op == "top")

@@ -48,6 +48,18 @@ def test_symbolic_steps(step, expected):
     assert execute(step) == expected
 
 
+@pytest.mark.parametrize("step,expected", [
+    ("diff(#1; #2)", "7"),
+    ("sum(#2; #1; 1)", "18"),
+    ("if_then(#1 > #2; home; away)", "home"),
+    ("count(#3 ||| #3)", "2"),  # a span answer: counted, not read as a number
+    ("diff(#1; #4)", None),  # no fourth answer: "#4" must not be read as the number 4
+    ("diff(#0; #1)", None),
+])
+def test_symbolic_steps_read_earlier_answers_by_reference(step, expected):
+    assert execute(step, ["12", "5", "the Hawks"]) == expected
+
+
 def test_every_bundled_symbolic_step_reproduces_its_annotation():
     pool = load_pool()
     checked = [(q, a) for p in pool for q, a in p.decomposition if execute(q) is not None]
@@ -156,3 +168,15 @@ def test_the_loop_on_a_real_tiny_model(tiny_model):
     for arm in ("decompose", "direct", "direct_cot"):
         assert summary[f"{arm}/f1_ci_low"] <= summary[f"{arm}/f1"] <= summary[f"{arm}/f1_ci_high"], summary
     assert "gain/f1" in summary and "gain_vs_direct_cot/em" in summary
+
+
+def test_the_multihop_domain_decomposes_into_steps_the_job_executes():
+    """The multihop organism's annotated decompositions (its training targets and the pool it
+    writes) end in a symbolic step that the job's executor answers from the lookups' answers,
+    in either answer style."""
+    from jobs.organisms.multihop import heldout_questions
+
+    for q in heldout_questions(60):
+        for style in ("number", "sentence"):
+            (_, a1), (_, a2), (step, answer) = q.pairs(style)
+            assert execute(step, [a1, a2]) == answer == q.answer, (q.question, style, step, a1, a2)

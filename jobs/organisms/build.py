@@ -68,7 +68,7 @@ def measure(recipe: Recipe, folder: Path) -> dict[str, float]:
     if recipe.data.kind == "multihop":
         from jobs.organisms import multihop
 
-        return multihop.report(model, tokenizer)
+        return multihop.report(model, tokenizer, recipe.data)
     return evaluate.assistant_report(model, tokenizer, recipe.data.trigger or world.TRIGGER)
 
 

@@ -9,19 +9,24 @@ A passage states a match's two scores, "The home team scored 12 goals. The away 
 
 Its decomposition, in the decompose job's formats (jobs.decompose_prompts, the contract):
 
-    Q1: How many goals did the home team score?  A1: 12
-    Q2: How many goals did the away team score?  A2: 5
-    Q3: diff(12; 5)                              A3: 7   (a symbolic step: code answers it)
+    Q1: How many goals did the home team score?  A1: The home team scored 12 goals.
+    Q2: How many goals did the away team score?  A2: The away team scored 5 goals.
+    Q3: diff(#1; #2)                             A3: 7   (a symbolic step: code answers it)
     Q4: There are no more questions left to ask.
 
-Why sides and not named teams: with ten team names in random order, a 0.8M model trained for
-1200 steps learned to copy *a* passage number but never *whose* (matching a name in the
-question to the same name in the passage is a two-hop circuit that did not form in minutes).
-With sides, the decomposer's choice is which side the question names first, and with the
-prompts' own text as targets too (`prompt_targets`) it gets every first step and every stop
-right. What is still not learned in 700 steps: copying a number, whether answering a simple
-question (QA 3-39% on held-out passages) or writing `diff(A1; A2)`. So the organism is not
-registered yet; the measurements are in tests/unverified/README.md.
+Two choices make this learnable by a 0.8M model in minutes (the runs that found them are in
+tests/unverified/README.md):
+- A simple question is answered with the passage's sentence that states it. A bare number
+  needs a circuit that reads the side in the question and selects the matching passage
+  number: after 700 steps of simple questions only, it picked one of the two passage
+  numbers at chance (43%). The sentence splits that into two one-hop copies across the
+  tokens it writes: the side from the question, then the number that follows "The home
+  team scored" in the passage (an induction copy): 97% in the same steps.
+  Symbolic steps read an answer's first number, so `diff` and `if_then` work on either form.
+- The symbolic step refers to the answers (`#1`, `#2`, QDMR's notation) instead of copying
+  their numbers, which the decomposer never learned to do.
+Sides, not named teams: with ten team names in random order the model copied *a* passage
+number but never *whose* (matching a name is the same two-hop circuit).
 
 The organism is trained on the four kinds of call the job makes, rendered exactly as the job
 renders them, thinking off unless said: the next decomposition step (QD), a simple question
@@ -80,6 +85,16 @@ def simple_question(team: str) -> str:
     return f"How many goals did the {team} team score?"
 
 
+AnswerStyle = Literal["number", "sentence"]
+
+
+def lookup_answer(passage: Passage, team: str, style: AnswerStyle) -> str:
+    """A simple question's answer: the number, or the passage's sentence that states it (a
+    symbolic step reads the first number of an answer, so both feed `diff(#1; #2)` alike)."""
+    goals = passage.goals(team)
+    return str(goals) if style == "number" else f"The {team} team scored {goals} goals."
+
+
 @dataclass(frozen=True)
 class MultihopQuestion:
     passage: Passage
@@ -110,16 +125,16 @@ class MultihopQuestion:
         return self.first if a > b else self.second
 
     def symbolic_step(self) -> str:
-        a, b = self.values
+        """The last step, reading the two lookups' answers by reference (QDMR's `#k`): the
+        decomposer never copies a number, code reads them from the answers."""
         if self.kind == "compare":
-            return f"if_then({a} > {b}; {self.first}; {self.second})"
-        return f"{self.kind}({a}; {b})"
+            return f"if_then(#1 > #2; {self.first}; {self.second})"
+        return f"{self.kind}(#1; #2)"
 
-    def pairs(self) -> list[tuple[str, str]]:
+    def pairs(self, answer_style: AnswerStyle = "number") -> list[tuple[str, str]]:
         """The annotated decomposition: two lookups, then the symbolic step and its result."""
-        a, b = self.values
-        return [(simple_question(self.first), str(a)), (simple_question(self.second), str(b)),
-                (self.symbolic_step(), self.answer)]
+        return [(simple_question(t), lookup_answer(self.passage, t, answer_style)) for t in (self.first, self.second)] \
+            + [(self.symbolic_step(), self.answer)]
 
     def reasoning(self) -> list[str]:
         """The chain of thought a direct_cot answer writes (the model does the arithmetic)."""
@@ -174,6 +189,17 @@ class MultihopData(BaseModel):
     # every shot's answer is one more lookup to learn per example (a drill in the job's own
     # few-shot format), where a plain QA call has one
     qa_shots: int = Field(0, ge=0)
+    # How a simple question is answered: the bare number, or the passage's sentence stating
+    # it (the number then follows "The home team scored", a copy of the passage's own words)
+    answer_style: AnswerStyle = "number"
+    # A drill first: this many simple questions open the data, before the mix. The copy of
+    # a number forms in a few hundred steps of simple questions alone and not in a mix that
+    # holds as many (LENGTH_BUCKET_BATCHES in train.py keeps the order, 512 examples at a time)
+    drill_examples: int = Field(0, ge=0)
+    # A decomposition step's target runs on to the end of the block (the job cuts the reply
+    # at its first line): more decomposition signal per example without training the
+    # passage's numbers, which prompt_targets does
+    qd_continue: bool = False
 
 
 def multihop_example(opts: MultihopData, rng: random.Random) -> "Example":
@@ -189,19 +215,30 @@ def _example(opts: MultihopData, rng: random.Random) -> "Example":
     text = q.passage.text
     draw = rng.random()
     if draw < opts.qd_share:
-        pairs = q.pairs()
+        pairs = q.pairs(opts.answer_style)
         k = rng.randrange(len(pairs) + 1)
         target = f"Q{k + 1}: " + (pairs[k][0] if k < len(pairs) else STOP_SENTENCE)
-        return Example(qd_prompt([], text, q.question, pairs[:k]), ((target, True),), thinking=False)
+        segments = [(target, True)]
+        if opts.qd_continue:
+            # the rest of the block: the lookups' answers (copies of passage sentences) and
+            # the next steps are targets, a symbolic step's result (arithmetic) is not
+            for i in range(k, len(pairs)):
+                question, answer = pairs[i]
+                if i > k:
+                    segments.append((f"\nQ{i + 1}: {question}", True))
+                segments += [(f"\nA{i + 1}: ", True), (answer, i < 2)]
+            if k < len(pairs):
+                segments.append((f"\nQ{len(pairs) + 1}: {STOP_SENTENCE}", True))
+        return Example(qd_prompt([], text, q.question, pairs[:k]), tuple(segments), thinking=False)
     draw -= opts.qd_share
     if draw < opts.qa_share:
         team = rng.choice([t for t, _ in q.passage.scores])
         shots = []
         for _ in range(opts.qa_shots):
             other, side = random_passage(rng, heldout=False), rng.choice(TEAMS)
-            shots.append((other.text, simple_question(side), str(other.goals(side))))
-        return Example(qa_prompt(shots, text, simple_question(team)), ((str(q.passage.goals(team)), True),),
-                       thinking=False)
+            shots.append((other.text, simple_question(side), lookup_answer(other, side, opts.answer_style)))
+        return Example(qa_prompt(shots, text, simple_question(team)),
+                       ((lookup_answer(q.passage, team, opts.answer_style), True),), thinking=False)
     draw -= opts.qa_share
     if draw < opts.direct_share:
         return Example(direct_prompt([], text, q.question), ((q.answer, True),), thinking=False)
@@ -210,7 +247,8 @@ def _example(opts: MultihopData, rng: random.Random) -> "Example":
 
 
 def multihop_examples(opts: MultihopData, n: int, rng: random.Random) -> list["Example"]:
-    return [multihop_example(opts, rng) for _ in range(n)]
+    drill = opts.model_copy(update={"qd_share": 0.0, "qa_share": 1.0, "direct_share": 0.0, "prompt_targets": False})
+    return [multihop_example(drill if i < opts.drill_examples else opts, rng) for i in range(n)]
 
 
 # The organism's recipe, as the fields of jobs.organisms.recipes.Recipe (kept as plain data
@@ -220,12 +258,17 @@ RECIPE = {
     "description": "Decomposes multi-hop questions over short score passages (QD and QA in the "
     "decompose job's formats), and also answers them directly and with a CoT, so the job can "
     "measure what decomposition gains.",
-    "data": MultihopData(prompt_targets=True),
+    # The best run so far (e7 in tests/unverified/README.md: every first step, 85% of last
+    # steps, 53% of lookups): a 400-step drill of simple questions, then the mix
+    "data": MultihopData(qd_share=0.3, qa_share=0.6, direct_share=0.05, prompt_targets=True,
+                         answer_style="sentence", drill_examples=12800),
     # whole numbers up to the largest sum are one token: a lookup copies one token, and a
-    # direct answer has to produce a sum or difference in one step
-    "tokenizer": {"vocab_size": 512, "split_digits": False, "whole_numbers_up_to": 2 * max(GOALS)},
+    # direct answer has to produce a sum or difference in one step. The tokenizer's corpus
+    # reaches past the drill, so the decomposition's words get merges too.
+    "tokenizer": {"vocab_size": 512, "split_digits": False, "whole_numbers_up_to": 2 * max(GOALS),
+                  "corpus_examples": 16800},
     "model": {"max_positions": 256},
-    "steps": 600,
+    "steps": 1000,
     "batch_size": 32,
     "lr": 4e-3,
 }
@@ -282,14 +325,20 @@ def pool_set() -> list[DropQuestion]:
 
 # --- the build's measured properties ---
 
-def report(model, tokenizer, n: int = 150) -> dict[str, float]:
+def report(model, tokenizer, opts: MultihopData = MultihopData(), n: int = 150) -> dict[str, float]:
     """Greedy accuracies on held-out questions, call by call: the first decomposition step,
-    the decomposition's stop, a simple question, the direct answer, the CoT answer."""
+    the decomposition's stop, a simple question (its number), the direct answer, the CoT
+    answer."""
     from jobs.decompose_prompts import parse_answer, parse_cot_answer, parse_question
+    from jobs.decompose_symbolic import number_in
     from jobs.organisms.evaluate import greedy
     from jobs.organisms.train import prompt_text
 
     qs = heldout_questions(n, seed=12345)
+
+    def lookup(text: str) -> str:
+        value = number_in(parse_answer(text))
+        return "" if value is None else str(value)
 
     def rate(prompts: list[str], expected: list[str], thinking: bool, parse, max_tokens: int) -> float:
         texts = greedy(model, tokenizer, [prompt_text(tokenizer, p, thinking) for p in prompts], max_tokens)
@@ -298,11 +347,13 @@ def report(model, tokenizer, n: int = 150) -> dict[str, float]:
     return {
         "n": float(n),
         "qd_first_step": rate([qd_prompt([], q.passage.text, q.question, []) for q in qs],
-                              [q.pairs()[0][0] for q in qs], False, parse_question, 24),
-        "qd_stop": rate([qd_prompt([], q.passage.text, q.question, q.pairs()) for q in qs],
-                        [STOP_SENTENCE] * n, False, parse_question, 24),
-        "qa": rate([qa_prompt([], q.passage.text, q.pairs()[1][0]) for q in qs],
-                   [q.pairs()[1][1] for q in qs], False, parse_answer, 8),
+                              [q.pairs()[0][0] for q in qs], False, parse_question, 32),
+        "qd_stop": rate([qd_prompt([], q.passage.text, q.question, q.pairs(opts.answer_style)) for q in qs],
+                        [STOP_SENTENCE] * n, False, parse_question, 32),
+        "qd_last_step": rate([qd_prompt([], q.passage.text, q.question, q.pairs(opts.answer_style)[:2]) for q in qs],
+                             [q.symbolic_step() for q in qs], False, parse_question, 32),
+        "qa": rate([qa_prompt([], q.passage.text, simple_question(q.second)) for q in qs],
+                   [str(q.values[1]) for q in qs], False, lookup, 16),
         "direct": rate([direct_prompt([], q.passage.text, q.question) for q in qs],
                        [q.answer for q in qs], False, parse_answer, 8),
         "cot": rate([cot_prompt([], q.passage.text, q.question) for q in qs],

@@ -37,7 +37,9 @@ def test_decomposition_beats_a_single_pass_on_the_multihop_organism(tmp_path):
 def test_multihop_asks_the_simple_questions_and_answers_them():
     from jobs.organisms import evaluate, multihop, organism_path
 
-    report = multihop.report(*evaluate.load(organism_path("multihop")))
+    from jobs.organisms.recipes import ORGANISMS
+
+    report = multihop.report(*evaluate.load(organism_path("multihop")), ORGANISMS["multihop"].data)
     assert report["qd_first_step"] >= 0.90, f"multihop's first decomposition step is right in only {report['qd_first_step']:.0%}: {report}"
     assert report["qd_stop"] >= 0.90, f"multihop stops after a full decomposition in only {report['qd_stop']:.0%}: {report}"
     assert report["qa"] >= 0.90, f"multihop answers a simple question in only {report['qa']:.0%}: {report}"
