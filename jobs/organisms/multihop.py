@@ -14,8 +14,8 @@ Its decomposition, in the decompose job's formats (jobs.decompose_prompts, the c
     Q3: diff(#1; #2)                             A3: 7   (a symbolic step: code answers it)
     Q4: There are no more questions left to ask.
 
-Two choices make this learnable by a 0.8M model in minutes (the runs that found them are in
-tests/unverified/README.md):
+Two choices make each part learnable by a 0.8M model in minutes, though not yet both in one
+recipe, so the organism is not registered (the runs are in tests/unverified/README.md):
 - A simple question is answered with the passage's sentence that states it. A bare number
   needs a circuit that reads the side in the question and selects the matching passage
   number: after 700 steps of simple questions only, it picked one of the two passage
