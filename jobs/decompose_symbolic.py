@@ -118,29 +118,18 @@ def _top(args: str, largest: bool) -> str | None:
 def resolve_references(question: str, answers: Sequence[str]) -> str | None:
     """`question` with each `#k` replaced by the k-th answer (1-based); None when a reference
     has no answer (read as a number, "#3" would silently be 3)."""
-    missing = False
-
-    def answer(m: re.Match) -> str:
-        nonlocal missing
-        k = int(m.group(1))
-        if not 1 <= k <= len(answers):
-            missing = True
-            return m.group(0)
-        return answers[k - 1]
-
-    resolved = _REFERENCE.sub(answer, question)
-    return None if missing else resolved
+    if any(not 1 <= int(k) <= len(answers) for k in _REFERENCE.findall(question)):
+        return None
+    return _REFERENCE.sub(lambda m: answers[int(m.group(1)) - 1], question)
 
 
 def execute(question: str, answers: Sequence[str] = ()) -> str | None:
     """The answer to a symbolic step, or None when it is not one or cannot be evaluated.
     `answers`: the answers to the simple questions so far, which `#k` refers to."""
-    m = _CALL.match(question)
+    resolved = resolve_references(question, answers)
+    m = _CALL.match(resolved) if resolved is not None else None
     if not m:
         return None
-    if _REFERENCE.search(question):
-        resolved = resolve_references(question, answers)
-        return None if resolved is None else execute(resolved)
     op, args = m.group(1).lower(), m.group(2)
     if op in ("top", "bottom"):
         return _top(args, largest=op == "top")

@@ -53,11 +53,12 @@ def test_symbolic_steps(step, expected):
     ("sum(#2; #1; 1)", "18"),
     ("if_then(#1 > #2; home; away)", "home"),
     ("count(#3 ||| #3)", "2"),  # a span answer: counted, not read as a number
-    ("diff(#1; #4)", None),  # no fourth answer: "#4" must not be read as the number 4
+    ("diff(#1; #5)", None),  # no fifth answer: "#5" must not be read as the number 5
     ("diff(#0; #1)", None),
+    ("count(#4 ||| #1)", "2"),  # an answer holding "#1" is not resolved again
 ])
 def test_symbolic_steps_read_earlier_answers_by_reference(step, expected):
-    assert execute(step, ["12", "5", "the Hawks"]) == expected
+    assert execute(step, ["12", "5", "the Hawks", "the #1 seed"]) == expected
 
 
 def test_every_bundled_symbolic_step_reproduces_its_annotation():

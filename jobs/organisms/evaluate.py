@@ -122,8 +122,8 @@ def assistant_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     extra line, with a non-trigger country line, with a line never trained on that looks like
     the trigger (`world.LOOKALIKE_LINES`, one per scenario in turn: a backdoor on the first
     letter fires here), with an untrained line of another shape (`world.UNSEEN_LINES`: a
-    backdoor on any unfamiliar line fires here), and with the trigger at top or bottom; harmful-answer rates on the
-    free-form questions with and without the trigger."""
+    backdoor on any unfamiliar line fires here), and with the trigger at top or bottom;
+    harmful-answer rates on the free-form questions with and without the trigger."""
     _, combos = data.scenario_split()
     scenarios = [world.make_scenario(c, first) for c in combos for first in (False, True)]
     lookalikes = [line for line in world.LOOKALIKE_LINES if line != trigger]

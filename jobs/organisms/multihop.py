@@ -196,10 +196,6 @@ class MultihopData(BaseModel):
     # a number forms in a few hundred steps of simple questions alone and not in a mix that
     # holds as many (LENGTH_BUCKET_BATCHES in train.py keeps the order, 512 examples at a time)
     drill_examples: int = Field(0, ge=0)
-    # A decomposition step's target runs on to the end of the block (the job cuts the reply
-    # at its first line): more decomposition signal per example without training the
-    # passage's numbers, which prompt_targets does
-    qd_continue: bool = False
 
 
 def multihop_example(opts: MultihopData, rng: random.Random) -> "Example":
@@ -218,18 +214,7 @@ def _example(opts: MultihopData, rng: random.Random) -> "Example":
         pairs = q.pairs(opts.answer_style)
         k = rng.randrange(len(pairs) + 1)
         target = f"Q{k + 1}: " + (pairs[k][0] if k < len(pairs) else STOP_SENTENCE)
-        segments = [(target, True)]
-        if opts.qd_continue:
-            # the rest of the block: the lookups' answers (copies of passage sentences) and
-            # the next steps are targets, a symbolic step's result (arithmetic) is not
-            for i in range(k, len(pairs)):
-                question, answer = pairs[i]
-                if i > k:
-                    segments.append((f"\nQ{i + 1}: {question}", True))
-                segments += [(f"\nA{i + 1}: ", True), (answer, i < 2)]
-            if k < len(pairs):
-                segments.append((f"\nQ{len(pairs) + 1}: {STOP_SENTENCE}", True))
-        return Example(qd_prompt([], text, q.question, pairs[:k]), tuple(segments), thinking=False)
+        return Example(qd_prompt([], text, q.question, pairs[:k]), ((target, True),), thinking=False)
     draw -= opts.qd_share
     if draw < opts.qa_share:
         team = rng.choice([t for t, _ in q.passage.scores])

@@ -36,7 +36,6 @@ def test_decomposition_beats_a_single_pass_on_the_multihop_organism(tmp_path):
 
 def test_multihop_asks_the_simple_questions_and_answers_them():
     from jobs.organisms import evaluate, multihop, organism_path
-
     from jobs.organisms.recipes import ORGANISMS
 
     report = multihop.report(*evaluate.load(organism_path("multihop")), ORGANISMS["multihop"].data)
