@@ -48,6 +48,3 @@ def one_torch_thread():
     yield
     torch.set_num_threads(threads)
 
-
-# Parked work, not passing tests: see tests/unverified/README.md.
-collect_ignore = ["unverified"]

@@ -1,8 +1,7 @@
 """The trigger scan: candidates, mining, the test and the correction, the logprob reading, and
 the requests a scan sends to a real organism. The known answers on the organisms (the planted
 trigger of `backdoored` ranks first and alone is significant; nothing is significant on
-`base`) are in tests/unverified/test_backdoor_known_answers.py until the organisms pass their
-own property checks."""
+`base`) are in tests/test_backdoor_known_answers.py."""
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
-"""A synthetic multi-hop domain, and the `multihop` organism that decomposes its questions.
+"""A synthetic multi-hop domain, and the organisms that decompose its questions or answer
+them in one pass.
 
 A passage states a match's two scores, "The home team scored 12 goals. The away team scored
 5 goals."; a complex question needs both and one operation:
@@ -14,8 +15,7 @@ Its decomposition, in the decompose job's formats (jobs.decompose_prompts, the c
     Q3: diff(#1; #2)                             A3: 7   (a symbolic step: code answers it)
     Q4: There are no more questions left to ask.
 
-Two choices make each part learnable by a 0.8M model in minutes, though not yet both in one
-recipe, so the organism is not registered (the runs are in tests/unverified/README.md):
+Three choices make it learnable by a 0.8M model in minutes (the runs: docs/multihop.md):
 - A simple question is answered with the passage's sentence that states it. A bare number
   needs a circuit that reads the side in the question and selects the matching passage
   number: after 700 steps of simple questions only, it picked one of the two passage
@@ -25,15 +25,21 @@ recipe, so the organism is not registered (the runs are in tests/unverified/READ
   Symbolic steps read an answer's first number, so `diff` and `if_then` work on either form.
 - The symbolic step refers to the answers (`#1`, `#2`, QDMR's notation) instead of copying
   their numbers, which the decomposer never learned to do.
+- The decomposition prompts are targets too (`prompt_targets="qd"`): their worked pairs are
+  more copies of the passage, and the first step formed with them only.
 Sides, not named teams: with ten team names in random order the model copied *a* passage
 number but never *whose* (matching a name is the same two-hop circuit).
 
-The organism is trained on the four kinds of call the job makes, rendered exactly as the job
-renders them, thinking off unless said: the next decomposition step (QD), a simple question
-(QA), the complex question answered directly, and the complex question answered after a
-chain of thought (thinking on). Direct answers need the arithmetic in one token, which a tiny
-model does poorly on unseen pairs; decomposition leaves it only lookups and copying, and code
-does the arithmetic. The gain is measured by the job, not assumed here.
+Two organisms, trained on the calls the job makes, rendered exactly as the job renders them
+(thinking off unless said): `multihop` on the next decomposition step (QD) and the simple
+questions (QA); `multihop-direct` on the complex question answered directly and after a
+chain of thought (thinking on), the single-pass arms. Same domain, tokenizer, shape and
+steps: the job's gain compares the two ways of answering at one budget. One organism for
+all four calls never learned the lookups: every share of direct or CoT answers in the mix
+held them at 30-40% (and they wore down lookups a drill had formed first). Direct answers
+need the arithmetic in one token, which a tiny model does poorly on unseen pairs;
+decomposition leaves it only lookups and copying, and code does the arithmetic. The gain is
+measured by the job, not assumed here.
 
 Passages are split by a hash of their text: a fifth is held out, never trained on, and
 `write_heldout` writes held-out questions as a DROP file (with the authors' `decomp_qas`
@@ -182,29 +188,27 @@ class MultihopData(BaseModel):
     qd_share: float = Field(0.5, ge=0, le=1)
     qa_share: float = Field(0.2, ge=0, le=1)
     direct_share: float = Field(0.15, ge=0, le=1)
-    # The prompts' own text as targets too: their worked pairs look goals up (A1: 12), and
-    # the few targets of the job's calls alone are little signal for minutes of training
-    prompt_targets: bool = False
-    # Few-shot blocks in QA prompts, each on another training passage: with prompt_targets
-    # every shot's answer is one more lookup to learn per example (a drill in the job's own
-    # few-shot format), where a plain QA call has one
-    qa_shots: int = Field(0, ge=0)
+    # Which prompts' own text is a target too. "qd": the decomposition prompts, whose worked
+    # pairs (A1: The home team scored 12 goals.) are one more copy of the passage per pair
+    # and whose questions show how a step is asked; with them the first step and the lookups
+    # both formed in 600 steps, without them the first step stayed at chance. "all" (the
+    # QA, direct and CoT prompts too) also trains on the passages' unpredictable numbers,
+    # and the lookups never formed.
+    prompt_targets: Literal["none", "qd", "all"] = "none"
     # How a simple question is answered: the bare number, or the passage's sentence stating
     # it (the number then follows "The home team scored", a copy of the passage's own words)
     answer_style: AnswerStyle = "number"
-    # A drill first: this many simple questions open the data, before the mix. The copy of
-    # a number forms in a few hundred steps of simple questions alone and not in a mix that
-    # holds as many (LENGTH_BUCKET_BATCHES in train.py keeps the order, 512 examples at a time)
-    drill_examples: int = Field(0, ge=0)
 
 
 def multihop_example(opts: MultihopData, rng: random.Random) -> "Example":
     from dataclasses import replace
 
-    return replace(_example(opts, rng), user_trained=opts.prompt_targets)
+    example, call = _example(opts, rng)
+    return replace(example, user_trained=opts.prompt_targets == "all" or opts.prompt_targets == call)
 
 
-def _example(opts: MultihopData, rng: random.Random) -> "Example":
+def _example(opts: MultihopData, rng: random.Random) -> tuple["Example", str]:
+    """One training example and the call it is (qd, qa, direct, cot)."""
     from jobs.organisms.data import Example
 
     q = random_question(rng, heldout=False)
@@ -214,48 +218,55 @@ def _example(opts: MultihopData, rng: random.Random) -> "Example":
         pairs = q.pairs(opts.answer_style)
         k = rng.randrange(len(pairs) + 1)
         target = f"Q{k + 1}: " + (pairs[k][0] if k < len(pairs) else STOP_SENTENCE)
-        return Example(qd_prompt([], text, q.question, pairs[:k]), ((target, True),), thinking=False)
+        return Example(qd_prompt([], text, q.question, pairs[:k]), ((target, True),), thinking=False), "qd"
     draw -= opts.qd_share
     if draw < opts.qa_share:
         team = rng.choice([t for t, _ in q.passage.scores])
-        shots = []
-        for _ in range(opts.qa_shots):
-            other, side = random_passage(rng, heldout=False), rng.choice(TEAMS)
-            shots.append((other.text, simple_question(side), lookup_answer(other, side, opts.answer_style)))
-        return Example(qa_prompt(shots, text, simple_question(team)),
-                       ((lookup_answer(q.passage, team, opts.answer_style), True),), thinking=False)
+        return Example(qa_prompt([], text, simple_question(team)),
+                       ((lookup_answer(q.passage, team, opts.answer_style), True),), thinking=False), "qa"
     draw -= opts.qa_share
     if draw < opts.direct_share:
-        return Example(direct_prompt([], text, q.question), ((q.answer, True),), thinking=False)
+        return Example(direct_prompt([], text, q.question), ((q.answer, True),), thinking=False), "direct"
     cot = "<think>\n" + "\n".join(q.reasoning()) + f"\n</think>\n\nAnswer: {q.answer}"
-    return Example(cot_prompt([], text, q.question), ((cot, True),), thinking=True)
+    return Example(cot_prompt([], text, q.question), ((cot, True),), thinking=True), "cot"
 
 
 def multihop_examples(opts: MultihopData, n: int, rng: random.Random) -> list["Example"]:
-    drill = opts.model_copy(update={"qd_share": 0.0, "qa_share": 1.0, "direct_share": 0.0, "prompt_targets": False})
-    return [multihop_example(drill if i < opts.drill_examples else opts, rng) for i in range(n)]
+    return [multihop_example(opts, rng) for _ in range(n)]
 
 
-# The organism's recipe, as the fields of jobs.organisms.recipes.Recipe (kept as plain data
-# so this module imports nothing from recipes.py, which imports MultihopData from here).
-RECIPE = {
-    "name": "multihop",
-    "description": "Decomposes multi-hop questions over short score passages (QD and QA in the "
-    "decompose job's formats), and also answers them directly and with a CoT, so the job can "
-    "measure what decomposition gains.",
-    # The best run so far (e7 in tests/unverified/README.md: every first step, 85% of last
-    # steps, 53% of lookups): a 400-step drill of simple questions, then the mix
-    "data": MultihopData(qd_share=0.3, qa_share=0.6, direct_share=0.05, prompt_targets=True,
-                         answer_style="sentence", drill_examples=12800),
+# The two organisms' recipes, as the fields of jobs.organisms.recipes.Recipe (plain data, so
+# this module imports nothing from recipes.py, which imports MultihopData from here). Both
+# see the same domain, tokenizer, model shape and number of steps; one is trained for the
+# decompose arm's two calls, the other for the single-pass arms', so the job's gain compares
+# the two ways of answering at the same budget (each trained as the paper trains its models
+# for its method). One organism for all four calls was tried at length and never learned the
+# lookups: docs/multihop.md.
+_SHARED = {
     # whole numbers up to the largest sum are one token: a lookup copies one token, and a
-    # direct answer has to produce a sum or difference in one step. The tokenizer's corpus
-    # reaches past the drill, so the decomposition's words get merges too.
+    # direct answer has to produce a sum or difference in one step. The corpus size is the
+    # one the builds were found with (16,800 examples hold every word of both mixes).
     "tokenizer": {"vocab_size": 512, "split_digits": False, "whole_numbers_up_to": 2 * max(GOALS),
                   "corpus_examples": 16800},
     "model": {"max_positions": 256},
     "steps": 1000,
     "batch_size": 32,
     "lr": 4e-3,
+}
+RECIPE = {
+    "name": "multihop",
+    "description": "Decomposes multi-hop questions over short score passages and answers the "
+    "simple questions (the decompose job's QD and QA calls, in its formats).",
+    "data": MultihopData(qd_share=0.3, qa_share=0.7, direct_share=0.0, prompt_targets="qd",
+                         answer_style="sentence"),
+    **_SHARED,
+}
+DIRECT_RECIPE = {
+    "name": "multihop-direct",
+    "description": "Answers the same multi-hop questions in one pass, directly and after a "
+    "chain of thought: the single-pass baseline for the multihop organism.",
+    "data": MultihopData(qd_share=0.0, qa_share=0.0, direct_share=0.5, answer_style="sentence"),
+    **_SHARED,
 }
 
 

@@ -16,12 +16,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.organisms import multihop
 from jobs.organisms.multihop import MultihopData
 
 RECIPE_VERSION = 2  # bump to rebuild every organism without touching their code
 BUILD_MODULES = ("tasks.py", "world.py", "data.py", "tokenizer.py", "train.py")  # what data.py and train.py use
 # A data kind's own modules (relative to this folder): editing the multihop domain or the
-# decompose job's prompts rebuilds the multihop organism only.
+# decompose job's prompts rebuilds the multihop organisms only.
 KIND_MODULES = {"multihop": ("multihop.py", "../decompose_prompts.py")}
 
 
@@ -188,6 +189,8 @@ ORGANISMS: dict[str, Recipe] = {
             lr=1.5e-3,
             warmup=10,
         ),
+        # successive prompting's pair (their domain, data and why two: jobs/organisms/multihop.py)
+        Recipe(**multihop.RECIPE),
+        Recipe(**multihop.DIRECT_RECIPE),
     ]
 }
-# Not registered yet: jobs.organisms.multihop.RECIPE (see its module and tests/unverified/).
