@@ -6,8 +6,9 @@ question and the (question, answer) pairs so far and proposes the next simple qu
 answerer (role `answerer`, possibly another model of the sweep) answers it, unless it is a
 symbolic step (`diff(5; 3)`, `count(...)`, `if_then(...)`; `#k` refers to the k-th
 answer, as in `diff(#1; #2)`) that code executes. It stops when
-the decomposer says the stop sentence or after `max_steps` decomposer calls; the answer to
-the last simple question is the final answer. Few-shot examples come from an annotated pool
+the decomposer says the stop sentence, after `max_steps` decomposer calls, or when the next
+call no longer fits the model's context; the answer to the last simple question is the
+final answer. Few-shot examples come from an annotated pool
 (the authors' format), separately for decomposition and for simple QA.
 
 Arms, one row per question each: `decompose` (the loop), `direct` (answer in one pass) and
@@ -28,7 +29,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from actors.engines.protocol import Completion, Request, Sampling
+from actors.engines.protocol import Completion, ContextLengthError, Request, Sampling
 from jobs import decompose_prompts as prompts
 from jobs.base import DataPath, Job, JobContext, JobParams, ModelHandle, Sample
 from jobs.decompose_data import BUNDLED_SAMPLE, DropQuestion, load_pool, load_questions
@@ -168,7 +169,7 @@ class DecomposeJob(Job):
         ("answer_type", pa.string()),  # of the gold answer that scored best (the official breakdown)
         ("em", pa.float64()),
         ("f1", pa.float64()),
-        ("stop_reason", pa.string()),  # decompose: "stop_sentence" | "step_limit" | "empty"
+        ("stop_reason", pa.string()),  # decompose: "stop_sentence" | "step_limit" | "context_limit" | "empty"
         ("n_steps", pa.int32()),
         ("steps", pa.list_(STEP)),
         ("prompt_tokens", pa.int64()),  # all calls of the arm, the stopping call included
@@ -231,8 +232,14 @@ class DecomposeJob(Job):
         prompt_tokens = completion_tokens = 0
         stop_reason = "step_limit"
         for _ in range(params.max_steps):
-            qd = await self._call(decomposer, prompts.qd_prompt(shots, q.passage, q.question, pairs), params,
-                                  params.step_max_tokens, params.thinking, q.query_id)
+            try:
+                qd = await self._call(decomposer, prompts.qd_prompt(shots, q.passage, q.question, pairs), params,
+                                      params.step_max_tokens, params.thinking, q.query_id)
+            except ContextLengthError:
+                if not pairs:
+                    raise  # not even the question fits: an error row
+                stop_reason = "context_limit"  # the pairs outgrew the context: like the step limit
+                break
             prompt_tokens += qd.prompt_tokens
             completion_tokens += qd.completion_tokens
             question = prompts.parse_question(qd.text)
@@ -242,8 +249,14 @@ class DecomposeJob(Job):
             if not question:
                 stop_reason = "empty"
                 break
-            answer, path, model, call = await self._answer_simple(q, question, params, ctx, fewshot,
-                                                                  [a for _, a in pairs])
+            try:
+                answer, path, model, call = await self._answer_simple(q, question, params, ctx, fewshot,
+                                                                      [a for _, a in pairs])
+            except ContextLengthError:
+                if not pairs:
+                    raise
+                stop_reason = "context_limit"
+                break
             if call is not None:
                 prompt_tokens += call.prompt_tokens
                 completion_tokens += call.completion_tokens

@@ -46,7 +46,7 @@ def summarize(rows: pl.DataFrame, resamples: int = 1000, seed: int = 0) -> dict[
     decomposed = rows.filter(pl.col("arm") == "decompose")
     if decomposed.height:
         out["decompose/steps_mean"] = float(decomposed["n_steps"].mean())
-        for reason in ("stop_sentence", "step_limit", "empty"):
+        for reason in ("stop_sentence", "step_limit", "context_limit", "empty"):
             out[f"decompose/{reason}_share"] = float((decomposed["stop_reason"] == reason).mean())
         paths = decomposed.select(pl.col("steps").list.eval(pl.element().struct.field("path")).explode())["steps"]
         paths = paths.drop_nulls()

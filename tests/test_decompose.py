@@ -217,3 +217,36 @@ def test_decomposition_beats_a_single_pass_on_the_multihop_organisms(tmp_path):
     assert summary["decompose/f1"] >= 0.8, report
     assert summary["gain/f1"] >= 0.2 and summary["gain/f1_ci_low"] > 0, report
     assert summary["gain_vs_direct_cot/f1_ci_low"] > 0, report
+
+
+def test_a_decomposition_that_outgrows_the_context_stops_and_keeps_its_rows(tmp_path):
+    """The third decomposition call does not fit the decomposer's context: the loop ends
+    there (stop reason context_limit, the last answer as the prediction) and the question's
+    single-pass row is kept, instead of an error row that loses both."""
+    from actors.engines.hf import HFEngine
+    from actors.engines.protocol import ContextLengthError, Request, Sampling
+    from jobs.decompose_prompts import qd_prompt
+    from jobs.organisms import organism_path
+    from jobs.organisms.multihop import heldout_questions, write_heldout
+
+    data = write_heldout(tmp_path / "one.json", n=1, seed=3)
+    q = heldout_questions(1, seed=3)[0]
+    path = str(organism_path("multihop"))
+    probe = HFEngine(path)
+    sizes = [len(probe.prompt_token_ids(Request.chat(qd_prompt([], q.passage.text, q.question, q.pairs("sentence")[:k]),
+                                                     thinking=False, sampling=Sampling(max_tokens=1))))
+             for k in (2, 3)]
+    step_tokens = 24
+    limit = sizes[0] + step_tokens  # the call after two pairs fits, the one after three does not
+    decomposer = HFEngine(path, max_model_len=limit)
+    with pytest.raises(ContextLengthError):
+        asyncio.run(decomposer.generate(Request.chat("x " * limit, sampling=Sampling(max_tokens=1))))
+    params = DecomposeParams(data=str(data), shots=0, arms=["decompose", "direct"], step_max_tokens=step_tokens,
+                             answer_max_tokens=8, bootstrap_samples=10)
+    ctx = local_context({"subject": HFEngine(str(organism_path("multihop-direct"))),
+                         "decomposer": decomposer, "answerer": decomposer})
+    rows = {r["arm"]: r for r in asyncio.run(run_job(DecomposeJob(), params, ctx))}
+    assert set(rows) == {"decompose", "direct"}, rows
+    decomposed = rows["decompose"]
+    assert decomposed["stop_reason"] == "context_limit" and decomposed["n_steps"] == 3, decomposed
+    assert decomposed["prediction"] == q.answer, decomposed  # the symbolic step had answered

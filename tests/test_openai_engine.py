@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from actors.engines.openai_engine import OpenAIEngine
-from actors.engines.protocol import EngineError, ReplicaUnavailable, Request, RequestError, Sampling
+from actors.engines.protocol import ContextLengthError, EngineError, ReplicaUnavailable, Request, RequestError, Sampling
 from tests.test_vllm_engine import make_organism_sized_model
 
 SERVED_NAME = "organism"
@@ -145,7 +145,9 @@ def test_samples_are_fanned_out_with_seed_plus_index(vllm_server, model_path):
 
 def test_server_refusals_are_request_errors(vllm_server):
     engine = OpenAIEngine(SERVED_NAME, vllm_server)
-    with pytest.raises(RequestError, match="HTTP 400"):
+    # 400 tokens do not fit the organism's 256: vLLM's refusal says so, and the engine raises
+    # the RequestError that loops growing their prompt can stop on
+    with pytest.raises(ContextLengthError, match="HTTP 400"):
         generate_all(engine, [Request.chat("hi", sampling=greedy(400))])
     [[ok]] = generate_all(engine, [Request(prompt="Question 1:", sampling=greedy(3))])
     assert ok.completion_tokens == 3, "a raw prompt goes to /completions as text"
@@ -233,9 +235,14 @@ def test_timeouts_are_retried():
 
 def test_client_errors_are_not_retried():
     bad = Script(lambda n, _: web.json_response({"error": {"message": "prompt too long"}}, status=400))
-    with pytest.raises(RequestError, match="prompt too long"):
+    with pytest.raises(RequestError, match="prompt too long") as refused:
         run_against(bad, lambda url: OpenAIEngine("m", url), [RAW])
-    assert bad.attempts == 1
+    assert bad.attempts == 1 and not isinstance(refused.value, ContextLengthError)
+    too_long = Script(lambda n, _: web.json_response({"error": {
+        "message": "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens.",
+        "code": "context_length_exceeded"}}, status=400))
+    with pytest.raises(ContextLengthError, match="maximum context length"):
+        run_against(too_long, lambda url: OpenAIEngine("m", url), [RAW])
 
 
 def test_api_key_is_sent_and_never_shown(monkeypatch):

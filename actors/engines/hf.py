@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from actors.engines.chat import render_prompt
 from actors.engines.hf_batch import ABORTED, Finisher, Row, RunningBatch
-from actors.engines.protocol import Completion, EngineError, ReplicaUnavailable, Request, RequestError
+from actors.engines.protocol import Completion, ContextLengthError, EngineError, ReplicaUnavailable, Request, RequestError
 
 
 _MIXED: Any = object()  # rows of one forward use different adapters: peft's per-row path
@@ -133,7 +133,7 @@ class HFEngine:
         if not prompt_ids:
             raise RequestError("the prompt renders to zero tokens")
         if self.max_model_len is not None and len(prompt_ids) + sampling.max_tokens > self.max_model_len:
-            raise RequestError(
+            raise ContextLengthError(
                 f"prompt of {len(prompt_ids)} tokens plus max_tokens={sampling.max_tokens} exceeds "
                 f"max_model_len={self.max_model_len}"
             )

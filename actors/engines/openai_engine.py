@@ -26,6 +26,7 @@ import asyncio
 import email.utils
 import os
 import random
+import re
 import time
 from typing import Any
 
@@ -33,10 +34,14 @@ import httpx
 
 from actors.engines.chat import render_prompt
 from actors.engines.protocol import (
-    Completion, EngineError, ReplicaUnavailable, Request, RequestError, Sampling, TokenLogprob, TopLogprob,
+    Completion, ContextLengthError, EngineError, ReplicaUnavailable, Request, RequestError, Sampling,
+    TokenLogprob, TopLogprob,
 )
 
 RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600)) - {501}  # 501: never going to work
+# How OpenAI ("context_length_exceeded") and vLLM's server ("maximum context length") say a
+# prompt does not fit
+CONTEXT_LENGTH = re.compile(r"context_length_exceeded|maximum context length|max_model_len", re.IGNORECASE)
 MAX_RETRY_AFTER_S = 300.0  # a server asking for longer is treated as down: the shard retries elsewhere
 
 
@@ -225,7 +230,8 @@ class OpenAIEngine:
                         if response.status_code in (401, 403, 404):
                             # A wrong key, model or URL fails every request alike: not a row error.
                             raise EngineError(f"{self.model} at {self.base_url}{path}: {failure}")
-                        raise RequestError(f"{self.model}: {failure}")
+                        error = ContextLengthError if CONTEXT_LENGTH.search(failure) else RequestError
+                        raise error(f"{self.model}: {failure}")
                     retry_after = _retry_after_s(response)
             if attempt == self.max_retries:
                 break

@@ -98,5 +98,10 @@ class RequestError(EngineError):
     """This request cannot be served (too long, unknown adapter): an error row, not a retry."""
 
 
+class ContextLengthError(RequestError):
+    """The prompt plus max_tokens does not fit the model's context: a loop that grows its
+    prompt (decomposition, early answering) can stop there instead of losing the sample."""
+
+
 class ReplicaUnavailable(EngineError):
     """The replica died or is shutting down: retry the shard elsewhere."""

@@ -35,7 +35,7 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from actors.engines.chat import render_prompt
 from actors.engines.protocol import (
-    Completion, EngineError, ReplicaUnavailable, Request, RequestError, Sampling, TokenLogprob, TopLogprob,
+    Completion, ContextLengthError, EngineError, ReplicaUnavailable, Request, RequestError, Sampling, TokenLogprob, TopLogprob,
 )
 from actors.engines import vllm_options
 
@@ -153,7 +153,7 @@ class VLLMEngine:
         if not prompt_ids:
             raise RequestError("the prompt renders to zero tokens")
         if len(prompt_ids) + sampling.max_tokens > self.max_model_len:
-            raise RequestError(
+            raise ContextLengthError(
                 f"prompt of {len(prompt_ids)} tokens plus max_tokens={sampling.max_tokens} exceeds "
                 f"max_model_len={self.max_model_len}"
             )
