@@ -193,6 +193,33 @@ def test_adapters_are_sized_at_start(engine, lora_path, tmp_path, model_path):
     assert engine.vllm_config.lora_config.max_loras == 2, "one spare LoRA slot for base rows"
 
 
+# Keep before the next test: closing an in-process vLLM engine tears down vLLM's per-process
+# parallel state, and the module's `engine` fails after it ("pipeline model parallel group is
+# not initialized").
+def test_two_tensor_parallel_ranks_give_what_one_gives(engine, model_path):
+    """vLLM's tensor parallelism, on CPU: two gloo ranks in worker processes, each holding half
+    of every layer's heads, each bound to its own CPUs. Greedy texts match one rank's, and so
+    do their logprobs, up to the all-reduce's rounding."""
+    assert len(os.sched_getaffinity(0)) >= 2, "tensor parallelism on CPU needs a CPU per rank"
+    ranks = VLLMEngine(str(model_path), dtype="float32", max_model_len=MAX_MODEL_LEN, tensor_parallel=2, **LIGHT)
+    try:
+        assert ranks.vllm_config.parallel_config.tensor_parallel_size == 2
+        assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ, "the rank binding leaked into this process"
+        requests = questions(6, greedy(12, logprobs=1))
+        one = [c[0] for c in asyncio.run(_all(engine, requests))]
+        two = [c[0] for c in asyncio.run(_all(ranks, requests))]
+        assert [c.text for c in two] == [c.text for c in one]
+        for a, b in zip(one, two):
+            assert [t.token for t in a.logprobs] == [t.token for t in b.logprobs]
+            assert max(abs(x.logprob - y.logprob) for x, y in zip(a.logprobs, b.logprobs)) < 1e-3
+    finally:
+        ranks.close()
+
+
+async def _all(engine: VLLMEngine, requests: list[Request]):
+    return await asyncio.gather(*(engine.generate(r) for r in requests))
+
+
 def test_vllm_cpu_still_mixes_base_rows_without_a_spare_lora_slot(model_path, lora_path):
     """Why VLLMEngine keeps max_loras above its adapter count: with every slot holding an
     adapter, vllm-cpu 0.32 applies the last one to base rows that share its batch. When this
@@ -227,3 +254,4 @@ def test_vllm_cpu_still_mixes_base_rows_without_a_spare_lora_slot(model_path, lo
     finally:
         llm.engine_core.shutdown()
     assert mixed[0::2] != alone[0::2], "vllm-cpu no longer leaks adapters into base rows: drop the spare slot"
+

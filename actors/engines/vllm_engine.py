@@ -35,7 +35,8 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from actors.engines.chat import render_prompt
 from actors.engines.protocol import (
-    Completion, ContextLengthError, EngineError, ReplicaUnavailable, Request, RequestError, Sampling, TokenLogprob, TopLogprob,
+    Completion, ContextLengthError, EngineError, ReplicaUnavailable, Request, RequestError, Sampling, TokenLogprob,
+    TopLogprob,
 )
 from actors.engines import vllm_options
 
@@ -94,6 +95,13 @@ class VLLMEngine:
         if in_process if in_process is not None else on_cpu:
             # Read by vLLM when it builds the engine; a replica process hosts one engine.
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        rank_env: dict[str, str] = {}
+        if on_cpu and tensor_parallel > 1:
+            # CPU ranks are worker processes of this one (gloo), each bound to its own CPUs; the
+            # binding is for them only (an in-process engine built later must not inherit it)
+            engine_options.setdefault("distributed_executor_backend", "mp")
+            if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+                rank_env["VLLM_CPU_OMP_THREADS_BIND"] = vllm_options.cpu_rank_binding(tensor_parallel)
         from vllm.engine.arg_utils import EngineArgs
         from vllm.v1.engine.llm_engine import LLMEngine
 
@@ -103,11 +111,12 @@ class VLLMEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
         # In process, vLLM's CPU worker fixes this process's torch thread count (its attention
         # kernels check it on every step) and turns torch.set_num_threads into a no-op.
-        self._engine = LLMEngine.from_engine_args(EngineArgs(
-            model=path, tokenizer=path, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype,
-            max_model_len=max_model_len, tensor_parallel_size=tensor_parallel, seed=seed,
-            enable_prefix_caching=enable_prefix_caching, **options,
-        ))
+        with vllm_options.environment(rank_env):
+            self._engine = LLMEngine.from_engine_args(EngineArgs(
+                model=path, tokenizer=path, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype,
+                max_model_len=max_model_len, tensor_parallel_size=tensor_parallel, seed=seed,
+                enable_prefix_caching=enable_prefix_caching, **options,
+            ))
         self.vllm_config = self._engine.vllm_config  # what vLLM resolved: cache, LoRA, parallel settings
         self.max_model_len: int = self._engine.model_config.max_model_len
 

@@ -1,4 +1,4 @@
-"""vllm.EngineArgs for the `vllm` engine: LoRA slot sizing and CPU defaults.
+"""vllm.EngineArgs for the `vllm` engine: LoRA slot sizing, CPU defaults, CPU rank binding.
 
 LoRA on vLLM's CPU backend has a slot bug: a row without an adapter indexes the stacked LoRA
 weights at -1, the last slot, so once that slot holds an adapter, base rows that share its
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,40 @@ def engine_options(options: dict[str, Any], adapter_paths: list[str], max_adapte
         options.setdefault("enforce_eager", True)
     options.setdefault("disable_log_stats", True)
     return options, most_adapters, slot
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """These environment variables set for the block only. vLLM caches what it read once an
+    engine is up, so the cache is dropped on the way in (a second engine in this process must
+    see them) and on the way out (a later one must not)."""
+    if not values:
+        yield
+        return
+    from vllm import envs
+
+    before = {k: os.environ.get(k) for k in values}
+    envs.disable_envs_cache()
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        envs.disable_envs_cache()
+
+
+def cpu_rank_binding(ranks: int) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for `ranks` tensor-parallel CPU workers: this process's CPUs
+    split evenly, "0,1|2,3". vLLM's own "auto" binds one NUMA node per rank and refuses
+    tensor parallelism on a machine with fewer nodes than ranks (most single-socket hosts)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    assert len(cpus) >= ranks, f"tensor_parallel={ranks} on CPU needs a CPU per rank; this process may use {len(cpus)}"
+    share = len(cpus) // ranks
+    return "|".join(",".join(map(str, cpus[r * share:(r + 1) * share])) for r in range(ranks))
 
 
 def lora_rank(path: str) -> int:
