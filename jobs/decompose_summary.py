@@ -6,25 +6,15 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from jobs.stats import bootstrap_ci
+
 BASELINE_ARMS = ("direct", "direct_cot")
 ANSWER_TYPES = ("number", "span", "spans", "date")
 
 
-def bootstrap_ci(values: np.ndarray, resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile CI of the mean; a single value (or none) has a zero-width interval."""
-    if len(values) < 2 or resamples == 0:
-        m = float(values.mean()) if len(values) else float("nan")
-        return m, m
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(means, [tail, 100 - tail])
-    return float(lo), float(hi)
-
-
 def _metric(out: dict[str, float], key: str, values: np.ndarray, resamples: int, seed: int) -> None:
     out[key] = float(values.mean())
-    out[f"{key}_ci_low"], out[f"{key}_ci_high"] = bootstrap_ci(values, resamples, seed)
+    out[f"{key}_ci_low"], out[f"{key}_ci_high"] = bootstrap_ci(values, n=resamples, seed=seed)
 
 
 def summarize(rows: pl.DataFrame, resamples: int = 1000, seed: int = 0) -> dict[str, float]:
