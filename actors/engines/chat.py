@@ -26,6 +26,12 @@ def render_prompt(tokenizer: Any, request: Request) -> str:
     return text + request.prefill
 
 
+def tokenize_prompt(tokenizer: Any, request: Request) -> list[int]:
+    """The exact prompt tokens the model sees: the rendering above with no added special
+    tokens (the chat template already wrote them)."""
+    return list(tokenizer(render_prompt(tokenizer, request), add_special_tokens=False)["input_ids"])
+
+
 def split_thinking(text: str) -> tuple[str | None, str]:
     """Split a completion (including any prefill) into (CoT, answer). CoT is None when the
     text holds no think block; an unclosed block is all CoT and an empty answer."""

@@ -26,9 +26,11 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from actors.engines.chat import render_prompt
+from actors.engines.chat import tokenize_prompt
 from actors.engines.hf_batch import ABORTED, Finisher, Row, RunningBatch
-from actors.engines.protocol import Completion, ContextLengthError, EngineError, ReplicaUnavailable, Request, RequestError
+from actors.engines.protocol import (
+    Completion, EngineError, ReplicaUnavailable, Request, RequestError, check_prompt_fits,
+)
 
 
 _MIXED: Any = object()  # rows of one forward use different adapters: peft's per-row path
@@ -119,9 +121,8 @@ class HFEngine:
 
     def prompt_token_ids(self, request: Request) -> list[int]:
         """The exact prompt tokens the model sees: the shared chat rendering, no added specials."""
-        text = render_prompt(self.tokenizer, request)
         with self._tokenizer_lock:
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            return tokenize_prompt(self.tokenizer, request)
 
     async def generate(self, request: Request) -> list[Completion]:
         if self._closed:
@@ -130,13 +131,7 @@ class HFEngine:
             raise RequestError(f"unknown adapter {request.adapter!r}; loaded: {sorted(self._adapters)}")
         prompt_ids = self.prompt_token_ids(request)
         sampling = request.sampling
-        if not prompt_ids:
-            raise RequestError("the prompt renders to zero tokens")
-        if self.max_model_len is not None and len(prompt_ids) + sampling.max_tokens > self.max_model_len:
-            raise ContextLengthError(
-                f"prompt of {len(prompt_ids)} tokens plus max_tokens={sampling.max_tokens} exceeds "
-                f"max_model_len={self.max_model_len}"
-            )
+        check_prompt_fits(len(prompt_ids), sampling.max_tokens, self.max_model_len)
         loop = asyncio.get_running_loop()
         self._ensure_serving(loop)
         pending = _Pending(loop.create_future())

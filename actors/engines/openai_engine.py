@@ -1,8 +1,8 @@
 """The `openai` engine: any OpenAI-compatible HTTP endpoint (a judge API, `vllm serve`).
 
 Two ways to send a request:
-- with `tokenizer_path` (a model we hold locally, served by vLLM): the prompt is rendered by
-  actors.engines.chat.render_prompt, tokenized here and sent to /v1/completions as token ids,
+- with `tokenizer_path` (a model we hold locally, served by vLLM): the prompt is rendered and
+  tokenized by actors.engines.chat.tokenize_prompt and sent to /v1/completions as token ids,
   so the server sees exactly the tokens the hf and vllm engines see, prefill and thinking
   switch included. vLLM-specific fields ask for the generated token ids back, and text and
   logprob tokens are decoded here from them as the local engines decode theirs (the legacy
@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from actors.engines.chat import render_prompt
+from actors.engines.chat import tokenize_prompt
 from actors.engines.protocol import (
     Completion, ContextLengthError, EngineError, ReplicaUnavailable, Request, RequestError, Sampling,
     TokenLogprob, TopLogprob,
@@ -105,7 +105,7 @@ class OpenAIEngine:
     def prompt_token_ids(self, request: Request) -> list[int]:
         """The prompt tokens sent in tokenizer mode (what /v1/completions receives)."""
         assert self.tokenizer is not None, "prompt_token_ids needs tokenizer_path"
-        return list(self.tokenizer(render_prompt(self.tokenizer, request), add_special_tokens=False)["input_ids"])
+        return tokenize_prompt(self.tokenizer, request)
 
     def payload(self, request: Request, sample: int = 0) -> tuple[str, dict[str, Any]]:
         """(endpoint, JSON body) for sample `sample` of `request`."""

@@ -103,5 +103,17 @@ class ContextLengthError(RequestError):
     prompt (decomposition, early answering) can stop there instead of losing the sample."""
 
 
+def check_prompt_fits(prompt_tokens: int, max_tokens: int, max_model_len: int | None) -> None:
+    """Refuse, before any model work, a prompt that is empty or that cannot fit the context
+    with its whole token budget (an engine would otherwise cut the answer short, or fail
+    deep inside a batch that other requests share)."""
+    if prompt_tokens == 0:
+        raise RequestError("the prompt renders to zero tokens")
+    if max_model_len is not None and prompt_tokens + max_tokens > max_model_len:
+        raise ContextLengthError(
+            f"prompt of {prompt_tokens} tokens plus max_tokens={max_tokens} exceeds max_model_len={max_model_len}"
+        )
+
+
 class ReplicaUnavailable(EngineError):
     """The replica died or is shutting down: retry the shard elsewhere."""

