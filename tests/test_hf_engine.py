@@ -284,3 +284,18 @@ def test_closed_engine_refuses(sharp_model: Path):
     eng.close()
     with pytest.raises(ReplicaUnavailable):
         asyncio.run(eng.generate(questions(1, greedy())[0]))
+
+
+def test_a_backlog_joins_the_running_batch_in_groups(tiny_model: Path):
+    """With more requests waiting than the batch holds, rows that finish free their slots one
+    or two at a time; refilling each as it frees costs a prefill pass per finish (61 passes
+    for these 96 rows when every return from the worker admitted rows). Joins wait for an eighth of the batch (2 rows of 16)."""
+    eng = HFEngine(str(tiny_model), device="cpu", max_model_len=MAX_MODEL_LEN, max_batch_size=16)
+    try:
+        requests = [r.model_copy(update={"sampling": greedy(max_tokens=1 + 7 * i % 40)})
+                    for i, r in enumerate(questions(96, greedy()))]
+        done = asyncio.run(together(eng, requests))
+        assert len(done) == 96 and eng.stats.rows == 96
+        assert eng.stats.batches <= 96 // 2 + 1, f"{eng.stats.batches} prefill passes for 96 rows: rows joined one by one"
+    finally:
+        eng.close()

@@ -210,7 +210,9 @@ class HFEngine:
                     await self._wakeup.wait()
                     # A fresh batch: give concurrent callers a moment to join it.
                     await asyncio.sleep(self._batch_wait_s)
-                admit = self._take_rows()
+                # Back from the worker because a request finished: rows join a running batch
+                # by the same rule as inside the worker, else every finish would cost a prefill.
+                admit = self._take_rows() if not self._batch.rows or self._should_admit() else []
                 try:
                     done = await asyncio.get_running_loop().run_in_executor(self._worker, self._work, admit)
                 except Exception as exc:  # the model failed: fail this batch, keep serving
