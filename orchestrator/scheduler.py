@@ -48,6 +48,7 @@ class SubmitReport:
     dashboard_url: str | None = None
     seconds: float = 0.0
     startup_seconds: float = 0.0  # submit start -> Ray up, finetunes done and every replica loaded
+    shards_seconds: float = 0.0  # end of startup -> the last shard written (the requests themselves)
 
     @property
     def ok(self) -> bool:
@@ -199,6 +200,8 @@ class Scheduler:
                 except Exception as e:
                     self.report.shards_failed.append(shard.id)
                     self.console.log(f"[red]shard {shard.id} of {cell.kind}/{cell.model} failed: {e}")
+                finally:
+                    self.report.shards_seconds = time.perf_counter() - self.started - self.report.startup_seconds
 
         await asyncio.gather(*(guarded(s) for s in pending))
         if all(self.store.has_shard(cell.kind, cell.id, s.id) for s in cell.shards):
