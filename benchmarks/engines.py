@@ -11,13 +11,14 @@ mode (tokenizer_path), so all three decode the same prompt tokens.
 Two ways through Ray, on the same replica actor: `replica`, one actor call per request
 (ModelReplica.generate), and `pool`, what jobs use: a ReplicaPool that coalesces the requests
 of one event-loop iteration into one generate_many call and streams results back. Overhead is
-1 - req/s through it / bare req/s; the target is under 5%. All sides are built before timing
-and timed in turn for --repeat rounds (the order rotating), so drifting load on a shared
-machine hits them alike; the best run of each and the median of the per-round ratios are
-printed. The Ray floor is the same requests sent one call each to an actor that answers at
-once: the part of the per-call overhead that is Ray's, whatever the engine. On CPU, --threads
-pins torch's threads in this process, the replica and the server alike (vLLM's CPU backend
-would otherwise pick its own count in each).
+1 - req/s through it / bare req/s; the target is under 5%. All sides are built and warmed up
+(--warmup whole rounds) before timing, then timed in turn for --repeat rounds (the order
+rotating), so drifting load on a shared machine hits them alike; printed are the best run of
+each side, the median of the per-round ratios and a bootstrap 95% interval of their mean. The
+Ray floor is the same requests sent one call each to an actor that answers at once: the part
+of the per-call overhead that is Ray's, whatever the engine. On CPU, --threads pins torch's
+threads in this process, the replica and the server alike (vLLM's CPU backend would otherwise
+pick its own count in each).
 """
 from __future__ import annotations
 
@@ -126,9 +127,12 @@ def bench_engine(engine: str, path: str, args: argparse.Namespace, requests: lis
             return await replica.generate.remote(request)
 
         sides = {"bare": bare.generate, "replica": through_replica, "pool": handle.generate}
-        warm = requests[: min(8, len(requests))]
-        for generate in sides.values():
-            asyncio.run(timed(generate, warm))
+        # Whole untimed rounds per side first: after a warm-up of 8 requests vLLM's bare engine
+        # ran its first timed rounds slower (session 4: 44 -> 89 req/s over five rounds), so
+        # best-of and per-round ratios paired a cold side with a warm one.
+        for _ in range(args.warmup):
+            for generate in sides.values():
+                asyncio.run(timed(generate, requests))
         runs: dict[str, list[Run]] = {side: [] for side in sides}
         actor_calls = pool.actor_calls
         order = list(sides)
@@ -181,6 +185,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default=None, help="hf engine device (default: cuda if present)")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds of every side before timing")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (CPU)")
     args = parser.parse_args()
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -194,6 +199,7 @@ def main() -> None:
 
     from actors.engines.paths import resolve_model_path
     from benchmarks.hf_engine import prompts, random_llama
+    from jobs.stats import bootstrap_ci
 
     with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as tmp:
         if args.model:
@@ -213,20 +219,23 @@ def main() -> None:
         finally:
             ray.shutdown()
 
-    # Best run of each side, and the median over rounds of each round's own ratio: on a
-    # shared machine the load drifts between rounds, and a ratio within one round sees it less.
+    # Best run of each side, and over rounds each round's own ratio: its median, and a bootstrap
+    # 95% interval of its mean. On a shared machine the load drifts between rounds, and a
+    # ratio within one round sees it less; the interval says whether 5% can be told apart.
     print(f"\n{args.prompts} prompts, max_tokens {args.max_tokens}, dtype {args.dtype}, threads {args.threads}, "
           f"{args.repeat} rounds; model {args.model or 'organism-sized random Llama'}")
     print(f"{'engine':8} {'bare req/s':>11} {'tok/s':>7} {'replica req/s':>14} {'overhead':>9} {'median':>7} "
-          f"{'pool req/s':>11} {'overhead':>9} {'median':>7}")
+          f"{'95% CI of mean':>16} {'pool req/s':>11} {'overhead':>9} {'median':>7} {'95% CI of mean':>16}")
     for engine, runs in results.items():
         best = {side: min(side_runs, key=lambda r: r.seconds) for side, side_runs in runs.items()}
         bare = best["bare"]
         line = f"{engine:8} {bare.rps:11.1f} {bare.tps:7.0f}"
         for side in ("replica", "pool"):
-            median = statistics.median(1 - r.rps / b.rps for r, b in zip(runs[side], runs["bare"]))
+            per_round = [1 - r.rps / b.rps for r, b in zip(runs[side], runs["bare"])]
+            low, high = bootstrap_ci(per_round)
             width = 14 if side == "replica" else 11
-            line += f" {best[side].rps:{width}.1f} {1 - best[side].rps / bare.rps:9.1%} {median:7.1%}"
+            line += (f" {best[side].rps:{width}.1f} {1 - best[side].rps / bare.rps:9.1%} "
+                     f"{statistics.median(per_round):7.1%} {f'[{low:.1%}, {high:.1%}]':>16}")
             if best[side].tokens != bare.tokens:
                 line += f"\n  note: {engine} generated {bare.tokens} tokens bare and {best[side].tokens} through {side}"
         print(line)
