@@ -164,7 +164,7 @@ class JobSpec(Spec):
         default_factory=list, description="groups of swept parameters that vary together")
     repeats: int = Field(1, ge=1, description="run every grid point this many times (adds `repeat`)")
     shard_size: int = Field(32, gt=0, description="samples per shard (does not change results)")
-    concurrency: int = Field(64, gt=0, description="samples in flight (does not change results)")
+    concurrency: int = Field(64, gt=0, description="samples in flight per shard (does not change results)")
     _base_dir: Path = PrivateAttr(default_factory=lambda: Path("."))
 
     def model_post_init(self, context: Any) -> None:
