@@ -76,8 +76,8 @@ def plan(sweep_file: str, output: str | None) -> None:
     from orchestrator.store import SweepStore
 
     sweep = _load(sweep_file)
-    p = make_plan(sweep)
     store = SweepStore(output or sweep.output, sweep.name)
+    p = store.settle_plan(make_plan(sweep))
     rows = []
     for c in p.cells:
         done = sum(store.has_shard(c.kind, c.id, s.id) for s in c.shards)
@@ -92,7 +92,8 @@ def plan(sweep_file: str, output: str | None) -> None:
 @click.argument("sweep_file", type=click.Path(dir_okay=False))
 @click.option("--address", help="join this Ray cluster (also RAY_ADDRESS); default: an embedded local Ray")
 @click.option("--output", help="results root (default: the sweep's `output`)")
-@click.option("--retries", default=2, show_default=True, help="times a shard is retried after a replica dies")
+@click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0),
+              help="times a shard is retried after a replica dies")
 @click.option("--no-progress", is_flag=True, help="no live progress display")
 def submit(sweep_file: str, address: str | None, output: str | None, retries: int, no_progress: bool) -> None:
     """Run a sweep. Submitting again resumes: shards already on disk are skipped."""
@@ -106,6 +107,9 @@ def submit(sweep_file: str, address: str | None, output: str | None, retries: in
         f"{len(report.shards_failed)} failed, {report.rows_written} rows in {report.seconds:.1f}s\n"
         f"results: {report.store_root}\nmlflow:  {report.tracking_uri}"
     )
+    if report.cells_unfinished:
+        console.print(f"[red]{len(report.cells_unfinished)} cell(s) have every row on disk but were not summarised "
+                      f"or logged (the error is above); submitting again retries that")
     if not report.ok:
         sys.exit(1)
 
@@ -178,9 +182,12 @@ def _matching_columns(available: list[str], patterns: str) -> list[str]:
 def results(sweep: str, output: str | None, kind: str | None, rows: bool, report: bool, columns: str | None,
             fmt: str, out: str | None) -> None:
     """The summary table of a sweep (one row per cell), its rows, or a job's own report."""
-    from orchestrator.results import headline_columns, report_table, rows_table, summary_table
+    from jobs.registry import kinds
+    from orchestrator.results import flat_for_csv, headline_columns, report_table, rows_table, summary_table
 
     store = _store_for(sweep, output)
+    if kind is not None and kind not in kinds():
+        raise OrchestrateError(f"--kind: unknown job kind {kind!r}; known: {', '.join(sorted(kinds()))}")
     if (rows or report) and not kind:
         raise OrchestrateError("--rows and --report need --kind (each job kind has its own columns)")
     if rows and report:
@@ -199,7 +206,7 @@ def results(sweep: str, output: str | None, kind: str | None, rows: bool, report
             raise OrchestrateError("--format parquet needs --out FILE")
         df.write_parquet(out)
     elif fmt == "csv":
-        text = df.write_csv()
+        text = flat_for_csv(df).write_csv()
         Path(out).write_text(text) if out else click.echo(text, nl=False)
     elif fmt == "json":
         text = df.write_json()

@@ -1,16 +1,21 @@
 """A sweep becomes cells (job kind x model x grid point) and each cell becomes shards.
 
 Ids are content hashes of everything that changes outputs - job kind and version, the
-identities of every model the cell calls (weights digest, adapter digest, engine, dtype), the
-validated parameters with each data file replaced by the digest of its bytes - and of nothing
-that doesn't (shard size, concurrency, replicas, retries). Bump HASH_SCHEME when the recipe
-itself changes, so old and new ids can never collide silently.
+identities of every model the cell calls (weights digest, adapter digest, engine, dtype,
+context length, engine options), the validated parameters with each data file replaced by the
+digest of its bytes - and of nothing that doesn't (shard size, concurrency, replicas, retries,
+engine options that only change speed). Bump HASH_SCHEME when the recipe itself changes in a
+way that could make old and new ids collide silently.
+
+A cell's shard layout (its shard size) is fixed by the first shard written: see
+`SweepStore.settle_layout`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,10 +24,20 @@ from actors.engines.paths import resolve_model_path
 from jobs.base import Job, JobParams, file_digest
 from jobs.registry import get_job
 from orchestrator.grid import expand_grid
+from orchestrator.errors import DataFileError, OrchestrateError
 from orchestrator.spec import JobSpec, ModelSpec, Sweep
 
 HASH_SCHEME = "orchestrate-ids-v1"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json", ".model", ".txt", ".jinja")
+# engine_options that change how fast a model serves, never what it says: they stay out of
+# model identities, so tuning throughput reruns nothing. Every other option enters them
+# (quantization, kv_cache_dtype and the like change outputs).
+SPEED_OPTIONS = frozenset({
+    "max_batch_size", "batch_wait_ms",  # hf
+    "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "kv_cache_memory_bytes", "swap_space",
+    "disable_log_stats", "max_cpu_loras", "max_loras", "max_adapters", "in_process",  # vllm
+    "timeout_s", "max_retries", "backoff_s", "max_backoff_s",  # openai
+})
 
 
 def content_id(obj: Any, length: int = 16) -> str:
@@ -57,9 +72,10 @@ def model_identity(name: str, sweep: Sweep) -> dict[str, Any]:
 
         # The finetune's id covers base weights, data bytes and hyperparameters; its trained
         # weights are a function of those (a died run resumes from checkpoints of that id).
-        return {"finetune": finetune_id(sweep, name), "engine": sweep.models[sweep.finetunes[name].base].engine}
+        # It is served the way its base is: the base's serving settings count too.
+        return {"finetune": finetune_id(sweep, name), **_serving(sweep.models[sweep.finetunes[name].base])}
     m: ModelSpec = sweep.models[name]
-    ident: dict[str, Any] = {"engine": m.engine, "dtype": m.dtype, "revision": m.revision}
+    ident: dict[str, Any] = {**_serving(m), "revision": m.revision}
     if m.engine == "openai":
         ident.update(api_model=m.path, base_url=m.base_url)
     elif m.adapter:
@@ -67,6 +83,13 @@ def model_identity(name: str, sweep: Sweep) -> dict[str, Any]:
     else:
         ident["weights"] = weights_digest(resolve_model_path(m.path))
     return ident
+
+
+def _serving(m: ModelSpec) -> dict[str, Any]:
+    """How a model is served, as far as it changes outputs: a prompt that does not fit
+    max_model_len is an error row, and options like quantization change the tokens."""
+    options = {k: v for k, v in sorted(m.engine_options.items()) if k not in SPEED_OPTIONS}
+    return {"engine": m.engine, "dtype": m.dtype, "max_model_len": m.max_model_len, "engine_options": options}
 
 
 @dataclass(frozen=True)
@@ -88,16 +111,22 @@ class Cell:
     point: dict[str, Any]  # the grid point as written (with `repeat` when repeats > 1)
     params: JobParams
     shards: tuple[Shard, ...] = field(default=())
+    shard_size: int = 0
 
     @property
     def n_samples(self) -> int:
         return sum(len(s.sample_ids) for s in self.shards)
 
+    def resharded(self, shard_size: int) -> "Cell":
+        """The same cell cut into shards of `shard_size` samples."""
+        ids = [i for s in self.shards for i in s.sample_ids]
+        return replace(self, shards=split_shards(self.id, ids, shard_size), shard_size=shard_size)
+
     def manifest(self) -> dict[str, Any]:
         return {
             "cell_id": self.id, "sweep": self.sweep, "kind": self.kind, "model": self.model,
             "roles": self.roles, "point": self.point, "params": self.params.model_dump(mode="json"),
-            "shards": [s.id for s in self.shards], "samples": self.n_samples,
+            "shards": [s.id for s in self.shards], "shard_size": self.shard_size, "samples": self.n_samples,
         }
 
 
@@ -111,12 +140,28 @@ class Plan:
 
 
 def _hashable_params(job: Job, params: JobParams) -> dict[str, Any]:
-    """The params as they enter the id: data files by content, not by location."""
-    dumped = params.model_dump(mode="json")
-    for key, value in dumped.items():
+    """The params as they enter the id: data files by content, not by location, wherever
+    they sit (a list of question files too)."""
+
+    def by_content(value: Any) -> Any:
         if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_file():
-            dumped[key] = {"file_sha256": file_digest(value)}
-    return dumped
+            return {"file_sha256": file_digest(value)}
+        if isinstance(value, list):
+            return [by_content(v) for v in value]
+        if isinstance(value, dict):
+            return {k: by_content(v) for k, v in value.items()}
+        return value
+
+    return by_content(params.model_dump(mode="json"))
+
+
+def split_shards(cell_id: str, sample_ids: list[str], shard_size: int) -> tuple[Shard, ...]:
+    """Consecutive chunks of `shard_size` samples; a shard's id hashes its cell and samples."""
+    return tuple(
+        Shard(id=content_id({"cell": cell_id, "samples": sample_ids[i : i + shard_size]}), cell_id=cell_id,
+              index=i // shard_size, sample_ids=tuple(sample_ids[i : i + shard_size]))
+        for i in range(0, len(sample_ids), shard_size)
+    )
 
 
 def sweep_base_dir(sweep: Sweep) -> Path:
@@ -131,9 +176,20 @@ def plan_cells(sweep: Sweep, job_index: int, spec: JobSpec) -> list[Cell]:
         params = job.Params.model_validate(
             {k: v for k, v in point.items() if k != "repeat"}, context={"base_dir": sweep_base_dir(sweep)}
         )
-        samples = job.samples(params)
-        ids = [s.id for s in samples]
-        assert len(set(ids)) == len(ids), f"job {spec.kind} produced duplicate sample ids"
+        where = f"jobs[{job_index}] ({spec.kind}, {_point_text(point)})"
+        try:
+            ids = [s.id for s in job.samples(params)]
+        except UnicodeDecodeError as e:  # the jobs' own readers name file and line for what they parse
+            raise DataFileError(f"{where}: a data file is not UTF-8 text (byte {e.start}: {e.reason})") from None
+        except OSError as e:
+            raise DataFileError(f"{where}: {e.strerror or e}: {e.filename}") from None
+        if not ids:
+            raise OrchestrateError(f"{where}: the parameters give no samples (an empty data file, or "
+                                   f"filters that keep nothing)")
+        duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
+        if duplicates:
+            raise DataFileError(f"{where}: sample ids must be unique; repeated: {', '.join(duplicates[:5])}"
+                                + (f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""))
         data_digest = job.data_digest(params)
         repeat = point.get("repeat")
         for model in spec.models:
@@ -143,14 +199,14 @@ def plan_cells(sweep: Sweep, job_index: int, spec: JobSpec) -> list[Cell]:
                 "repeat": repeat, "data": data_digest,
                 "models": {role: model_identity(m, sweep) for role, m in sorted(roles.items())},
             })
-            shards = tuple(
-                Shard(id=content_id({"cell": cell_id, "samples": ids[i : i + spec.shard_size]}),
-                      cell_id=cell_id, index=i // spec.shard_size, sample_ids=tuple(ids[i : i + spec.shard_size]))
-                for i in range(0, len(ids), spec.shard_size)
-            )
             cells.append(Cell(id=cell_id, sweep=sweep.name, job_index=job_index, kind=job.kind, model=model,
-                              roles=roles, point=point, params=params, shards=shards))
+                              roles=roles, point=point, params=params,
+                              shards=split_shards(cell_id, ids, spec.shard_size), shard_size=spec.shard_size))
     return cells
+
+
+def _point_text(point: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items() if not isinstance(v, (list, dict))) or "its one point"
 
 
 def make_plan(sweep: Sweep) -> Plan:

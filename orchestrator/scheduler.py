@@ -24,7 +24,7 @@ from orchestrator.errors import OrchestrateError
 from orchestrator.plan import Cell, Plan, Shard, make_plan
 from orchestrator.progress import SweepProgress
 from orchestrator.spec import Sweep
-from orchestrator.store import SweepStore, read_json, row_schema, write_json, write_parquet
+from orchestrator.store import SweepStore, row_schema, write_json, write_parquet
 from orchestrator.tracking import Tracker, default_tracking_uri
 
 
@@ -38,6 +38,7 @@ class SubmitReport:
     shards_skipped: int
     shards_run: int = 0
     shards_failed: list[str] = field(default_factory=list)
+    cells_unfinished: list[str] = field(default_factory=list)  # all rows on disk, summary or MLflow failed
     retries: int = 0
     replica_restarts: int = 0
     generate_calls: int = 0
@@ -52,7 +53,7 @@ class SubmitReport:
 
     @property
     def ok(self) -> bool:
-        return not self.shards_failed
+        return not self.shards_failed and not self.cells_unfinished
 
 
 def _pool_resources(spec: dict[str, Any], cluster_gpus: float) -> tuple[float, float]:
@@ -205,7 +206,7 @@ class Scheduler:
 
         await asyncio.gather(*(guarded(s) for s in pending))
         if all(self.store.has_shard(cell.kind, cell.id, s.id) for s in cell.shards):
-            await asyncio.to_thread(finish_cell, self.store, self.tracker, cell, self.report)
+            await asyncio.to_thread(finish_cell_or_say_why, self.store, self.tracker, cell, self.report, self.console)
 
     async def run(self, pending: dict[str, list[Shard]], progress: SweepProgress) -> None:
         cells = [c for c in self.plan.cells if pending.get(c.id)]
@@ -242,6 +243,18 @@ def finish_cell(store: SweepStore, tracker: Tracker | None, cell: Cell, report: 
         report.cells_logged += 1
 
 
+def finish_cell_or_say_why(store: SweepStore, tracker: Tracker | None, cell: Cell, report: SubmitReport,
+                           console: Console) -> None:
+    """finish_cell, but a failure (a job's summary that raises, MLflow down) is reported and
+    noted, not fatal to the other cells: the rows are safe on disk and the next submit
+    summarises the cell again."""
+    try:
+        finish_cell(store, tracker, cell, report)
+    except Exception as e:
+        report.cells_unfinished.append(cell.id)
+        console.log(f"[red]cell {cell.id} of {cell.kind}/{cell.model}: summary or logging failed: {type(e).__name__}: {e}")
+
+
 def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None = None, output: str | None = None,
            console: Console | None = None, progress: bool = True, max_retries: int = 2, track: bool = True,
            ray_temp_dir: str | None = None) -> SubmitReport:
@@ -252,7 +265,12 @@ def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None =
     started = time.perf_counter()
     console = console or Console(stderr=True)
     store = SweepStore(output or sweep.output, sweep.name)
-    plan = make_plan(sweep)
+    planned = make_plan(sweep)
+    plan = store.settle_plan(planned)
+    for cell, asked in zip(plan.cells, planned.cells):
+        if cell.shard_size != asked.shard_size:
+            console.print(f"{cell.kind}/{cell.model} {cell.id}: keeps the shard_size {cell.shard_size} it started "
+                          f"with (the sweep says {asked.shard_size}; changing it mid-cell would repeat samples)")
     pending: dict[str, list[Shard]] = {}
     for cell in plan.cells:
         write_json(store.cell_dir(cell.kind, cell.id) / "cell.json", cell.manifest())
@@ -272,13 +290,13 @@ def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None =
     tracker = Tracker(uri, sweep.tracking.experiment or sweep.name, sweep.name) if track else None
     if tracker:
         tracker.start_submission(sweep_file, len(plan.cells), sum(len(v) for v in pending.values()))
-    for cell in unlogged:  # complete on disk from an earlier run that stopped before logging
-        finish_cell(store, tracker, cell, report)
     status = "FAILED"
     submission = {"state": "running", "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "sweep_file": str(sweep_file or ""), "pending_shards": sum(len(v) for v in pending.values())}
     write_json(store.root / "submission.json", submission)
     try:
+        for cell in unlogged:  # complete on disk from an earlier run that stopped before logging
+            finish_cell_or_say_why(store, tracker, cell, report, console)
         if pending:
             c = sweep.cluster
             with ray_session(address=address or c.address, namespace=c.namespace or f"orchestrate-{sweep.name}",
@@ -289,7 +307,7 @@ def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None =
                 n_samples = sum(len(s.sample_ids) for v in pending.values() for s in v)
                 with SweepProgress(console, sum(len(v) for v in pending.values()), n_samples, enabled=progress) as bar:
                     scheduler = Scheduler(sweep, plan, store, tracker, console, report, max_retries,
-                                          fixed_cluster=not (address or c.address))
+                                          fixed_cluster=not (address or c.address or os.environ.get("RAY_ADDRESS")))
                     scheduler.started = started
                     asyncio.run(scheduler.run(pending, bar))
         status = "FINISHED" if report.ok else "FAILED"

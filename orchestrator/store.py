@@ -9,20 +9,27 @@ Layout under `<output>/<sweep>/`:
 
 A shard file is written to a temporary name in the same folder, fsynced, then renamed: its
 presence is the proof it is complete, so resume is "skip shards whose file exists" and a crash
-mid-sweep can never leave a partial or duplicated row.
+mid-sweep can never leave a partial or duplicated row. A cell keeps the shard size it started
+with (`settle_layout`), so a changed `shard_size` cannot cut new shards beside finished ones.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from orchestrator.errors import OrchestrateError
+
+if TYPE_CHECKING:
+    from orchestrator.plan import Cell, Plan
 
 ID_FIELDS = [
     pa.field("sweep", pa.string(), nullable=False),
@@ -92,14 +99,46 @@ class SweepStore:
         _atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
         return path
 
+    def settle_layout(self, cell: Cell) -> Cell:
+        """The cell as it is cut on disk. Shard ids hash their samples, so a new shard_size
+        would cut new shards beside the finished ones and the cell would hold some samples
+        twice: once a shard of the cell exists, the shard size recorded in its cell.json wins.
+        A shard file that belongs to neither layout is refused, never read twice."""
+        cell_dir = self.cell_dir(cell.kind, cell.id)
+        on_disk = {p.stem for p in (cell_dir / "shards").glob("*.parquet")}
+        if not on_disk:
+            return cell
+        manifest = cell_dir / "cell.json"
+        recorded = read_json(manifest).get("shard_size") if manifest.exists() else None
+        if recorded and recorded != cell.shard_size:
+            cell = cell.resharded(recorded)
+        stray = on_disk - {s.id for s in cell.shards}
+        if stray:
+            raise OrchestrateError(
+                f"{cell_dir}: {len(stray)} shard file(s) are not shards of this cell at shard_size "
+                f"{cell.shard_size} (it was started with another shard_size, by a version that did not "
+                f"record it). Set the job's shard_size back, or delete that folder to run the cell again")
+        return cell
+
+    def settle_plan(self, plan: Plan) -> Plan:
+        """`plan` with every cell cut as it is on disk (see settle_layout)."""
+        return dataclasses.replace(plan, cells=tuple(self.settle_layout(c) for c in plan.cells))
+
     def read_cell(self, kind: str, cell_id: str) -> pl.DataFrame:
         files = sorted((self.cell_dir(kind, cell_id) / "shards").glob("*.parquet"))
         assert files, f"cell {cell_id} has no shards on disk under {self.cell_dir(kind, cell_id)}"
         return pl.read_parquet(files)
 
-    def scan_kind(self, kind: str) -> pl.LazyFrame:
-        """All rows of one job kind across the sweep's cells, lazily."""
-        return pl.scan_parquet(str(self.root / kind / "*" / "shards" / "*.parquet"))
+    def is_complete(self, manifest: dict[str, Any]) -> bool:
+        """Every shard of the cell (a cell.json as `cells` returns it) is on disk."""
+        return all(self.has_shard(manifest["kind"], manifest["cell_id"], s) for s in manifest["shards"])
+
+    def scan_kind(self, kind: str) -> pl.LazyFrame | None:
+        """All rows of one job kind across the sweep's cells, lazily; None when there are none."""
+        pattern = self.root / kind / "*" / "shards" / "*.parquet"
+        if not any(self.root.glob(str(pattern.relative_to(self.root)))):
+            return None
+        return pl.scan_parquet(str(pattern))
 
     def kinds(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("*/cell.json"))) if self.root.exists() else []

@@ -123,6 +123,15 @@ def test_submit_resume_and_mlflow(tmp_path, tiny_model, ray_tmp):
     assert done.shards_run == 0 and done.generate_calls == 0 and done.replicas_started == 0
     assert not ray.is_initialized()
 
+    # A new shard_size after the cells started: they keep the layout they started with, so
+    # the missing shard is the old one (4 prompts) and no sample lands twice.
+    victim.unlink()
+    resized = load_sweep(write_sweep(tmp_path, tiny_model, shard_size=5))
+    again = submit(resized, sweep_file=str(sweep_file), progress=False, ray_temp_dir=ray_tmp)
+    assert again.shards_run == 1 and again.generate_calls == 4, (again.shards_run, again.generate_calls)
+    assert all_rows(store).height == rows.height
+    assert all_rows(store).select(["cell_id", "prompt_id", "sample_index"]).is_unique().all()
+
 
 def test_replica_killed_mid_sweep(tmp_path, tiny_model, ray_tmp):
     """Kill a replica while shards run: the pool replaces it, the shard reruns, and every row
@@ -181,6 +190,12 @@ def test_cli_end_to_end(tmp_path, tiny_model, ray_tmp, monkeypatch):
     assert out.exit_code == 0 and '"completion"' in out.output
     out = runner.invoke(main, ["status", str(sweep_file)])
     assert out.exit_code == 0 and "finished" in out.output, out.output
+    out = runner.invoke(main, ["results", str(sweep_file), "--kind", "generat", "--rows"])
+    assert out.exit_code == 2 and "unknown job kind 'generat'" in out.output, out.output
+    out = runner.invoke(main, ["results", str(sweep_file), "--kind", "ariadne", "--rows"])  # none run
+    assert out.exit_code == 2 and "no results" in out.output, out.output
+    out = runner.invoke(main, ["submit", str(sweep_file), "--retries", "-1"])
+    assert out.exit_code == 2 and "--retries" in out.output, out.output
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmodels: {}\njobs: []\nbogus: 1\n")

@@ -1,0 +1,123 @@
+"""Planning without Ray: what enters a cell's id, what a job's data must hold, and how a
+cell keeps the shard layout it started with."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from jobs.generate import PromptFileError
+from jobs.misalignment_questions import QUESTION_SETS
+from orchestrator.errors import DataFileError, OrchestrateError
+from orchestrator.plan import make_plan
+from orchestrator.spec import load_sweep
+from orchestrator.store import SweepStore
+
+
+def sweep_file(folder: Path, model: Path, *, model_extra: str = "", shard_size: int = 4, prompts: int = 10,
+               job: str | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "prompts.jsonl").exists():
+        (folder / "prompts.jsonl").write_text("".join(f'{{"id": "q{i}", "prompt": "{i}+{i}?"}}\n' for i in range(prompts)))
+    job = job or f"""  - kind: generate
+    models: [m]
+    shard_size: {shard_size}
+    params: {{prompts: prompts.jsonl, max_tokens: 4}}
+"""
+    path = folder / "sweep.yaml"
+    path.write_text(f"""name: planned
+output: {folder / 'results'}
+models:
+  m: {{path: {model}{model_extra}}}
+jobs:
+{job}""")
+    return path
+
+
+def cell_ids(path: Path) -> list[str]:
+    return [c.id for c in make_plan(load_sweep(path)).cells]
+
+
+def test_serving_settings_that_change_outputs_change_ids(tmp_path, tiny_model):
+    plain = cell_ids(sweep_file(tmp_path, tiny_model))
+    # A shorter context turns long prompts into error rows: other results, another id.
+    assert cell_ids(sweep_file(tmp_path, tiny_model, model_extra=", max_model_len: 64")) != plain
+    # Engine options change outputs (quantization, KV cache dtype) unless they only set speed.
+    assert cell_ids(sweep_file(tmp_path, tiny_model, model_extra=", engine_options: {quantization: fp8}")) != plain
+    speed = ", engine_options: {max_batch_size: 8, batch_wait_ms: 5}"
+    assert cell_ids(sweep_file(tmp_path, tiny_model, model_extra=speed)) == plain
+    assert cell_ids(sweep_file(tmp_path, tiny_model, model_extra=", replicas: 3, num_cpus: 0.5")) == plain
+
+
+def test_data_files_in_lists_enter_ids_by_content_not_location(tmp_path, tiny_model):
+    job = """  - kind: misalignment
+    models: [m]
+    params: {questions: [questions.yaml], samples: 1}
+"""
+    ids = []
+    for place in ("here", "there"):
+        folder = tmp_path / place
+        folder.mkdir()
+        shutil.copy(QUESTION_SETS["core"], folder / "questions.yaml")
+        ids.append(cell_ids(sweep_file(folder, tiny_model, job=job)))
+    assert ids[0] == ids[1], "the same question file in another folder is the same experiment"
+    text = (tmp_path / "there" / "questions.yaml").read_text()
+    (tmp_path / "there" / "questions.yaml").write_text(text.replace("?", "?!", 1))
+    assert cell_ids(tmp_path / "there" / "sweep.yaml") != ids[0], "other questions, another id"
+
+
+def test_a_job_without_samples_is_a_user_error(tmp_path, tiny_model):
+    path = sweep_file(tmp_path, tiny_model)
+    (tmp_path / "prompts.jsonl").write_text("\n")
+    with pytest.raises(OrchestrateError, match=r"jobs\[0\] \(generate, .*\): the parameters give no samples"):
+        make_plan(load_sweep(path))
+
+
+def test_prompt_files_name_the_line_of_a_repeated_id_or_say_they_are_not_text(tmp_path, tiny_model):
+    path = sweep_file(tmp_path, tiny_model)
+    (tmp_path / "prompts.jsonl").write_text('{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "y"}\n'
+                                            '{"id": "a", "prompt": "z"}\n')
+    with pytest.raises(PromptFileError, match=r"prompts.jsonl:3: id 'a' is already used on line 1"):
+        make_plan(load_sweep(path))
+    (tmp_path / "prompts.jsonl").write_bytes(b'{"id": "a", "prompt": "caf\xe9"}\n')
+    with pytest.raises(DataFileError, match=r"prompts.jsonl: not UTF-8 text"):
+        make_plan(load_sweep(path))
+
+
+def _write_every_shard(store: SweepStore, cell) -> None:
+    schema = pa.schema([("sample_id", pa.string())])
+    for shard in cell.shards:
+        store.write_shard(cell.kind, cell.id, shard.id, [{"sample_id": s} for s in shard.sample_ids], schema)
+
+
+def test_a_started_cell_keeps_its_shard_size(tmp_path, tiny_model):
+    """Shard ids hash their samples: a new shard_size would cut new shards beside the
+    finished ones and read some samples twice. The size the cell started with wins."""
+    first = make_plan(load_sweep(sweep_file(tmp_path, tiny_model, shard_size=4)))
+    store = SweepStore(tmp_path / "results", "planned")
+    cell = first.cells[0]
+    assert store.settle_layout(cell) == cell, "nothing on disk: the sweep's shard size"
+    store.cell_dir(cell.kind, cell.id).mkdir(parents=True)
+    from orchestrator.store import write_json
+
+    write_json(store.cell_dir(cell.kind, cell.id) / "cell.json", cell.manifest())
+    _write_every_shard(store, cell)
+
+    resized = make_plan(load_sweep(sweep_file(tmp_path, tiny_model, shard_size=3)))
+    assert [c.id for c in resized.cells] == [cell.id], "shard_size is not part of the cell id"
+    assert len(resized.cells[0].shards) == 4 and len(cell.shards) == 3
+    settled = store.settle_plan(resized).cells[0]
+    assert settled.shard_size == 4 and settled.shards == cell.shards
+    assert all(store.has_shard(cell.kind, cell.id, s.id) for s in settled.shards), "nothing left to run"
+    assert store.read_cell(cell.kind, cell.id).height == 10, "every sample once"
+
+
+def test_shard_files_outside_the_layout_are_refused(tmp_path, tiny_model):
+    plan = make_plan(load_sweep(sweep_file(tmp_path, tiny_model, shard_size=4)))
+    store = SweepStore(tmp_path / "results", "planned")
+    cell = plan.cells[0]
+    _write_every_shard(store, cell.resharded(5))  # as a version that did not record the size left it
+    with pytest.raises(OrchestrateError, match="not shards of this cell at shard_size 4"):
+        store.settle_layout(cell)
