@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 
 import polars as pl
 
@@ -23,7 +24,8 @@ def summary_table(store: SweepStore, kind: str | None = None) -> pl.DataFrame:
 
 
 def rows_table(store: SweepStore, kind: str) -> pl.DataFrame:
-    return store.scan_kind(kind).collect()
+    rows = store.scan_kind(kind)
+    return pl.DataFrame() if rows is None else rows.collect()
 
 
 def report_table(store: SweepStore, kind: str) -> pl.DataFrame:
@@ -34,6 +36,8 @@ def report_table(store: SweepStore, kind: str) -> pl.DataFrame:
     job = get_job(kind)
     parts = []
     for cell in store.cells(kind):
+        if not store.is_complete(cell):  # a report of part of a cell would read as the whole
+            continue
         rows = store.read_cell(kind, cell["cell_id"])
         if rows.is_empty():
             continue
@@ -43,6 +47,13 @@ def report_table(store: SweepStore, kind: str) -> pl.DataFrame:
         parts.append(table.select(pl.lit(cell["model"]).alias("model"), pl.lit(cell["cell_id"]).alias("cell_id"),
                                   pl.exclude("model", "cell_id")))
     return pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
+
+
+def flat_for_csv(df: pl.DataFrame) -> pl.DataFrame:
+    """CSV holds no lists or structs: those columns become JSON text."""
+    nested = [c for c, dtype in df.schema.items() if dtype.is_nested()]
+    return df.with_columns(pl.Series(c, [None if v is None else json.dumps(v, default=str) for v in df[c].to_list()],
+                                     dtype=pl.String) for c in nested)
 
 
 def headline_columns(df: pl.DataFrame, store: SweepStore, kind: str | None = None) -> list[str]:
