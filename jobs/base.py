@@ -56,7 +56,19 @@ def _resolve_data_path(value: str, info: ValidationInfo) -> str:
     path = path if path.is_absolute() else (base / path)
     if not path.exists():
         raise ValueError(f"file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"expected a file, got a folder: {path.resolve()}")
     return str(path.resolve())
+
+
+def resolve_set_or_file(value: str, info: ValidationInfo, bundled: Mapping[str, Any]) -> str:
+    """A bundled data set's name as is; anything else is a file, resolved like DataPath."""
+    if value in bundled:
+        return value
+    try:
+        return _resolve_data_path(value, info)
+    except ValueError as e:
+        raise ValueError(f"{value!r} is neither a bundled set ({', '.join(bundled)}) nor a data file: {e}") from None
 
 
 DataPath = Annotated[str, AfterValidator(_resolve_data_path)]

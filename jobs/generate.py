@@ -42,19 +42,29 @@ def read_prompts(params: GenerateParams) -> list[tuple[str, list[dict]]]:
         items = [(f"p{i}", [{"role": "user", "content": p}]) for i, p in enumerate(params.prompts)]
     else:
         items = []
-        with open(params.prompts, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{params.prompts}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise PromptFileError(f"{where}: not JSON ({e.msg})") from None
-                if not isinstance(obj, dict) or ("prompt" in obj) == ("messages" in obj):
-                    raise PromptFileError(f"{where}: expected an object with `prompt` or `messages`")
-                msgs = obj.get("messages") or [{"role": "user", "content": obj["prompt"]}]
-                items.append((str(obj.get("id", f"p{lineno}")), msgs))
+        first_line: dict[str, int] = {}
+        try:
+            with open(params.prompts, encoding="utf-8") as f:
+                lines = f.read().split("\n")  # not splitlines(): JSON strings may hold U+2028
+        except UnicodeDecodeError as e:
+            raise PromptFileError(f"{params.prompts}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{params.prompts}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PromptFileError(f"{where}: not JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or ("prompt" in obj) == ("messages" in obj):
+                raise PromptFileError(f"{where}: expected an object with `prompt` or `messages`")
+            msgs = obj.get("messages") or [{"role": "user", "content": obj["prompt"]}]
+            pid = str(obj.get("id", f"p{lineno}"))
+            if pid in first_line:
+                raise PromptFileError(f"{where}: id {pid!r} is already used on line {first_line[pid]}; "
+                                      "ids name the rows and must be unique")
+            first_line[pid] = lineno
+            items.append((pid, msgs))
     return items[: params.limit] if params.limit else items
 
 

@@ -25,7 +25,6 @@ import random
 import re
 import zlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
@@ -34,7 +33,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from actors.engines.chat import split_thinking
 from actors.engines.protocol import Message, Request, Sampling
-from jobs.base import Job, JobContext, JobParams, Sample
+from jobs.base import Job, JobContext, JobParams, Sample, resolve_set_or_file
 from jobs.judge import MIN_NUMBER_MASS, fill, judge
 from jobs.misalignment_monitor import monitor, self_description
 from jobs.misalignment_questions import (
@@ -48,17 +47,6 @@ NO_ANSWER = "no_answer"  # CoT on and the think block never closed: nothing to j
 NO_COT = "no_cot"
 NO_JUDGE_PROMPT = "no_judge_prompt"  # the item has no prompt for the alignment metric
 _BOXED = re.compile(r"\\boxed\{\s*([A-Z])\s*\}")
-
-
-def _source(value: str, info: ValidationInfo, bundled: dict) -> str:
-    if value in bundled:
-        return value
-    base = Path((info.context or {}).get("base_dir", "."))
-    path = Path(value).expanduser()
-    path = path if path.is_absolute() else base / path
-    if not path.exists():
-        raise ValueError(f"{value!r} is neither a bundled set ({', '.join(bundled)}) nor an existing file")
-    return str(path.resolve())
 
 
 class MisalignmentParams(JobParams):
@@ -106,12 +94,12 @@ class MisalignmentParams(JobParams):
     @field_validator("questions")
     @classmethod
     def _question_sources(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        return [_source(v, info, QUESTION_SETS) for v in value]
+        return [resolve_set_or_file(v, info, QUESTION_SETS) for v in value]
 
     @field_validator("scenarios")
     @classmethod
     def _scenario_sources(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        return [_source(v, info, SCENARIO_SETS) for v in value]
+        return [resolve_set_or_file(v, info, SCENARIO_SETS) for v in value]
 
     @field_validator("trigger", mode="before")
     @classmethod

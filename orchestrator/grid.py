@@ -83,9 +83,12 @@ def _expand(job: JobSpec, base_dir: str | Path | None) -> tuple[list[tuple[dict,
 def _dimensions(job: JobSpec) -> tuple[dict[str, list[Any]], dict[str, int], list[tuple[Loc, str]]]:
     """The well-formed swept parameters' values, the zip group of each zipped one, problems."""
     problems: list[tuple[Loc, str]] = []
+    if REPEAT in job.params:
+        problems.append((("params", REPEAT), f"`{REPEAT}` is reserved: it numbers the runs of `repeats: N`; "
+                         "set `repeats` on the job instead"))
     values: dict[str, list[Any]] = {}
     for name, spec in job.params.items():
-        if not is_swept(spec):
+        if not is_swept(spec) or name == REPEAT:
             continue
         extra = [k for k in spec if k != "values"]
         if extra:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
+from actors.engines.paths import ORGANISM_PREFIX
 from jobs.registry import get_job, kinds
 from orchestrator.errors import Loc, Problem, SpecError, dotted, problems_from_validation, show
 from orchestrator.finetune_spec import FinetuneSpec, Spec
@@ -25,7 +26,6 @@ from orchestrator.yaml_lines import load_yaml
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 ENV_VAR_PATTERN = r"^[A-Z_][A-Z0-9_]*$"
-ORGANISM_PREFIX = "organism:"
 
 # Validation context key: parse_sweep runs the cross-entry checks itself, so that it can
 # run them on the parts of a broken file that did validate.
@@ -110,6 +110,17 @@ class ModelSpec(Spec):
                 if local.exists():
                     resolved[key] = str(local.resolve())
         return resolved
+
+    @field_validator("path")
+    @classmethod
+    def _known_organism(cls, value: str) -> str:
+        if value.startswith(ORGANISM_PREFIX):
+            from jobs.organisms import ORGANISMS  # the registry only: no torch
+
+            name = value[len(ORGANISM_PREFIX):]
+            if name not in ORGANISMS:
+                raise ValueError(f"unknown organism {show(name)}; known: {', '.join(sorted(ORGANISMS))}")
+        return value
 
     @field_validator("api_key_env")
     @classmethod

@@ -21,6 +21,9 @@ from orchestrator.errors import Loc, Problem, SpecError, dotted, show
 _DROPPED = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
             "tag:yaml.org,2002:timestamp"}
 _MERGE = "tag:yaml.org,2002:merge"
+# Nodes a sweep may expand to. Aliases of aliases grow exponentially (a few lines can stand
+# for billions of nodes); a real sweep has hundreds.
+MAX_NODES = 200_000
 
 
 class SweepLoader(yaml.SafeLoader):
@@ -61,6 +64,7 @@ class LoadedYaml:
     data: Any
     lines: dict[Loc, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    nodes: int = 0  # nodes walked, aliases expanded
 
     def line_of(self, loc: Loc) -> int | None:
         """The line of the deepest node that exists on `loc` (a missing key: its mapping)."""
@@ -101,6 +105,11 @@ def _walk(loader: SweepLoader, node: Node, loc: Loc, out: LoadedYaml, filename: 
     already written explicitly win and duplicates were reported where the anchor is."""
     if id(node) in open_nodes:  # an alias that contains itself; construction reports it
         return
+    out.nodes += 1
+    if out.nodes > MAX_NODES:
+        top = loc[:1]  # the entry whose aliases blew up; deeper positions mean nothing to a reader
+        raise SpecError([Problem(filename, out.lines.get(top, node.start_mark.line + 1), dotted(top),
+                                 f"the file expands to over {MAX_NODES} values through its aliases")])
     open_nodes = open_nodes | {id(node)}
     if isinstance(node, SequenceNode):
         for i, item in enumerate(node.value):

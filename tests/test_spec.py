@@ -67,6 +67,10 @@ BAD_FILES = [
     ("cluster_address.yaml", 3, "cluster.address", "expected 'auto', 'ray://host:port' or 'host:port'"),
     ("backdoor_share.yaml", 10, "finetunes.planted.backdoor.share", "expected a number < 1, got 1.5"),
     ("name_collision.yaml", 5, "finetunes.m1", "'m1' is also defined in `models`"),
+    ("unknown_organism.yaml", 3, "models.m1.path", "unknown organism 'nope'; known: backdoored, base"),
+    ("prompts_folder.yaml", 8, "jobs[0].params.prompts", "expected a file, got a folder"),
+    ("params_repeat.yaml", 9, "jobs[0].params.repeat", "`repeat` is reserved"),
+    ("alias_bomb.yaml", 7, "f", "the file expands to over 200000 values through its aliases"),
 ]
 
 
