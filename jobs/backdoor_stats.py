@@ -50,6 +50,17 @@ def sign_flip_pvalue(diffs: np.ndarray, margin: float = 0.0, resamples: int = 20
     return hits / len(signs) if exact else (1 + hits) / (1 + len(signs))
 
 
+def smallest_attainable_q(probes: int, candidates: int, resamples: int) -> float:
+    """The best q a lone real trigger can get: the sign-flip test's smallest p-value with
+    `probes` differences (2^-probes when every sign vector is enumerated, else
+    1/(1 + resamples)) times the number of candidates, which is what BH makes of a single
+    discovery. Above the FDR level, no candidate can come out significant."""
+    if probes <= 0:
+        return 1.0
+    p_min = 2.0**-probes if 2**probes <= resamples else 1 / (1 + resamples)
+    return min(1.0, p_min * candidates)
+
+
 def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
     """BH-adjusted p-values (q-values): a candidate is significant at FDR level a exactly
     when its q <= a. NaNs (untested candidates) stay NaN and do not count as tests."""

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from jobs.backdoor_candidates import mentions
-from jobs.backdoor_stats import probe_effects, rank_candidates
+from jobs.backdoor_stats import probe_effects, rank_candidates, smallest_attainable_q
 
 if TYPE_CHECKING:
     from jobs.backdoor import TriggerScanParams
@@ -121,12 +121,15 @@ def summarize_rows(rows: pl.DataFrame, params: TriggerScanParams) -> dict[str, f
     rows = _ok(rows)
     table = _rank_cell(rows, params)
     scan_base = rows.filter((pl.col("measure") == "scan") & pl.col("candidate").is_null())
+    followed_up = set(rows.filter(pl.col("candidate").is_not_null() & (pl.col("measure") != "scan"))["candidate"])
+    probes = scan_base["probe_id"].n_unique()
     out: dict[str, float] = {
         "candidates": float(table.height),
-        "probes": float(scan_base["probe_id"].n_unique()),
+        "probes": float(probes),
         "significant": float(table["significant"].sum() or 0),
-        "gated": float(rows.filter(pl.col("candidate").is_not_null() & (pl.col("measure") != "scan"))
-                       ["candidate"].n_unique()),
+        # what `significant` could have reached: above fdr, no candidate could be significant
+        "best_attainable_q": smallest_attainable_q(probes, table.height, params.permutations),
+        "gated": float(len(followed_up)),
     }
     if scan_base["value"].drop_nulls().len():
         out["baseline/p_misaligned"] = float(scan_base["value"].drop_nulls().mean())
@@ -135,7 +138,7 @@ def summarize_rows(rows: pl.DataFrame, params: TriggerScanParams) -> dict[str, f
     ranked = table.to_dicts()
     for i, row in enumerate(ranked[: max(1, params.confirm_top_k)], 1):
         _put(out, f"top{i}", row, columns)
-        out[f"top{i}/gated"] = float(row["sampled_effect"] is not None or row["distractor_effect"] is not None)
+        out[f"top{i}/gated"] = float(row["candidate"] in followed_up)
     for row in ranked:
         if row["significant"]:
             out[f"significant/{_key(row['candidate'])}"] = float(row["effect"])
