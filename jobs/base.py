@@ -6,6 +6,7 @@ testable in-process against a real tiny model (`jobs.local.LocalContext`).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,15 +51,19 @@ class JobContext:
         return role in self._models
 
 
-def _resolve_data_path(value: str, info: ValidationInfo) -> str:
+def _resolve(value: str, info: ValidationInfo, folders: bool) -> str:
     base = Path((info.context or {}).get("base_dir", "."))
     path = Path(value).expanduser()
     path = path if path.is_absolute() else (base / path)
     if not path.exists():
         raise ValueError(f"file not found: {path}")
-    if not path.is_file():
+    if not folders and not path.is_file():
         raise ValueError(f"expected a file, got a folder: {path.resolve()}")
     return str(path.resolve())
+
+
+def _resolve_data_path(value: str, info: ValidationInfo) -> str:
+    return _resolve(value, info, folders=False)
 
 
 def resolve_set_or_file(value: str, info: ValidationInfo, bundled: Mapping[str, Any]) -> str:
@@ -74,6 +79,10 @@ def resolve_set_or_file(value: str, info: ValidationInfo, bundled: Mapping[str, 
 DataPath = Annotated[str, AfterValidator(_resolve_data_path)]
 """A file the job reads. Relative paths resolve against the sweep file's folder (validation
 context `base_dir`); the planner hashes the file's bytes, not its location, into cell ids."""
+
+DataPathOrFolder = Annotated[str, AfterValidator(functools.partial(_resolve, folders=True))]
+"""A file or a folder of files the job reads. The planner cannot hash a folder by itself: a job
+that takes one covers what it read from it in `Job.data_digest`."""
 
 
 class JobParams(BaseModel):

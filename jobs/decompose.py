@@ -31,7 +31,7 @@ from pydantic import Field, field_validator
 
 from actors.engines.protocol import Completion, ContextLengthError, Request, Sampling
 from jobs import decompose_prompts as prompts
-from jobs.base import DataPath, Job, JobContext, JobParams, ModelHandle, Sample
+from jobs.base import DataPath, DataPathOrFolder, Job, JobContext, JobParams, ModelHandle, Sample
 from jobs.decompose_data import BUNDLED_SAMPLE, DropQuestion, load_pool, load_questions
 from jobs.decompose_fewshot import FewShotSelector, Strategy
 from jobs.decompose_summary import summarize as summarize_rows
@@ -70,7 +70,7 @@ def bundled_pool(name: BundledSet) -> list[DropQuestion]:
 
 
 class DecomposeParams(JobParams):
-    data: BundledSet | DataPath = Field("sample", description="a bundled set (sample, multihop), or a DROP "
+    data: BundledSet | DataPathOrFolder = Field("sample", description="a bundled set (sample, multihop), or a DROP "
                                         "file (.json release, .jsonl/.parquet rows) or folder")
     split: str = Field("dev", description="which files of a folder to read (drop_dataset_<split>.json)")
     pool: BundledSet | DataPath = Field("sample", description="few-shot pool: a bundled set or a file of "

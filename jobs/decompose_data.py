@@ -80,14 +80,34 @@ def _from_release(obj: Any, where: str) -> list[DropQuestion]:
     return out
 
 
-def _answer_from_hub(spans: list[str], types: list[str]) -> dict[str, Any]:
-    if types and all(t == "number" for t in types):
-        return {"number": spans[0], "spans": [], "date": {"day": "", "month": "", "year": ""}}
-    if types and all(t == "date" for t in types):
-        # The hub rows keep a date as one string; the metric joins day, month and year with
-        # spaces and normalises them away, so the whole string in one field scores the same.
-        return {"number": "", "spans": [], "date": {"day": "", "month": spans[0], "year": ""}}
-    return {"number": "", "spans": list(spans), "date": {"day": "", "month": "", "year": ""}}
+_NO_DATE = {"day": "", "month": "", "year": ""}
+
+
+def _answers_from_hub(spans: list[str], types: list[str]) -> tuple[dict[str, Any], ...]:
+    """Release-format answers from a hub row's flat `answers_spans`. The hub builder appends
+    every validated answer of a dev question to one list, so the boundaries between answers
+    are lost: numbers and dates are single-valued in DROP, so each distinct one is an answer
+    of its own; the distinct spans make one multi-span answer (annotators who agree give one
+    span once; annotators who disagree on a span's extent cannot be told apart from a
+    multi-span answer: score with the release JSON for published numbers)."""
+    answers: list[dict[str, Any]] = []
+    texts: list[str] = []
+    for text, kind in zip(spans, types):
+        if kind == "number":
+            answer = {"number": text, "spans": [], "date": dict(_NO_DATE)}
+        elif kind == "date":
+            # A date is one string here; the metric joins day, month and year with spaces and
+            # normalises them away, so the whole string in one field scores the same.
+            answer = {"number": "", "spans": [], "date": {**_NO_DATE, "month": text}}
+        else:
+            if text not in texts:
+                texts.append(text)
+            continue
+        if answer not in answers:
+            answers.append(answer)
+    if texts:
+        answers.insert(0, {"number": "", "spans": texts, "date": dict(_NO_DATE)})
+    return tuple(answers)
 
 
 def _from_rows(rows: list[dict[str, Any]], where: str) -> list[DropQuestion]:
@@ -97,9 +117,11 @@ def _from_rows(rows: list[dict[str, Any]], where: str) -> list[DropQuestion]:
         if missing:
             raise DropFormatError(f"{where}: row {i} lacks {sorted(missing)}")
         spans = row["answers_spans"]
+        if not len(spans["spans"]):
+            raise DropFormatError(f"{where}: row {i} ({row['query_id']}) has no answer")
         out.append(DropQuestion(
             query_id=str(row["query_id"]), passage_id=str(row.get("section_id", "")), passage=row["passage"],
-            question=row["question"], answers=(_answer_from_hub(list(spans["spans"]), list(spans["types"])),),
+            question=row["question"], answers=_answers_from_hub(list(spans["spans"]), list(spans["types"])),
         ))
     return out
 

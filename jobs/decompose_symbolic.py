@@ -84,7 +84,10 @@ def _date_diff(a: str, b: str, unit: str) -> Decimal | None:
     if unit == "month" and ma and mb:
         return Decimal(abs((yb - ya) * 12 + (mb - ma)))
     if unit == "day" and ma and mb and da and db:
-        return Decimal(abs((date(yb, mb, db) - date(ya, ma, da)).days))
+        try:
+            return Decimal(abs((date(yb, mb, db) - date(ya, ma, da)).days))
+        except ValueError:  # 30 February: a step that cannot be evaluated, not a failed question
+            return None
     return None
 
 

@@ -146,6 +146,8 @@ def _hashable_params(job: Job, params: JobParams) -> dict[str, Any]:
     def by_content(value: Any) -> Any:
         if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_file():
             return {"file_sha256": file_digest(value)}
+        if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_dir():
+            return {"folder": "by data_digest"}  # a job that reads a folder digests what it read
         if isinstance(value, list):
             return [by_content(v) for v in value]
         if isinstance(value, dict):

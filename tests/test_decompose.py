@@ -14,6 +14,7 @@ from jobs.decompose_data import DropFormatError, load_pool, load_questions
 from jobs.decompose_fewshot import FewShotSelector
 from jobs.decompose_prompts import STOP_SENTENCE, is_stop, parse_answer, parse_cot_answer, parse_question
 from jobs.decompose_symbolic import execute
+from jobs.drop import score_question
 from jobs.local import local_context, run_job
 
 
@@ -41,6 +42,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
     # not evaluable: the model answers instead
     ("if_then(4 October < sometime; a; b)", None),
     ("sum(many; few)", None),
+    ("diff(30 February 2001; 1 March 2001; days)", None),  # no such date
     ("How many goals did the Red team score?", None),
 ])
 def test_symbolic_steps(step, expected):
@@ -115,6 +117,20 @@ def test_other_data_formats(tmp_path):
     assert [(q.query_id, q.gold, q.answer_type) for q in got] == [
         ("h1", ("7",), "number"), ("h2", ("Ann", "Bo"), "spans"), ("h3", (" 12 May 1862 ",), "date")]
     assert [q.query_id for q in load_questions(folder, split="train")] == ["h1", "h2", "h3"]
+    # The hub's dev rows hold every validated answer in one flat list: two annotators who gave
+    # the same span are one answer, not a two-span one; each number is an answer of its own.
+    dev = [{**rows[0], "query_id": "v1", "answers_spans": {"spans": ["Chaz Schilens", "Chaz Schilens"],
+                                                           "types": ["span", "span"]}},
+           {**rows[0], "query_id": "v2", "answers_spans": {"spans": ["4", "4", "5"],
+                                                           "types": ["number", "number", "number"]}}]
+    (folder / "dev.jsonl").write_text("\n".join(json.dumps(r) for r in dev))
+    chaz, four = load_questions(folder, split="dev")
+    assert chaz.gold == ("Chaz Schilens",) and chaz.answer_type == "span"
+    assert [a["number"] for a in four.answers] == ["4", "5"]
+    assert score_question("Chaz Schilens", chaz.answers)[:2] == (1.0, 1.0)
+    assert score_question("5", four.answers)[:2] == (1.0, 1.0)
+    params = DecomposeParams.model_validate({"data": str(folder), "split": "dev", "shots": 0})  # a folder is data
+    assert [s.id for s in DecomposeJob().samples(params)] == ["v1", "v2"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"p1": {"passage": "P.", "qa_pairs": [{"question": "Q?", "answer": {"spans": []}}]}}))
     with pytest.raises(ValueError, match="number, spans or a date"):
