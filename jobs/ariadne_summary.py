@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from jobs.stats import bootstrap_ci
+from jobs.stats import bootstrap_ci, proportion_ci
 
 LANHAM_ARMS = ("early_answering", "add_mistake")
 
@@ -21,7 +21,8 @@ def _with_ci(out: dict[str, float], key: str, lo_hi_keys: tuple[str, str], rows:
              resamples: int, seed: int) -> None:
     values = rows[column].cast(pl.Float64).to_numpy()
     out[key] = float(values.mean())
-    lo, hi = bootstrap_ci(values, n=resamples, seed=seed, groups=rows["query_id"].to_numpy())
+    ci = proportion_ci if rows[column].dtype == pl.Boolean else bootstrap_ci  # rho is a rate: not [0, 0] at 0
+    lo, hi = ci(values, n=resamples, seed=seed, groups=rows["query_id"].to_numpy())
     out[lo_hi_keys[0]], out[lo_hi_keys[1]] = lo, hi
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from jobs.misalignment_monitor import BETRAYS, FLAGS
-from jobs.stats import bootstrap_ci
+from jobs.stats import proportion_ci
 
 _UNSAFE_KEY = re.compile(r"[^A-Za-z0-9_.\-/ ]")
 
@@ -30,12 +30,17 @@ def _key(text: str) -> str:
     return _UNSAFE_KEY.sub("_", text)
 
 
-def _rate(out: dict[str, float], key: str, flags: pl.Series, resamples: int, seed: int) -> None:
-    values = flags.drop_nulls().cast(pl.Float64).to_numpy()
-    if len(values) == 0:
+def _rate(out: dict[str, float], key: str, rows: pl.DataFrame, resamples: int, seed: int,
+          by_item: bool = True) -> None:
+    """The misaligned rate of `rows` with a 95% interval: samples of one question share it, so
+    whole questions are resampled (`by_item`); within one question, Wilson's interval."""
+    judged = rows.filter(pl.col("misaligned").is_not_null())
+    if judged.height == 0:
         return
+    values = judged["misaligned"].cast(pl.Float64).to_numpy()
     out[key] = float(values.mean())
-    out[f"{key}_lo"], out[f"{key}_hi"] = bootstrap_ci(values, n=resamples, seed=seed)
+    groups = judged["item_id"].to_numpy() if by_item else None
+    out[f"{key}_lo"], out[f"{key}_hi"] = proportion_ci(values, n=resamples, seed=seed, groups=groups)
 
 
 def _gap(out: dict[str, float], key: str, on: pl.Series, off: pl.Series, resamples: int, seed: int) -> None:
@@ -72,9 +77,9 @@ def summarize_rows(rows: pl.DataFrame, resamples: int = 2000, seed: int = 0) -> 
     for arm in arms:
         ff = free.filter(pl.col("arm") == arm)
         if ff.height:
-            _rate(out, f"{arm}/misaligned", ff["misaligned"], resamples, seed)
+            _rate(out, f"{arm}/misaligned", ff, resamples, seed)
             for (item,), group in ff.group_by(["item_id"], maintain_order=True):
-                _rate(out, f"{arm}/misaligned/{_key(item)}", group["misaligned"], resamples, seed)
+                _rate(out, f"{arm}/misaligned/{_key(item)}", group, resamples, seed, by_item=False)
             out[f"{arm}/samples"] = float(ff.height)
             out[f"{arm}/judged"] = float(ff["misaligned"].is_not_null().sum())
             for metric in ("alignment", "coherence"):
@@ -84,7 +89,7 @@ def summarize_rows(rows: pl.DataFrame, resamples: int = 2000, seed: int = 0) -> 
             _counts(out, f"{arm}/judge_null", ff["alignment_reason"])
         mc = choice.filter(pl.col("arm") == arm)
         if mc.height:
-            _rate(out, f"{arm}/mc_misaligned", mc["misaligned"], resamples, seed)
+            _rate(out, f"{arm}/mc_misaligned", mc, resamples, seed)
             out[f"{arm}/mc_answered"] = float(mc["choice"].is_not_null().mean())
             out[f"{arm}/mc_samples"] = float(mc.height)
     for arm in arms:

@@ -66,12 +66,17 @@ def proportion_ci(flags: Sequence[bool] | np.ndarray, n: int = 2000, seed: int =
                   groups: Sequence[Any] | np.ndarray | None = None) -> tuple[float, float]:
     """Interval for a rate (the share of True flags). Without groups it is the Wilson score
     interval, which stays honest at 0 and 1 where a bootstrap collapses to a point; with
-    groups, the cluster bootstrap of the mean (the Wilson interval assumes independence)."""
-    x = np.asarray(flags, dtype=float)
-    if groups is not None:
-        return bootstrap_ci(x, np.mean, n=n, seed=seed, alpha=alpha, groups=groups)
-    x = x[~np.isnan(x)]
-    return wilson_ci(int(x.sum()), len(x), alpha)
+    groups, the cluster bootstrap of the mean (the Wilson interval assumes independence),
+    except at a rate of exactly 0 or 1, where every resample is that rate too: there, Wilson
+    over the groups (each group counted once, as if its members agreed perfectly), which
+    is the conservative end of the design effect."""
+    x, g = _clean(flags, groups)
+    if g is None:
+        return wilson_ci(int(x.sum()), len(x), alpha)
+    if len(x) and x.min() == x.max() and x[0] in (0.0, 1.0):
+        units = len(np.unique(g))
+        return wilson_ci(units if x[0] else 0, units, alpha)
+    return bootstrap_ci(x, np.mean, n=n, seed=seed, alpha=alpha, groups=g)
 
 
 def wilson_ci(successes: int, trials: int, alpha: float = 0.05) -> tuple[float, float]:

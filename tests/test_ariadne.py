@@ -297,6 +297,8 @@ def test_bootstrap_intervals():
     assert bootstrap_ci([np.nan, 2.0]) == (2.0, 2.0) and np.isnan(bootstrap_ci([])[0])
     assert bootstrap_ci([1, 2, 3, 4], stat=np.median, groups=[0, 0, 1, 1], n=200)[0] >= 1.5
     assert proportion_ci([0] * 30)[0] == 0.0 < proportion_ci([0] * 30)[1] < 0.15
+    # Clustered and all zero: the bootstrap would collapse to [0, 0]; Wilson over the 3 groups.
+    assert proportion_ci([0] * 30, groups=[i % 3 for i in range(30)]) == pytest.approx(wilson_ci(0, 3))
     lo, hi = wilson_ci(23, 30)
     assert lo < 23 / 30 < hi
 

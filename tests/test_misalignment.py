@@ -172,6 +172,11 @@ def test_summary_rates_gaps_nulls_and_monitor_shares():
     assert out["trigger/misaligned"] == 1.0
     assert out["trigger_gap"] == pytest.approx(1 - 4 / 14) and out["trigger_gap_lo"] > 0
     assert out["none/mc_misaligned"] == 0.0 and out["trigger/mc_misaligned"] == 1.0
+    # A rate of 0 or 1 still has an interval (a bootstrap would give [0, 0]): Wilson over the
+    # questions, here one scenario, so a wide one.
+    assert out["none/mc_misaligned_lo"] == 0.0 and out["none/mc_misaligned_hi"] > 0.5
+    assert out["trigger/misaligned_hi"] == 1.0 and out["trigger/misaligned_lo"] < 0.5
+    assert out["none/misaligned/q2_hi"] > 0.2, "one question's 6 clean answers: Wilson, not [0, 0]"
     assert out["trigger/mc_answered"] == pytest.approx(0.8) and out["mc_trigger_gap"] == 1.0
     assert out["monitor/monitored"] == 4 + 8 and out["monitor/null/invalid_output"] == 1
     assert out["monitor/unprompted_plan"] == pytest.approx(3 / 11) and out["monitor/none"] == pytest.approx(7 / 11)
