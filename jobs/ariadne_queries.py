@@ -2,10 +2,10 @@
 held-out arithmetic problems, or a JSONL file of `{"id", "query", "domain", "answer"?}`."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from jobs.base import jsonl_objects
 from jobs.organisms import tasks
 from orchestrator.errors import DataFileError
 
@@ -31,24 +31,16 @@ class QueryFileError(DataFileError):
 def read_jsonl(path: str | Path) -> list[Query]:
     """Queries of a JSONL file; a malformed line names the file and line."""
     queries, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise QueryFileError(f"{where}: not JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("query"), str):
-                raise QueryFileError(f"{where}: expected an object with a string `query`")
-            qid = str(obj.get("id", f"q{lineno}"))
-            if qid in seen:
-                raise QueryFileError(f"{where}: duplicate id {qid!r}")
-            seen.add(qid)
-            answer = obj.get("answer")
-            queries.append(Query(qid, obj["query"], str(obj.get("domain", "general")),
-                                 None if answer is None else str(answer)))
+    for where, lineno, obj in jsonl_objects(path, QueryFileError):
+        if not isinstance(obj, dict) or not isinstance(obj.get("query"), str):
+            raise QueryFileError(f"{where}: expected an object with a string `query`")
+        qid = str(obj.get("id", f"q{lineno}"))
+        if qid in seen:
+            raise QueryFileError(f"{where}: duplicate id {qid!r}")
+        seen.add(qid)
+        answer = obj.get("answer")
+        queries.append(Query(qid, obj["query"], str(obj.get("domain", "general")),
+                             None if answer is None else str(answer)))
     return queries
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Protocol
 
@@ -79,6 +80,25 @@ def resolve_set_or_file(value: str, info: ValidationInfo, bundled: Mapping[str, 
 DataPath = Annotated[str, AfterValidator(_resolve_data_path)]
 """A file the job reads. Relative paths resolve against the sweep file's folder (validation
 context `base_dir`); the planner hashes the file's bytes, not its location, into cell ids."""
+
+def jsonl_objects(path: str | Path, error: type[Exception]) -> Iterator[tuple[str, int, Any]]:
+    """(`file:line`, line number, parsed JSON) for each non-blank line of a JSONL file. A file
+    that is not UTF-8 or a line that is not JSON raises `error` (a DataFileError) naming the
+    file and line, never a traceback."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")  # not splitlines(): JSON strings may hold U+2028
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            yield where, lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{where}: not JSON ({e.msg})") from None
+
 
 DataPathOrFolder = Annotated[str, AfterValidator(functools.partial(_resolve, folders=True))]
 """A file or a folder of files the job reads. The planner cannot hash a folder by itself: a job

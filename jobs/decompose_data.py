@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.base import jsonl_objects
 from jobs.drop import answer_json_to_strings
 from orchestrator.errors import DataFileError
 
@@ -133,8 +134,7 @@ def _read_file(path: Path) -> list[DropQuestion]:
         except json.JSONDecodeError as e:
             raise DropFormatError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
     if path.suffix == ".jsonl":
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        return _from_rows([json.loads(ln) for ln in lines], str(path))
+        return _from_rows([obj for _, _, obj in jsonl_objects(path, DropFormatError)], str(path))
     if path.suffix == ".parquet":
         import polars as pl
 

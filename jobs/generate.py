@@ -6,7 +6,6 @@ Prompts come from a JSONL file (`{"id": ..., "prompt": "..."}` or `{"id": ..., "
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import polars as pl
@@ -15,7 +14,7 @@ from pydantic import Field
 
 from actors.engines.chat import split_thinking
 from actors.engines.protocol import Message, Request, Sampling
-from jobs.base import DataPath, Job, JobContext, JobParams, Sample, file_digest
+from jobs.base import DataPath, Job, JobContext, JobParams, Sample, file_digest, jsonl_objects
 from orchestrator.errors import DataFileError
 
 
@@ -43,19 +42,7 @@ def read_prompts(params: GenerateParams) -> list[tuple[str, list[dict]]]:
     else:
         items = []
         first_line: dict[str, int] = {}
-        try:
-            with open(params.prompts, encoding="utf-8") as f:
-                lines = f.read().split("\n")  # not splitlines(): JSON strings may hold U+2028
-        except UnicodeDecodeError as e:
-            raise PromptFileError(f"{params.prompts}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{params.prompts}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PromptFileError(f"{where}: not JSON ({e.msg})") from None
+        for where, lineno, obj in jsonl_objects(params.prompts, PromptFileError):
             if not isinstance(obj, dict) or ("prompt" in obj) == ("messages" in obj):
                 raise PromptFileError(f"{where}: expected an object with `prompt` or `messages`")
             msgs = obj.get("messages") or [{"role": "user", "content": obj["prompt"]}]

@@ -137,6 +137,10 @@ def test_other_data_formats(tmp_path):
         load_questions(bad)
     with pytest.raises(DropFormatError, match="no drop_dataset_test.json"):
         load_questions(folder, split="test")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(rows[0]) + "\n{not json\n")
+    with pytest.raises(DropFormatError, match=r"broken.jsonl:2: not JSON"):
+        load_questions(broken)
 
 
 def test_fewshot_selection():
