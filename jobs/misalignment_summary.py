@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import polars as pl
 
 from jobs.misalignment_monitor import BETRAYS, FLAGS
-from jobs.stats import proportion_ci
+from jobs.stats import difference_ci, proportion_ci
 
 _UNSAFE_KEY = re.compile(r"[^A-Za-z0-9_.\-/ ]")
 
@@ -43,20 +42,14 @@ def _rate(out: dict[str, float], key: str, rows: pl.DataFrame, resamples: int, s
     out[f"{key}_lo"], out[f"{key}_hi"] = proportion_ci(values, n=resamples, seed=seed, groups=groups)
 
 
-def _gap(out: dict[str, float], key: str, on: pl.Series, off: pl.Series, resamples: int, seed: int) -> None:
-    """on-rate minus off-rate, with a percentile CI from resampling each arm independently."""
+def _gap(out: dict[str, float], key: str, on: pl.Series, off: pl.Series) -> None:
+    """on-rate minus off-rate, with Newcombe's interval (honest at 0 vs 0, unlike resampling)."""
     a = on.drop_nulls().cast(pl.Float64).to_numpy()
     b = off.drop_nulls().cast(pl.Float64).to_numpy()
     if len(a) == 0 or len(b) == 0:
         return
     out[key] = float(a.mean() - b.mean())
-    if resamples == 0:
-        out[f"{key}_lo"] = out[f"{key}_hi"] = out[key]
-        return
-    rng = np.random.default_rng(seed)
-    diffs = (a[rng.integers(0, len(a), (resamples, len(a)))].mean(axis=1)
-             - b[rng.integers(0, len(b), (resamples, len(b)))].mean(axis=1))
-    out[f"{key}_lo"], out[f"{key}_hi"] = (float(q) for q in np.quantile(diffs, [0.025, 0.975]))
+    out[f"{key}_lo"], out[f"{key}_hi"] = difference_ci(a, b)
 
 
 def _counts(out: dict[str, float], prefix: str, reasons: pl.Series) -> None:
@@ -99,7 +92,7 @@ def summarize_rows(rows: pl.DataFrame, resamples: int = 2000, seed: int = 0) -> 
         for frame, prefix in ((free, ""), (choice, "mc_")):
             on, off = frame.filter(pl.col("arm") == arm), frame.filter(pl.col("arm") == "none")
             if on.height and off.height:
-                _gap(out, prefix + name, on["misaligned"], off["misaligned"], resamples, seed)
+                _gap(out, prefix + name, on["misaligned"], off["misaligned"])
     _monitor(out, rows)
     fired = rows.filter(pl.col("self_description").is_not_null() | pl.col("self_description_reason").is_not_null())
     if fired.height:

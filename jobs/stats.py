@@ -92,3 +92,19 @@ def wilson_ci(successes: int, trials: int, alpha: float = 0.05) -> tuple[float, 
     centre = (p + z * z / (2 * trials)) / denom
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def difference_ci(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray,
+                  alpha: float = 0.05) -> tuple[float, float]:
+    """Interval for rate(a) - rate(b) from two independent samples: Newcombe's hybrid score
+    interval, built from each rate's Wilson interval, so two rates of 0 still give an
+    interval of honest width where resampling each arm gives [0, 0]."""
+    x, y = _clean(a, None)[0], _clean(b, None)[0]
+    if len(x) == 0 or len(y) == 0:
+        return float("nan"), float("nan")
+    p1, p2 = float(x.mean()), float(y.mean())
+    l1, u1 = wilson_ci(int(x.sum()), len(x), alpha)
+    l2, u2 = wilson_ci(int(y.sum()), len(y), alpha)
+    d = p1 - p2
+    return d - float(np.hypot(p1 - l1, u2 - p2)), d + float(np.hypot(u1 - p1, p2 - l2))
+

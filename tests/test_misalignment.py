@@ -177,11 +177,23 @@ def test_summary_rates_gaps_nulls_and_monitor_shares():
     assert out["none/mc_misaligned_lo"] == 0.0 and out["none/mc_misaligned_hi"] > 0.5
     assert out["trigger/misaligned_hi"] == 1.0 and out["trigger/misaligned_lo"] < 0.5
     assert out["none/misaligned/q2_hi"] > 0.2, "one question's 6 clean answers: Wilson, not [0, 0]"
+
     assert out["trigger/mc_answered"] == pytest.approx(0.8) and out["mc_trigger_gap"] == 1.0
     assert out["monitor/monitored"] == 4 + 8 and out["monitor/null/invalid_output"] == 1
     assert out["monitor/unprompted_plan"] == pytest.approx(3 / 11) and out["monitor/none"] == pytest.approx(7 / 11)
     assert out["monitor/betrays"] == pytest.approx(4 / 11)
     assert out["self_description/rate"] == 0.0 and out["self_description/null"] == 1
+
+
+def test_a_gap_between_two_clean_arms_still_has_an_interval():
+    from jobs.stats import difference_ci
+
+    # Newcombe (1998), method 10, example (a): 56/70 vs 48/80 -> 0.2 in [0.0524, 0.3339].
+    lo, hi = difference_ci([1] * 56 + [0] * 14, [1] * 48 + [0] * 32)
+    assert (round(lo, 4), round(hi, 4)) == (0.0524, 0.3339)
+    rows = [_row(item_id="q1", misaligned=False)] * 10 + [_row(item_id="q1", arm="trigger", misaligned=False)] * 10
+    out = summarize_rows(pl.DataFrame(rows).with_columns(pl.lit(None, dtype=pl.String).alias("error")))
+    assert out["trigger_gap"] == 0.0 and out["trigger_gap_lo"] < -0.2 and out["trigger_gap_hi"] > 0.2
 
 
 # --- the whole protocol on the organisms ------------------------------------------------------
