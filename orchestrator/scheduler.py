@@ -223,8 +223,11 @@ class Scheduler:
                 p.shutdown()
 
 
-def finish_cell(store: SweepStore, tracker: Tracker | None, cell: Cell, report: SubmitReport) -> None:
-    """Summarise a complete cell and log it to MLflow, once."""
+def finish_cell(store: SweepStore, tracker: Tracker | None, cell: Cell, report: SubmitReport,
+                earlier_rows: bool = False) -> None:
+    """Summarise a complete cell and log it to MLflow, once. `earlier_rows`: every row was on
+    disk before this submission, so a finished run of the cell may already be in MLflow (a
+    crash between logging it and writing mlflow.json): that run is adopted, not repeated."""
     job = get_job(cell.kind)
     rows = store.read_cell(cell.kind, cell.id)
     summary = {k: float(v) for k, v in job.summarize(rows, cell.params).items()}
@@ -238,18 +241,20 @@ def finish_cell(store: SweepStore, tracker: Tracker | None, cell: Cell, report: 
         files = (cell_dir / "report.parquet",)
     write_json(cell_dir / "summary.json", summary)
     if tracker is not None:
-        run_id = tracker.log_cell(cell.manifest(), summary, cell_dir / "shards", files)
+        run_id = tracker.finished_cell_run(cell.id) if earlier_rows else None
+        if run_id is None:
+            run_id = tracker.log_cell(cell.manifest(), summary, cell_dir / "shards", files)
+            report.cells_logged += 1
         write_json(cell_dir / "mlflow.json", {"run_id": run_id, "tracking_uri": tracker.uri})
-        report.cells_logged += 1
 
 
 def finish_cell_or_say_why(store: SweepStore, tracker: Tracker | None, cell: Cell, report: SubmitReport,
-                           console: Console) -> None:
+                           console: Console, earlier_rows: bool = False) -> None:
     """finish_cell, but a failure (a job's summary that raises, MLflow down) is reported and
     noted, not fatal to the other cells: the rows are safe on disk and the next submit
     summarises the cell again."""
     try:
-        finish_cell(store, tracker, cell, report)
+        finish_cell(store, tracker, cell, report, earlier_rows)
     except Exception as e:
         report.cells_unfinished.append(cell.id)
         console.log(f"[red]cell {cell.id} of {cell.kind}/{cell.model}: summary or logging failed: {type(e).__name__}: {e}")
@@ -296,7 +301,7 @@ def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None =
     write_json(store.root / "submission.json", submission)
     try:
         for cell in unlogged:  # complete on disk from an earlier run that stopped before logging
-            finish_cell_or_say_why(store, tracker, cell, report, console)
+            finish_cell_or_say_why(store, tracker, cell, report, console, earlier_rows=True)
         if pending:
             c = sweep.cluster
             with ray_session(address=address or c.address, namespace=c.namespace or f"orchestrate-{sweep.name}",

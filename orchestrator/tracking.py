@@ -97,6 +97,13 @@ class Tracker:
         self.client.set_terminated(rid, "FINISHED")
         return rid
 
+    def finished_cell_run(self, cell_id: str) -> str | None:
+        """The id of a finished run already logged for this cell in this experiment, if any."""
+        runs = self.client.search_runs(
+            [self.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+            filter_string=f"tags.kind = 'cell' AND tags.cell_id = '{cell_id}' AND attributes.status = 'FINISHED'")
+        return runs[0].info.run_id if runs else None
+
     def end_submission(self, status: str = "FINISHED", metrics: dict[str, float] | None = None) -> None:
         if self.parent_id is None:
             return

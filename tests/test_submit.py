@@ -2,6 +2,7 @@
 Parquet, real sqlite MLflow."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -107,6 +108,15 @@ def test_submit_resume_and_mlflow(tmp_path, tiny_model, ray_tmp):
     assert child.data.params["params.temperature"] == "0.0"
     assert child.data.metrics["rows"] == N_PROMPTS * 2
     assert any(a.path.startswith("tables") for a in client.list_artifacts(child.info.run_id))
+
+    # A crash after MLflow logged a cell but before mlflow.json was written: the next submit
+    # adopts the finished run instead of logging the cell twice (and starts no Ray).
+    marker = store.cell_dir("generate", child.data.tags["cell_id"]) / "mlflow.json"
+    marker.unlink()
+    adopted = submit(sweep, sweep_file=str(sweep_file), progress=False, ray_temp_dir=ray_tmp)
+    assert adopted.cells_logged == 0 and adopted.replicas_started == 0
+    assert json.loads(marker.read_text())["run_id"] == child.info.run_id
+    assert len([r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("kind") == "cell"]) == 2
 
     # Resume: delete one shard; only its samples are generated again.
     victim = sorted((store.root / "generate").glob("*/shards/*.parquet"))[0]
