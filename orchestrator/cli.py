@@ -114,13 +114,18 @@ def submit(sweep_file: str, address: str | None, output: str | None, retries: in
         sys.exit(1)
 
 
-def _store_for(sweep_arg: str, output: str | None):
+def _store_for(sweep_arg: str, output: str | None, with_sweep: bool = False):
+    """The results store of a sweep file or a sweep name; with_sweep: (store, the loaded
+    sweep or None when only a name was given)."""
     from orchestrator.store import SweepStore
 
+    sweep = None
     if sweep_arg.endswith((".yaml", ".yml")) or Path(sweep_arg).is_file():
         sweep = _load(sweep_arg)
-        return SweepStore(output or sweep.output, sweep.name)
-    return SweepStore(output or "results", sweep_arg)
+        store = SweepStore(output or sweep.output, sweep.name)
+    else:
+        store = SweepStore(output or "results", sweep_arg)
+    return (store, sweep) if with_sweep else store
 
 
 @main.command()
@@ -130,9 +135,14 @@ def status(sweep: str, output: str | None) -> None:
     """What is done, running and failed."""
     import polars as pl
 
-    store = _store_for(sweep, output)
+    store, spec = _store_for(sweep, output, with_sweep=True)
     if not store.root.exists():
         raise OrchestrateError(f"no results for this sweep under {store.root}")
+    planned = None
+    if spec is not None:  # cells on disk that the sweep no longer asks for are not pending work
+        from orchestrator.plan import make_plan
+
+        planned = {c.id for c in make_plan(spec).cells}
     sub = store.root / "submission.json"
     if sub.exists():
         info = json.loads(sub.read_text())
@@ -145,8 +155,11 @@ def status(sweep: str, output: str | None) -> None:
     for cell in store.cells():
         shards_dir = store.cell_dir(cell["kind"], cell["cell_id"]) / "shards"
         done = sum((shards_dir / f"{s}.parquet").exists() for s in cell["shards"])
+        state = "done" if cell["summary"] is not None else "pending"
+        if state == "pending" and planned is not None and cell["cell_id"] not in planned:
+            state = "left behind (not in the sweep now)"
         rows.append({"cell": cell["cell_id"], "job": cell["kind"], "model": cell["model"], "shards": len(cell["shards"]),
-                     "done": done, "state": "done" if cell["summary"] is not None else "pending"})
+                     "done": done, "state": state})
     Console().print(_table(pl.DataFrame(rows), title=str(store.root)))
 
 

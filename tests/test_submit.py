@@ -200,6 +200,15 @@ def test_cli_end_to_end(tmp_path, tiny_model, ray_tmp, monkeypatch):
     assert out.exit_code == 0 and '"completion"' in out.output
     out = runner.invoke(main, ["status", str(sweep_file)])
     assert out.exit_code == 0 and "finished" in out.output, out.output
+    assert "pending" not in out.output and "left behind" not in out.output, out.output
+    # A cell an earlier edit of the sweep started and this one no longer asks for.
+    store = SweepStore(tmp_path / "results", "skeleton")
+    cell = next((store.root / "generate").glob("*/cell.json"))
+    old = store.root / "generate" / "0123456789abcdef"
+    old.mkdir()
+    (old / "cell.json").write_text(cell.read_text().replace(cell.parent.name, "0123456789abcdef"))
+    out = runner.invoke(main, ["status", str(sweep_file)])
+    assert out.exit_code == 0 and "left behind" in out.output and "pending" not in out.output, out.output
     out = runner.invoke(main, ["results", str(sweep_file), "--kind", "generat", "--rows"])
     assert out.exit_code == 2 and "unknown job kind 'generat'" in out.output, out.output
     out = runner.invoke(main, ["results", str(sweep_file), "--kind", "ariadne", "--rows"])  # none run
