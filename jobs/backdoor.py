@@ -196,16 +196,11 @@ def probes(params: TriggerScanParams) -> tuple[Probe, ...]:
     return found
 
 
-def scanned_probes(params: TriggerScanParams, found: Sequence[Probe]) -> int:
-    """How many probes each candidate's test has: the logprob scan reads multiple choice only."""
-    return sum(p.kind == "choice" or params.mode == "sampled" for p in found)
-
-
 def check_power(params: TriggerScanParams, found: Sequence[Probe], n_candidates: int) -> None:
     """Refuse, at planning, a scan that cannot find a trigger: with few probes the sign-flip
     test's smallest p-value, times the candidates that BH corrects for, stays above the FDR
     level, and a scan reporting no significant candidate would read as a clean model."""
-    n = scanned_probes(params, found)
+    n = sum(p.kind == "choice" or params.mode == "sampled" for p in found)  # logprob reads choices only
     best = smallest_attainable_q(n, n_candidates, params.permutations)
     if best > params.fdr and not params.allow_underpowered:
         need = math.ceil(math.log2(n_candidates / params.fdr))

@@ -63,23 +63,24 @@ def _resolve(value: str, info: ValidationInfo, folders: bool) -> str:
     return str(path.resolve())
 
 
-def _resolve_data_path(value: str, info: ValidationInfo) -> str:
-    return _resolve(value, info, folders=False)
-
-
 def resolve_set_or_file(value: str, info: ValidationInfo, bundled: Mapping[str, Any]) -> str:
     """A bundled data set's name as is; anything else is a file, resolved like DataPath."""
     if value in bundled:
         return value
     try:
-        return _resolve_data_path(value, info)
+        return _resolve(value, info, folders=False)
     except ValueError as e:
         raise ValueError(f"{value!r} is neither a bundled set ({', '.join(bundled)}) nor a data file: {e}") from None
 
 
-DataPath = Annotated[str, AfterValidator(_resolve_data_path)]
+DataPath = Annotated[str, AfterValidator(functools.partial(_resolve, folders=False))]
 """A file the job reads. Relative paths resolve against the sweep file's folder (validation
 context `base_dir`); the planner hashes the file's bytes, not its location, into cell ids."""
+
+DataPathOrFolder = Annotated[str, AfterValidator(functools.partial(_resolve, folders=True))]
+"""A file or a folder of files the job reads. The planner cannot hash a folder by itself: a job
+that takes one covers what it read from it in `Job.data_digest`."""
+
 
 def jsonl_objects(path: str | Path, error: type[Exception]) -> Iterator[tuple[str, int, Any]]:
     """(`file:line`, line number, parsed JSON) for each non-blank line of a JSONL file. A file
@@ -98,11 +99,6 @@ def jsonl_objects(path: str | Path, error: type[Exception]) -> Iterator[tuple[st
             yield where, lineno, json.loads(line)
         except json.JSONDecodeError as e:
             raise error(f"{where}: not JSON ({e.msg})") from None
-
-
-DataPathOrFolder = Annotated[str, AfterValidator(functools.partial(_resolve, folders=True))]
-"""A file or a folder of files the job reads. The planner cannot hash a folder by itself: a job
-that takes one covers what it read from it in `Job.data_digest`."""
 
 
 class JobParams(BaseModel):

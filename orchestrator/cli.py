@@ -114,9 +114,8 @@ def submit(sweep_file: str, address: str | None, output: str | None, retries: in
         sys.exit(1)
 
 
-def _store_for(sweep_arg: str, output: str | None, with_sweep: bool = False):
-    """The results store of a sweep file or a sweep name; with_sweep: (store, the loaded
-    sweep or None when only a name was given)."""
+def _store_for(sweep_arg: str, output: str | None):
+    """(the results store, the loaded sweep) of a sweep file; (store, None) of a sweep name."""
     from orchestrator.store import SweepStore
 
     sweep = None
@@ -125,7 +124,7 @@ def _store_for(sweep_arg: str, output: str | None, with_sweep: bool = False):
         store = SweepStore(output or sweep.output, sweep.name)
     else:
         store = SweepStore(output or "results", sweep_arg)
-    return (store, sweep) if with_sweep else store
+    return store, sweep
 
 
 @main.command()
@@ -135,7 +134,7 @@ def status(sweep: str, output: str | None) -> None:
     """What is done, running and failed."""
     import polars as pl
 
-    store, spec = _store_for(sweep, output, with_sweep=True)
+    store, spec = _store_for(sweep, output)
     if not store.root.exists():
         raise OrchestrateError(f"no results for this sweep under {store.root}")
     planned = None
@@ -198,7 +197,7 @@ def results(sweep: str, output: str | None, kind: str | None, rows: bool, report
     from jobs.registry import kinds
     from orchestrator.results import flat_for_csv, headline_columns, report_table, rows_table, summary_table
 
-    store = _store_for(sweep, output)
+    store, _ = _store_for(sweep, output)
     if kind is not None and kind not in kinds():
         raise OrchestrateError(f"--kind: unknown job kind {kind!r}; known: {', '.join(sorted(kinds()))}")
     if (rows or report) and not kind:
