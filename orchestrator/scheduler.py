@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
-from actors.engines.protocol import ReplicaUnavailable
+from actors.engines.protocol import EngineError, RequestError, TransientError
 from jobs.base import Job, JobContext
 from jobs.registry import get_job
 from orchestrator.errors import OrchestrateError
@@ -159,9 +159,9 @@ class Scheduler:
                 try:
                     rows = await job.run(samples[sample_id], cell.params, ctx)
                     rows = [{**ids, "sample_id": sample_id, "error": None, **r} for r in rows]
-                except ReplicaUnavailable:
-                    raise
-                except Exception as e:  # this sample's failure is a row, not a dead sweep
+                except Exception as e:  # this sample's failure is a row, not a dead sweep...
+                    if isinstance(e, EngineError) and not isinstance(e, RequestError):
+                        raise  # ...unless the serving side failed: retry the shard, or fail it
                     detail = "".join(traceback.format_exception_only(type(e), e)).strip()
                     rows = [{**ids, "sample_id": sample_id, "error": detail}]
                 progress.sample_done()
@@ -173,7 +173,7 @@ class Scheduler:
                     tasks = [tg.create_task(one(sid)) for sid in shard.sample_ids]
                 rows = [r for t in tasks for r in t.result()]
                 break
-            except* ReplicaUnavailable as group:
+            except* TransientError as group:
                 done = sum(1 for t in tasks if t.done() and not t.cancelled() and t.exception() is None)
                 progress.shard_retried(done)
                 if attempt == self.max_retries:
@@ -181,6 +181,8 @@ class Scheduler:
                 self.report.retries += 1
                 self.console.log(f"[yellow]shard {shard.id} of {cell.kind}/{cell.model}: {group.exceptions[0]}; retrying")
                 await asyncio.gather(*(p.wait_healthy() for p in self.pools.values()))
+            except* EngineError as group:  # misconfigured (a wrong key): no row of this shard is kept
+                raise group.exceptions[0]
         schema = row_schema(job.schema)
         await asyncio.to_thread(self.store.write_shard, cell.kind, cell.id, shard.id, rows, schema)
         progress.shard_done()
@@ -210,11 +212,11 @@ class Scheduler:
 
     async def run(self, pending: dict[str, list[Shard]], progress: SweepProgress) -> None:
         cells = [c for c in self.plan.cells if pending.get(c.id)]
-        await self.start_pools(self.plan.models_needed(cells))
-        self.report.startup_seconds = time.perf_counter() - self.started
-        replicas = sum(p.n for p in self.pools.values())
-        shard_gate = asyncio.Semaphore(max(2, 2 * replicas))
         try:
+            await self.start_pools(self.plan.models_needed(cells))
+            self.report.startup_seconds = time.perf_counter() - self.started
+            replicas = sum(p.n for p in self.pools.values())
+            shard_gate = asyncio.Semaphore(max(2, 2 * replicas))
             await asyncio.gather(*(self.run_cell(c, pending[c.id], progress, shard_gate) for c in cells))
         finally:
             self.report.generate_calls = sum(p.calls for p in self.pools.values())

@@ -20,7 +20,10 @@ import pytest
 from aiohttp import web
 
 from actors.engines.openai_engine import OpenAIEngine
-from actors.engines.protocol import ContextLengthError, EngineError, ReplicaUnavailable, Request, RequestError, Sampling
+from actors.engines.protocol import (
+    ContextLengthError, EndpointUnavailable, EngineError, ReplicaUnavailable, Request, RequestError, Sampling,
+    TransientError,
+)
 from tests.test_vllm_engine import make_organism_sized_model
 
 SERVED_NAME = "organism"
@@ -222,9 +225,11 @@ def test_rate_limits_are_retried_after_what_the_server_asks():
 
 def test_server_errors_give_up_after_max_retries():
     script = Script(lambda n, _: web.Response(status=503, text="down"))
-    with pytest.raises(ReplicaUnavailable, match="HTTP 503.*after 3 attempts"):
+    with pytest.raises(EndpointUnavailable, match="HTTP 503.*after 3 attempts") as failure:
         run_against(script, lambda url: OpenAIEngine("m", url, max_retries=2, backoff_s=0.001), [RAW])
     assert script.attempts == 3
+    # The shard is retried, but the replica that called a busy endpoint is not replaced.
+    assert isinstance(failure.value, TransientError) and not isinstance(failure.value, ReplicaUnavailable)
 
 
 def test_timeouts_are_retried():

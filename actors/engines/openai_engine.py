@@ -17,7 +17,8 @@ A request for n samples is sent as n requests for one, sample i with seed+i: eve
 returns exact per-sample token counts, and seeded samples line up with the local engines'
 (which draw sample i from seed+i too). Requests run under a semaphore (max_concurrency
 attempts in flight); 429, 5xx, timeouts and connection errors are retried with exponential
-backoff and jitter, waiting at least what Retry-After asks. The API key is read from the
+backoff and jitter, waiting at least what Retry-After asks; still failing, the request raises
+EndpointUnavailable (the scheduler retries the shard later). The API key is read from the
 environment variable the sweep names, once, and lives only in the client's headers.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ import httpx
 
 from actors.engines.chat import tokenize_prompt
 from actors.engines.protocol import (
-    Completion, ContextLengthError, EngineError, ReplicaUnavailable, Request, RequestError, Sampling,
+    Completion, ContextLengthError, EndpointUnavailable, EngineError, Request, RequestError, Sampling,
     TokenLogprob, TopLogprob,
 )
 
@@ -240,7 +241,7 @@ class OpenAIEngine:
             self.stats["retries"] += 1
             backoff = min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
             await asyncio.sleep(max(backoff, retry_after or 0.0))
-        raise ReplicaUnavailable(f"{self.model} at {self.base_url}{path}: {failure} after {attempt + 1} attempts")
+        raise EndpointUnavailable(f"{self.model} at {self.base_url}{path}: {failure} after {attempt + 1} attempts")
 
 
     def _redact(self, text: str) -> str:

@@ -91,7 +91,18 @@ class Engine(Protocol):
 
 
 class EngineError(Exception):
-    """Base of the engine exception tree."""
+    """Base of the engine exception tree. What the scheduler does with each branch:
+
+    EngineError            the engine or endpoint is misconfigured (wrong key or URL, too many
+    │                      adapters): the shard fails and writes nothing; fix it and resubmit
+    ├── RequestError       this request cannot be served (too long, unknown adapter): the
+    │   │                  sample becomes an error row, the rest of the shard lands
+    │   └── ContextLengthError
+    └── TransientError     nothing is wrong with the request: the shard is retried
+        ├── ReplicaUnavailable   the replica died or its engine closed: the pool replaces it
+        ├── EndpointUnavailable  a remote endpoint still fails after its own retries
+        └── BatchFailed          one forward pass failed (out of memory); the engine serves on
+    """
 
 
 class RequestError(EngineError):
@@ -101,6 +112,23 @@ class RequestError(EngineError):
 class ContextLengthError(RequestError):
     """The prompt plus max_tokens does not fit the model's context: a loop that grows its
     prompt (decomposition, early answering) can stop there instead of losing the sample."""
+
+
+class TransientError(EngineError):
+    """A failure of the serving side, not of the request: retry the shard."""
+
+
+class ReplicaUnavailable(TransientError):
+    """The replica died or is shutting down: the pool replaces it; retry the shard."""
+
+
+class EndpointUnavailable(TransientError):
+    """A remote endpoint kept answering 429/5xx or timing out: retry the shard later. The
+    replica that called it is fine, so the pool keeps it."""
+
+
+class BatchFailed(TransientError):
+    """A forward pass ran out of memory; its requests failed, the engine serves on."""
 
 
 def check_prompt_fits(prompt_tokens: int, max_tokens: int, max_model_len: int | None) -> None:
@@ -113,7 +141,3 @@ def check_prompt_fits(prompt_tokens: int, max_tokens: int, max_model_len: int | 
         raise ContextLengthError(
             f"prompt of {prompt_tokens} tokens plus max_tokens={max_tokens} exceeds max_model_len={max_model_len}"
         )
-
-
-class ReplicaUnavailable(EngineError):
-    """The replica died or is shutting down: retry the shard elsewhere."""
