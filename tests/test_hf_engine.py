@@ -10,7 +10,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.engines.chat import render_prompt
 from actors.engines.hf import HFEngine
-from actors.engines.protocol import Engine, EngineError, ReplicaUnavailable, Request, RequestError, Sampling
+from actors.engines.protocol import (
+    BatchFailed, Engine, ReplicaUnavailable, Request, RequestError, Sampling,
+)
 
 MAX_MODEL_LEN = 160
 
@@ -248,17 +250,36 @@ def test_concurrent_requests_share_forward_passes(engine: HFEngine):
     assert engine.stats.steps - before_steps < 32
 
 
-def test_a_failing_batch_fails_its_requests_and_the_engine_recovers(engine: HFEngine):
-    def explode(module, args, kwargs):
-        raise RuntimeError("injected device fault")
+def test_a_batch_out_of_memory_fails_its_requests_retryably_and_the_engine_serves_on(engine: HFEngine):
+    def exhaust(module, args, kwargs):
+        raise torch.OutOfMemoryError("injected: tried to allocate 40 GiB")
 
-    hook = engine.model.register_forward_pre_hook(explode, with_kwargs=True)
+    hook = engine.model.register_forward_pre_hook(exhaust, with_kwargs=True)
     try:
         results = asyncio.run(together_raw(engine, questions(3, greedy())))
     finally:
         hook.remove()
-    assert all(isinstance(r, EngineError) and "injected device fault" in str(r) for r in results)
+    # Retryable (the shard runs again), and not ReplicaUnavailable: the replica is kept.
+    assert all(isinstance(r, BatchFailed) and "40 GiB" in str(r) for r in results), results
     assert asyncio.run(engine.generate(questions(1, greedy())[0]))[0].completion_tokens > 0
+
+
+def test_any_other_model_failure_closes_the_engine_so_the_replica_is_replaced(sharp_model: Path):
+    engine = HFEngine(str(sharp_model), device="cpu", max_model_len=MAX_MODEL_LEN)
+
+    def explode(module, args, kwargs):
+        raise RuntimeError("injected device fault")
+
+    engine.model.register_forward_pre_hook(explode, with_kwargs=True)
+
+    async def batch_then_more() -> tuple[list, list]:
+        first = await together_raw(engine, questions(3, greedy()))
+        return first, await together_raw(engine, questions(2, greedy()))
+
+    first, later = asyncio.run(batch_then_more())
+    assert all(isinstance(r, ReplicaUnavailable) and "injected device fault" in str(r) for r in first), first
+    assert all(isinstance(r, ReplicaUnavailable) and "closed" in str(r) for r in later), later
+    assert engine.model is None, "a closed engine frees its weights"
 
 
 async def together_raw(engine: HFEngine, requests: list[Request]) -> list:

