@@ -12,24 +12,32 @@ routed to the same replica are not sent one call each. Each waits in its replica
 until the event loop has run what was ready when it arrived (the other samples of a shard
 start, or wake on their results, in the same loop iteration), then the whole queue goes in
 one `generate_many` call. A lone request waits one loop iteration, no timer. Results stream
-back per request as the engine finishes them.
+back per request as the engine finishes them. A caller that stops waiting (cancelled, timed
+out, or its shard failed elsewhere) is told to the replica, which stops decoding for it.
+
+Placement: a vllm replica sharded over several GPUs gets a placement group of its own
+(actors.engines.placement), freed with the replica.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
+from actors.engines.placement import TensorParallelPlacement, replica_placement
 from actors.engines.protocol import Completion, ReplicaUnavailable, Request
 from actors.replica import ModelReplica
 
 AFFINITY_SLACK = 64  # extra in-flight requests we accept on a replica to keep an adapter warm
 MAX_BATCH = 256  # requests per actor call: bounds one message's size; more go in the next call
 MAX_WAIT_TICKS = 4  # loop iterations a queue may wait while it keeps growing (a burst still arriving)
+START_TRIES = 3  # attempts to start a replacement replica before its slot is left empty
 
 
 @dataclass
@@ -42,6 +50,8 @@ class _Slot:
     alive: bool = True
     queue: list[tuple[Request, asyncio.Future]] = field(default_factory=list)  # picked, not sent yet
     flush_pending: bool = False  # a flush of `queue` is scheduled on the loop
+    placement: TensorParallelPlacement | None = None
+    left: list[tuple[int, int]] = field(default_factory=list)  # (batch, index) whose callers left
 
 
 class ReplicaPool:
@@ -56,27 +66,42 @@ class ReplicaPool:
         self.restarts = 0
         self.calls = 0  # requests served (the submit report's generate_calls)
         self.actor_calls = 0  # generate_many calls: calls / actor_calls is the coalescing factor
+        self.start_error: str | None = None  # why the last replacement that failed to start failed
         self._replacing: dict[int, asyncio.Task] = {}
+        self._batch_ids = itertools.count()
         self._sending: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
 
-    def _spawn(self, index: int, generation: int) -> _Slot:
+    async def _spawn(self, index: int, generation: int) -> _Slot:
         suffix = f".r{generation}" if generation else ""
-        actor = ModelReplica.options(
-            name=f"{self.name_prefix}/{self.model}/{index}{suffix}", num_cpus=self.num_cpus, num_gpus=self.num_gpus,
-            max_concurrency=1000,
-        ).remote(self.model, self.spec, self.adapter_paths)
+        name = f"{self.name_prefix}/{self.model}/{index}{suffix}"
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        spec = self.spec
+        placement = await asyncio.to_thread(replica_placement, spec, num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+                                            name=name, timeout_s=self.ready_timeout_s)
+        if placement is not None:
+            options = placement.actor_options()
+            # The placement decides how vLLM starts its ranks (local processes or Ray workers).
+            spec = {**spec, "engine_options": {**(spec.get("engine_options") or {}), **placement.engine_options()}}
+        actor = ModelReplica.options(name=name, max_concurrency=1000, **options).remote(
+            self.model, spec, self.adapter_paths)
         # Adapters are loaded at start (vLLM sizes its LoRA slots then), so every replica
         # already holds every adapter of this pool.
-        return _Slot(index=index, generation=generation, actor=actor, adapters=set(self.adapter_paths))
+        return _Slot(index=index, generation=generation, actor=actor, adapters=set(self.adapter_paths),
+                     placement=placement)
 
     async def start(self) -> list[dict[str, Any]]:
-        self.slots = [self._spawn(i, 0) for i in range(self.n)]
+        spawned = await asyncio.gather(*(self._spawn(i, 0) for i in range(self.n)), return_exceptions=True)
+        self.slots = [s for s in spawned if isinstance(s, _Slot)]  # shutdown() releases these
+        for outcome in spawned:
+            if isinstance(outcome, BaseException):
+                raise outcome
         return await asyncio.wait_for(asyncio.gather(*(s.actor.ready.remote() for s in self.slots)), self.ready_timeout_s)
 
     def _pick(self, request: Request) -> _Slot:
         live = [s for s in self.slots if s.alive]
         if not live:
-            raise ReplicaUnavailable(f"no live replica of {self.model}")
+            why = f"; the last replacement failed to start: {self.start_error}" if self.start_error else ""
+            raise ReplicaUnavailable(f"no live replica of {self.model}{why}")
         if request.affinity is not None:
             return max(live, key=lambda s: hashlib.sha256(f"{request.affinity}/{s.index}".encode()).digest())
         least = min(live, key=lambda s: s.inflight)
@@ -135,17 +160,43 @@ class ReplicaPool:
                 future.set_exception(ReplicaUnavailable(f"replica {self.model}/{slot.index} died"))
             return
         self.actor_calls += 1
-        task = asyncio.ensure_future(self._send(slot, batch))
+        batch_id = next(self._batch_ids)
+        for index, (_, future) in enumerate(batch):
+            future.add_done_callback(functools.partial(self._caller_left, slot, batch_id, index))
+        self._background(self._send(slot, batch_id, batch))
+
+    def _background(self, work) -> None:
+        task = asyncio.ensure_future(work)
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, slot: _Slot, batch: list[tuple[Request, asyncio.Future]]) -> None:
+    def _caller_left(self, slot: _Slot, batch_id: int, index: int, future: asyncio.Future) -> None:
+        """A sent request whose caller stopped waiting: tell its replica, with the others that
+        leave in the same loop iteration (a failed shard cancels all its requests at once)."""
+        if not future.cancelled() or not slot.alive:
+            return
+        slot.left.append((batch_id, index))
+        if len(slot.left) == 1:
+            asyncio.get_running_loop().call_soon(self._tell_left, slot)
+
+    def _tell_left(self, slot: _Slot) -> None:
+        left, slot.left = slot.left, []
+
+        async def tell() -> None:
+            try:
+                await slot.actor.cancel.remote(left)
+            except Exception:  # the replica died meanwhile: nothing left to stop
+                pass
+
+        self._background(tell())
+
+    async def _send(self, slot: _Slot, batch_id: int, batch: list[tuple[Request, asyncio.Future]]) -> None:
         """One generate_many call; each result or error goes to its own request's future as it
         streams in. Only a failure of the call itself (the replica died) fails them all."""
         futures = [f for _, f in batch]
         error: BaseException | None = None
         try:
-            async for ref in slot.actor.generate_many.remote([r for r, _ in batch]):
+            async for ref in slot.actor.generate_many.remote([r for r, _ in batch], batch_id):
                 for index, outcome in await ref:
                     future = futures[index]
                     if future.done():  # its caller left
@@ -173,24 +224,37 @@ class ReplicaPool:
             return
         slot.alive = False
         self.restarts += 1
-        try:  # a replica whose engine closed is still alive, holding its GPUs
-            ray.kill(slot.actor, no_restart=True)
-        except Exception:  # already dead
-            pass
+        _release(slot)  # a replica whose engine closed is still alive, holding its GPUs
+        self._replacing[slot.index] = asyncio.ensure_future(self._respawn(slot))
 
-        async def replace() -> None:
-            new = self._spawn(slot.index, slot.generation + 1)
-            await new.actor.ready.remote()
-            new.adapters = set(self.adapter_paths)
-            self.slots[next(i for i, s in enumerate(self.slots) if s is slot)] = new
-            self._replacing.pop(slot.index, None)
-
-        self._replacing[slot.index] = asyncio.ensure_future(replace())
+    async def _respawn(self, dead: _Slot) -> None:
+        """Start a replica in the dead one's place, trying START_TRIES times; after that the
+        slot stays empty: its requests go to the other replicas, and with none left they fail
+        with ReplicaUnavailable (saying why) until the shard's retries run out."""
+        try:
+            for attempt in range(1, START_TRIES + 1):
+                new = None
+                try:
+                    new = await self._spawn(dead.index, dead.generation + attempt)
+                    await asyncio.wait_for(new.actor.ready.remote(), self.ready_timeout_s)
+                except BaseException as e:
+                    if new is not None:
+                        _release(new)
+                    if not isinstance(e, Exception):  # cancelled: the pool is shutting down
+                        raise
+                    self.start_error = f"{type(e).__name__}: {e}"
+                    continue
+                self.slots[next(i for i, s in enumerate(self.slots) if s is dead)] = new
+                self.start_error = None
+                return
+        finally:
+            self._replacing.pop(dead.index, None)
 
     async def wait_healthy(self) -> None:
-        """Wait for replacements in progress (before a shard retry)."""
+        """Wait for replacements in progress (before a shard retry). Never raises, and a
+        cancelled waiter leaves the replacements running."""
         if self._replacing:
-            await asyncio.gather(*list(self._replacing.values()))
+            await asyncio.wait(list(self._replacing.values()))
 
     def handle(self, served_name: str, adapter: str | None = None) -> "PoolHandle":
         return PoolHandle(served_name, self, adapter)
@@ -199,8 +263,23 @@ class ReplicaPool:
         return await asyncio.gather(*(s.actor.stats.remote() for s in self.slots if s.alive))
 
     def shutdown(self) -> None:
+        for task in self._replacing.values():
+            task.cancel()
         for s in self.slots:
-            ray.kill(s.actor, no_restart=True)
+            _release(s)
+
+
+def _release(slot: _Slot) -> None:
+    """Kill a replica's actor and free its placement group (both may be gone already)."""
+    try:
+        ray.kill(slot.actor, no_restart=True)
+    except Exception:
+        pass
+    if slot.placement is not None:
+        try:
+            slot.placement.remove()
+        except Exception:
+            pass
 
 
 class PoolHandle:

@@ -36,6 +36,8 @@ class ModelReplica:
         self.engine = build_engine(spec, adapters=adapters)
         self.load_seconds = time.perf_counter() - started
         self.served = 0
+        self.cancelled = 0  # requests stopped because their callers left
+        self._batches: dict[int, list[asyncio.Task]] = {}  # generate_many calls in progress
 
     async def ready(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
@@ -49,11 +51,12 @@ class ModelReplica:
         return out
 
     @ray.method(num_returns="streaming")
-    async def generate_many(self, requests: list[Request]) -> AsyncIterator[list[Outcome]]:
+    async def generate_many(self, requests: list[Request], batch_id: int | None = None) -> AsyncIterator[list[Outcome]]:
         """All `requests` go to the engine at once (it batches them with everything else in
         flight). Yields lists of (index, completions or error): everything that finished
         since the previous yield, so the completions of one engine step cost one streamed
-        object, not one each. A request's own failure is its outcome, never the batch's."""
+        object, not one each. A request's own failure is its outcome, never the batch's.
+        batch_id: the caller's name for this batch, for `cancel`."""
         finished: list[Outcome] = []
         wake = asyncio.Event()
 
@@ -73,6 +76,8 @@ class ModelReplica:
             task = asyncio.ensure_future(self.engine.generate(request))
             task.add_done_callback(functools.partial(settle, index))
             tasks.append(task)
+        if batch_id is not None:
+            self._batches[batch_id] = tasks
         remaining = len(tasks)
         try:
             while remaining:
@@ -83,9 +88,22 @@ class ModelReplica:
                 remaining -= len(group)
                 yield group
         finally:  # the call was cancelled or the stream dropped: stop the engine work too
+            self._batches.pop(batch_id, None)
             for task in tasks:
                 if not task.done():
                     task.cancel()
+
+    async def cancel(self, requests: list[tuple[int, int]]) -> int:
+        """Stop the engine work of these (batch_id, index) requests, whose callers left (the
+        engine frees their rows or KV cache). Returns how many were still running."""
+        stopped = 0
+        for batch_id, index in requests:
+            tasks = self._batches.get(batch_id)
+            if tasks is not None and not tasks[index].done():
+                tasks[index].cancel()
+                stopped += 1
+        self.cancelled += stopped
+        return stopped
 
     async def add_adapter(self, name: str, path: str) -> None:
         self.engine.add_adapter(name, path)
@@ -101,7 +119,7 @@ class ModelReplica:
         stats = getattr(self.engine, "stats", {})
         if dataclasses.is_dataclass(stats):
             stats = dataclasses.asdict(stats)
-        return {"served": self.served, **dict(stats)}
+        return {"served": self.served, "cancelled": self.cancelled, **dict(stats)}
 
 
 def _portable(error: BaseException) -> BaseException:

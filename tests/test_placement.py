@@ -9,7 +9,9 @@ import tempfile
 import pytest
 import ray
 
-from actors.engines.placement import GPUNode, TensorParallelPlacement, plan_ranks, reserve_tensor_parallel
+from actors.engines.placement import (
+    GPUNode, TensorParallelPlacement, plan_ranks, replica_placement, reserve_tensor_parallel,
+)
 
 
 def test_plan_prefers_one_node_and_the_fullest_that_fits():
@@ -96,5 +98,22 @@ def test_multi_node_bundles_are_ordered_by_node(two_gpu_nodes):
         seen = place_probe(placement)
         assert seen["node"] == placed[0] and seen["gpus"] == [], "the replica takes bundle 0's CPUs, no GPU"
         assert seen["group"] == placement.placement_group.id.hex(), "vLLM finds its group from inside the replica"
+    finally:
+        placement.remove()
+
+
+def test_the_pool_asks_for_a_group_only_for_a_sharded_vllm_replica(two_gpu_nodes):
+    """What ReplicaPool._spawn calls: a vllm replica over 3 GPUs spans both nodes (2 + 1,
+    grouped), anything smaller or not vllm gets plain actor options."""
+    vllm = {"engine": "vllm", "tensor_parallel": 3}
+    assert replica_placement({**vllm, "tensor_parallel": 1}, num_cpus=0.5, num_gpus=1) is None
+    assert replica_placement({**vllm, "engine": "hf"}, num_cpus=0.5, num_gpus=3) is None
+    assert replica_placement(vllm, num_cpus=0.5, num_gpus=0) is None, "no GPUs in the sweep: vLLM's CPU ranks"
+    placement = replica_placement(vllm, num_cpus=0.5, num_gpus=3, timeout_s=60)
+    try:
+        placed = placement.bundle_nodes()
+        assert len(placed) == 3 and len(set(placed)) == 2 and placed[0] == placed[1], placed
+        assert placement.engine_options() == {"distributed_executor_backend": "ray"}
+        assert placement.actor_options()["num_gpus"] == 0
     finally:
         placement.remove()

@@ -3,12 +3,13 @@ real local Ray, a real ModelReplica with the hf engine on the tiny model."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 
 import pytest
 
 from actors.engines.hf import HFEngine
-from actors.engines.protocol import ReplicaUnavailable, Request, RequestError
+from actors.engines.protocol import ReplicaUnavailable, Request, RequestError, Sampling
 from actors.pool import ReplicaPool
 from tests.test_hf_engine import greedy, questions, sharp_model  # noqa: F401 (a fixture)
 
@@ -136,3 +137,59 @@ def test_a_replica_whose_engine_closed_is_replaced(pool):
 
 async def through_engine(engine: HFEngine, requests: list[Request]) -> list:
     return await asyncio.gather(*(engine.generate(r) for r in requests))
+
+
+def test_a_caller_that_leaves_stops_its_requests_on_the_replica(pool):
+    """A shard that fails cancels its other requests: the replica must stop decoding them,
+    not finish work nobody waits for."""
+    long = [Request.chat(f"Question {i}: tell me everything.", sampling=Sampling(max_tokens=120, temperature=1.0, seed=i))
+            for i in range(16)]
+    actor = pool.slots[0].actor
+
+    async def leave_once_they_run() -> tuple[dict, dict]:
+        before = await actor.stats.remote()
+        batch = asyncio.ensure_future(through(pool, long))
+        while (await actor.stats.remote())["rows"] == before["rows"]:  # until the engine decodes them
+            await asyncio.sleep(0.005)
+        batch.cancel()
+        for _ in range(600):  # the loop must live on while the pool tells the replica
+            after = await actor.stats.remote()
+            if after["cancelled"] > before["cancelled"]:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the engine drops the rows at its next step
+        return before, await actor.stats.remote()
+
+    before, after = asyncio.run(leave_once_they_run())
+    assert after["cancelled"] - before["cancelled"] >= 1, "the replica was never told its callers left"
+    assert after["aborted"] > before["aborted"], "the engine must drop the rows of requests nobody waits for"
+    assert after["served"] - before["served"] < len(long)
+    assert all(s.inflight == 0 for s in pool.slots)
+
+
+def test_a_replacement_that_cannot_start_leaves_the_slot_empty_and_says_why(local_ray, sharp_model, tmp_path):
+    import ray
+
+    model = tmp_path / "model"
+    shutil.copytree(sharp_model, model)
+    fragile = ReplicaPool("fragile", {"engine": "hf", "path": str(model), "dtype": "float32",
+                                      "max_model_len": MAX_MODEL_LEN, "engine_options": {"device": "cpu"}},
+                          replicas=1, name_prefix="pool-fragile", num_cpus=0.5, num_gpus=0, ready_timeout_s=120)
+    asyncio.run(fragile.start())
+    try:
+        for weights in model.glob("*.safetensors"):
+            weights.unlink()  # every replacement will fail to load
+
+        async def kill_then_retry() -> tuple[list, list]:
+            ray.kill(fragile.slots[0].actor, no_restart=True)
+            failed = await through(fragile, mixed_requests(2))
+            await fragile.wait_healthy()  # returns, though no replacement started
+            return failed, await through(fragile, mixed_requests(1))
+
+        failed, later = asyncio.run(kill_then_retry())
+        assert all(isinstance(out, ReplicaUnavailable) for out in failed), failed
+        assert not fragile.slots[0].alive and not fragile._replacing
+        assert isinstance(later[0], ReplicaUnavailable) and "failed to start" in str(later[0]), later
+        assert fragile.restarts == 1, "one replica died, whatever the attempts to replace it"
+    finally:
+        fragile.shutdown()

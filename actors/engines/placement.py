@@ -128,6 +128,16 @@ def reserve_tensor_parallel(
     return TensorParallelPlacement(group, tuple(ranks), num_cpus)
 
 
+def replica_placement(spec: dict[str, Any], *, num_cpus: float, num_gpus: float, name: str = "",
+                      timeout_s: float = 600.0) -> TensorParallelPlacement | None:
+    """The placement group a replica of `spec` (a model spec as a dict) needs: one for a vllm
+    replica sharded over several GPUs, None when plain actor options do (one GPU or none)."""
+    tp = int(spec.get("tensor_parallel", 1))
+    if spec.get("engine") != "vllm" or tp <= 1 or num_gpus <= 0:
+        return None
+    return reserve_tensor_parallel(tp, num_cpus=num_cpus, name=name, timeout_s=timeout_s)
+
+
 def _wait(group: PlacementGroup, timeout_s: float) -> None:
     try:
         ray.get(group.ready(), timeout=timeout_s)
