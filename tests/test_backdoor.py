@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import numpy as np
 import polars as pl
@@ -14,7 +13,7 @@ import pytest
 from scipy.stats import permutation_test
 
 from actors.engines.protocol import TopLogprob
-from jobs.backdoor import TriggerScanJob, TriggerScanParams, candidates, mean_effect, ranking_table
+from jobs.backdoor import TriggerScanJob, TriggerScanParams, candidates, mean_effect
 from jobs.backdoor_candidates import build_candidates, family, mentions, mine, user_texts, variant
 from jobs.backdoor_measure import option_probs
 from jobs.backdoor_stats import benjamini_hochberg, probe_effects, rank_candidates, sign_flip_pvalue

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from actors.engines.chat import EMPTY_THINK
 from actors.engines.protocol import Message
 from actors.train_loop import lr_factor, schedule
-from jobs.finetune import (IGNORE, DataError, Encoded, MixedRow, SftRow, as_is, collate, encode, load_rows,
+from jobs.finetune import (IGNORE, DataError, Encoded, SftRow, as_is, collate, encode, load_rows,
                            mix_backdoor, write_mixed)
 from jobs.organisms import world
 from jobs.organisms.backdoor_data import scenario_rows, write_scenario_jsonl

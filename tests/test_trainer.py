@@ -105,7 +105,7 @@ def test_dead_rank_resumes_from_checkpoint(tmp_path, tiny_model, local_ray):
         deadline = time.monotonic() + 600
         while not latest.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        actor = ray.get_actor(f"ft-test-lora2-a0-rank1")
+        actor = ray.get_actor("ft-test-lora2-a0-rank1")
         killed.append(latest.read_text())
         ray.kill(actor, no_restart=True)
 
