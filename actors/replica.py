@@ -22,7 +22,7 @@ import ray
 from ray import cloudpickle
 
 from actors.engines.factory import build_engine
-from actors.engines.protocol import Completion, EngineError, Request
+from actors.engines.protocol import Completion, EngineError, Request, RequestError, TransientError
 
 # What generate_many streams: (index of the request in the batch, its completions or its error).
 Outcome = tuple[int, Union[list[Completion], BaseException]]
@@ -62,7 +62,8 @@ class ModelReplica:
 
         def settle(index: int, task: asyncio.Task) -> None:
             if task.cancelled():
-                outcome: list[Completion] | BaseException = EngineError("the request was cancelled in the replica")
+                # Only a caller that left is cancelled on purpose (it no longer reads this).
+                outcome: list[Completion] | BaseException = TransientError("the request was cancelled in the replica")
             elif task.exception() is not None:
                 outcome = _portable(task.exception())
             else:
@@ -124,9 +125,13 @@ class ModelReplica:
 
 def _portable(error: BaseException) -> BaseException:
     """The error itself when it survives pickling (so a RequestError stays a RequestError for
-    the job that catches it); otherwise an EngineError that carries its text."""
+    the job that catches it); otherwise one that carries its text and keeps what the scheduler
+    does with it: the same branch of the engine tree, or a RequestError (an error row, as
+    any other exception of one request would be)."""
     try:
         cloudpickle.loads(cloudpickle.dumps(error))
         return error
     except Exception:
-        return EngineError(f"{type(error).__name__}: {error}")
+        family = next((kind for kind in type(error).__mro__
+                       if issubclass(kind, EngineError) and kind.__module__ == EngineError.__module__), RequestError)
+        return family(f"{type(error).__name__}: {error}")

@@ -193,3 +193,29 @@ def test_a_replacement_that_cannot_start_leaves_the_slot_empty_and_says_why(loca
         assert fragile.restarts == 1, "one replica died, whatever the attempts to replace it"
     finally:
         fragile.shutdown()
+
+
+def test_an_engine_error_that_cannot_be_pickled_keeps_what_the_scheduler_does_with_it():
+    """Errors cross from the replica by pickling; one that cannot (it holds a lock) arrives as
+    its nearest branch of the engine tree, so a busy endpoint is still retried and a
+    request's own failure is still an error row."""
+    import threading
+
+    from actors.engines.protocol import EndpointUnavailable
+    from actors.replica import _portable
+
+    class Busy(EndpointUnavailable):
+        def __init__(self, message: str) -> None:
+            super().__init__(message)
+            self.lock = threading.Lock()
+
+    class Odd(ValueError):
+        def __init__(self, message: str) -> None:
+            super().__init__(message)
+            self.lock = threading.Lock()
+
+    busy, odd = _portable(Busy("503 again")), _portable(Odd("bad token"))
+    assert type(busy) is EndpointUnavailable and "Busy: 503 again" in str(busy)
+    assert type(odd) is RequestError and "Odd: bad token" in str(odd)
+    plain = RequestError("too long")
+    assert _portable(plain) is plain
