@@ -51,7 +51,7 @@ class ModelReplica:
         return out
 
     @ray.method(num_returns="streaming")
-    async def generate_many(self, requests: list[Request], batch_id: int | None = None) -> AsyncIterator[list[Outcome]]:
+    async def generate_many(self, requests: list[Request], batch_id: int) -> AsyncIterator[list[Outcome]]:
         """All `requests` go to the engine at once (it batches them with everything else in
         flight). Yields lists of (index, completions or error): everything that finished
         since the previous yield, so the completions of one engine step cost one streamed
@@ -77,8 +77,7 @@ class ModelReplica:
             task = asyncio.ensure_future(self.engine.generate(request))
             task.add_done_callback(functools.partial(settle, index))
             tasks.append(task)
-        if batch_id is not None:
-            self._batches[batch_id] = tasks
+        self._batches[batch_id] = tasks
         remaining = len(tasks)
         try:
             while remaining:
@@ -89,7 +88,7 @@ class ModelReplica:
                 remaining -= len(group)
                 yield group
         finally:  # the call was cancelled or the stream dropped: stop the engine work too
-            self._batches.pop(batch_id, None)
+            del self._batches[batch_id]
             for task in tasks:
                 if not task.done():
                     task.cancel()

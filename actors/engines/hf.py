@@ -27,8 +27,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from actors.engines.chat import tokenize_prompt
-from actors.engines.loop import call_in_loop, stop_serving
 from actors.engines.hf_batch import ABORTED, Finisher, Row, RunningBatch
+from actors.engines.loop import call_in_loop, stop_serving
 from actors.engines.protocol import (
     BatchFailed, Completion, EngineError, ReplicaUnavailable, Request, RequestError, check_prompt_fits,
 )
