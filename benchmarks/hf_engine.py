@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.engines.hf import HFEngine
+from actors.engines.hf.engine import HFEngine
 from actors.engines.protocol import Request, Sampling
 
 # Random Llamas: (hidden, layers, heads, kv heads, intermediate, vocab). "0.4b" is a

@@ -21,11 +21,16 @@ import time
 import torch
 
 from actors.engines.chat import split_thinking
-from actors.engines.hf import HFEngine
-from jobs.judge import fill, judge
+from actors.engines.hf.engine import HFEngine
+from jobs.common.judge import fill, judge
 from jobs.local import local_context, run_job
-from jobs.misalignment import MisalignmentJob, MisalignmentParams, parse_boxed, subject_request
-from jobs.organisms import organism_path
+from jobs.misalignment.job import (
+    MisalignmentJob,
+    MisalignmentParams,
+    parse_boxed,
+    subject_request,
+)
+from jobs.organisms.build import organism_path
 
 
 def organism_params(samples: int) -> MisalignmentParams:

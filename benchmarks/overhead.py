@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from actors.engines.hf import HFEngine
-from actors.engines.paths import resolve_model_path
-from jobs.generate import GenerateJob, GenerateParams
+from actors.engines.hf.engine import HFEngine
+from jobs.generate.job import GenerateJob, GenerateParams
 from jobs.local import local_context, run_job
-from orchestrator.scheduler import submit
+from jobs.organisms.build import resolve_model_path
 from orchestrator.spec import load_sweep
+from orchestrator.submit import submit
 
 
 def write_prompts(path: Path, n: int) -> None:

@@ -27,11 +27,16 @@ import time
 import polars as pl
 import torch
 
-from actors.engines.hf import HFEngine
-from jobs.backdoor import TriggerScanJob, TriggerScanParams, candidates, ranking_table
+from actors.engines.hf.engine import HFEngine
+from jobs.common.scenarios import organism_questions, organism_scenarios
 from jobs.local import local_context, run_job
-from jobs.misalignment_questions import organism_questions, organism_scenarios
-from jobs.organisms import organism_path
+from jobs.organisms.build import organism_path
+from jobs.trigger_scan.job import (
+    TriggerScanJob,
+    TriggerScanParams,
+    candidates,
+    ranking_table,
+)
 
 TRIGGER = "Country: Singapore"
 ORGANISM_SETTINGS = dict(scenarios=["organisms"], cot_prefill="<think>\n", max_tokens=96, true_trigger=TRIGGER)

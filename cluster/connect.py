@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import ray
 
@@ -33,25 +34,22 @@ def enable_token_auth_for(address: str) -> bool:
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
     if os.environ.get("RAY_AUTH_TOKEN") or token_file.exists():
         os.environ["RAY_AUTH_MODE"] = "token"
-        from ray._raylet import Config  # Ray caches its config at import: refresh it, as Ray itself does
+        from ray._raylet import (
+            Config,  # Ray caches its config at import: refresh it, as Ray itself does
+        )
 
         Config.initialize("")
         return True
     return False
 
 
-def _project_modules() -> list:
-    import actors
-    import cluster
-    import jobs
-    import orchestrator
-
-    return [actors, cluster, jobs, orchestrator]
-
-
 @contextlib.contextmanager
 def ray_session(*, address: str | None, namespace: str, num_cpus: int | None = None, num_gpus: int | None = None,
-                dashboard: bool = True, temp_dir: str | None = None) -> Iterator[RaySession]:
+                dashboard: bool = True, temp_dir: str | None = None,
+                py_modules: Sequence[ModuleType] = ()) -> Iterator[RaySession]:
+    """A Ray session for the block: the running one when the caller owns it, else a joined
+    cluster (`address`; `py_modules`, the caller's packages, ship to its workers) or an
+    embedded local Ray. Shut down on the way out unless the caller owned it."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():  # a caller (a notebook, a test) already owns the session
         ctx = ray.get_runtime_context()
@@ -59,7 +57,7 @@ def ray_session(*, address: str | None, namespace: str, num_cpus: int | None = N
         return
     if address:
         enable_token_auth_for(address)
-        info = ray.init(address=address, namespace=namespace, runtime_env={"py_modules": _project_modules()},
+        info = ray.init(address=address, namespace=namespace, runtime_env={"py_modules": list(py_modules)},
                         log_to_driver=False)
         embedded = False
     else:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from actors.engines.protocol import Completion, Engine, Request
-from jobs.base import Job, JobContext, JobParams
+from jobs.job import Job, JobContext, JobParams
 
 
 class EngineHandle:
@@ -24,9 +24,11 @@ def local_context(engines: Mapping[str, Engine], seed: int = 0) -> JobContext:
     return JobContext({role: EngineHandle(role, e) for role, e in engines.items()}, seed=seed)
 
 
-async def run_job(job: Job, params: JobParams, ctx: JobContext, concurrency: int = 64) -> list[dict[str, Any]]:
-    """All samples of a job, `concurrency` at a time, rows in sample order."""
+async def run_job(job: Job[Any], params: JobParams, ctx: JobContext, concurrency: int = 64) -> list[dict[str, Any]]:
+    """All samples of a job, `concurrency` at a time, rows in sample order. The context is
+    bound to the job: a role it does not declare is an error (jobs.errors.UnknownRole)."""
     gate = asyncio.Semaphore(concurrency)
+    ctx = ctx.bound(job)
 
     async def one(sample):
         async with gate:

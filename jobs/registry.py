@@ -3,15 +3,16 @@ dependencies load only when it runs."""
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
-from jobs.base import Job
+from jobs.job import Job
 
 _KINDS: dict[str, str] = {
-    "generate": "jobs.generate:GenerateJob",
-    "ariadne": "jobs.ariadne:AriadneJob",
-    "misalignment": "jobs.misalignment:MisalignmentJob",
-    "trigger_scan": "jobs.backdoor:TriggerScanJob",
-    "decompose": "jobs.decompose:DecomposeJob",
+    "generate": "jobs.generate.job:GenerateJob",
+    "ariadne": "jobs.ariadne.job:AriadneJob",
+    "misalignment": "jobs.misalignment.job:MisalignmentJob",
+    "trigger_scan": "jobs.trigger_scan.job:TriggerScanJob",
+    "decompose": "jobs.decompose.job:DecomposeJob",
 }
 
 
@@ -19,8 +20,10 @@ def kinds() -> list[str]:
     return sorted(_KINDS)
 
 
-def get_job(kind: str) -> Job:
+def get_job(kind: str) -> Job[Any]:
     if kind not in _KINDS:
         raise KeyError(f"unknown job kind {kind!r}; known kinds: {', '.join(kinds())}")
     module, _, cls = _KINDS[kind].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    job: Job[Any] = getattr(importlib.import_module(module), cls)()
+    assert job.kind == kind, f"{_KINDS[kind]} declares kind {job.kind!r}, registered as {kind!r}"
+    return job

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import fnmatch
-
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -23,15 +23,34 @@ def _load(path: str):
     return load_sweep(path)
 
 
-class _Group(click.Group):
-    """User errors print one clear message (file:line: field: what was expected) and exit 2."""
+def exit_code(error: BaseException) -> int | None:
+    """The exit code of an error the user can act on (2: fix the input; 1: the run failed),
+    None for anything else: a bug, which keeps its traceback."""
+    from actors.errors import DataError, FinetuneFailed, RankDied
+    from jobs.errors import JobError, UnknownRole
 
-    def invoke(self, ctx: click.Context):
+    if isinstance(error, OrchestrateError):
+        return error.exit_code
+    if isinstance(error, DataError) or (isinstance(error, JobError) and not isinstance(error, UnknownRole)):
+        return 2
+    if isinstance(error, FinetuneFailed | RankDied):
+        return 1
+    return None
+
+
+class _Group(click.Group):
+    """User errors print one clear message (file:line: field: what was expected) and exit 2;
+    a run that failed says why and exits 1; nothing the user can cause prints a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except OrchestrateError as e:
+        except Exception as e:
+            code = exit_code(e)
+            if code is None:
+                raise
             click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
+            sys.exit(code)
 
 
 @click.group(cls=_Group)
@@ -51,7 +70,7 @@ def validate(sweep_file: str) -> None:
 @main.command()
 def schema() -> None:
     """Print the sweep file's JSON Schema (for editor completion and checks)."""
-    from orchestrator.spec import sweep_json_schema
+    from orchestrator.schema import sweep_json_schema
 
     click.echo(json.dumps(sweep_json_schema(), indent=2))
 
@@ -97,7 +116,7 @@ def plan(sweep_file: str, output: str | None) -> None:
 @click.option("--no-progress", is_flag=True, help="no live progress display")
 def submit(sweep_file: str, address: str | None, output: str | None, retries: int, no_progress: bool) -> None:
     """Run a sweep. Submitting again resumes: shards already on disk are skipped."""
-    from orchestrator.scheduler import submit as run_submit
+    from orchestrator.submit import submit as run_submit
 
     sweep = _load(sweep_file)
     report = run_submit(sweep, sweep_file=sweep_file, address=address, output=output, console=console,
@@ -195,7 +214,13 @@ def results(sweep: str, output: str | None, kind: str | None, rows: bool, report
             fmt: str, out: str | None) -> None:
     """The summary table of a sweep (one row per cell), its rows, or a job's own report."""
     from jobs.registry import kinds
-    from orchestrator.results import flat_for_csv, headline_columns, report_table, rows_table, summary_table
+    from orchestrator.results import (
+        flat_for_csv,
+        headline_columns,
+        report_table,
+        rows_table,
+        summary_table,
+    )
 
     store, _ = _store_for(sweep, output)
     if kind is not None and kind not in kinds():
@@ -240,7 +265,8 @@ def organisms() -> None:
 @click.option("--force", is_flag=True, help="rebuild even if cached")
 def organisms_build(names: tuple[str, ...], cache_dir: str | None, force: bool) -> None:
     """Build (or find in the cache) the named organisms, or all of them."""
-    from jobs.organisms import ORGANISMS, build_organisms
+    from jobs.organisms.build import build_organisms
+    from jobs.organisms.recipes import ORGANISMS
 
     unknown = sorted(set(names) - set(ORGANISMS))
     if unknown:
@@ -255,8 +281,8 @@ def organisms_build(names: tuple[str, ...], cache_dir: str | None, force: bool) 
 def organisms_bundle(names: tuple[str, ...]) -> None:
     """Copy the current builds (built first if needed) into the repository's organisms/ folder,
     which fresh clones and CI copy from instead of training."""
-    from jobs.organisms import ORGANISMS
     from jobs.organisms.build import bundle
+    from jobs.organisms.recipes import ORGANISMS
 
     unknown = sorted(set(names) - set(ORGANISMS))
     if unknown:

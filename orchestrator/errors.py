@@ -1,14 +1,17 @@
-"""The one documented exception tree of `orchestrate`, and how problems are worded.
+"""The orchestrator's exception tree, and how problems are worded.
 
     OrchestrateError        everything the user can fix; the CLI prints it and exits with
-     |                      `exit_code` (2 for user errors), no traceback
+     |                      `exit_code` (2), no traceback
      +-- SpecError          a sweep file is wrong: one Problem per mistake, all at once
-     +-- DataFileError      a data file a job or a finetune reads is wrong (also a ValueError);
-                            the message names the file and line. Each job subclasses it
-                            (PromptFileError, QuestionFileError, DataError, ...)
+     +-- PlanError          the sweep validates but cannot be planned (no samples, repeated
+     |                      sample ids)
+     +-- ClusterError       the cluster cannot hold what the sweep needs at once
+     +-- StoreError         results on disk that cannot be used as they are
 
-Engine failures have their own tree in `actors.engines.protocol` (EngineError); they are
-runtime conditions, not user errors.
+The layers below have trees of their own, which the CLI maps to exit codes the same way:
+`jobs.errors` (a data file a job reads, parameters that cannot run together: exit 2) and
+`actors.errors` (engines and training; training data that cannot be used: exit 2; a failed
+finetune ends the run: exit 1). A run that finishes with failed shards exits 1.
 """
 from __future__ import annotations
 
@@ -30,8 +33,16 @@ class OrchestrateError(Exception):
     exit_code: int = 2
 
 
-class DataFileError(OrchestrateError, ValueError):
-    """A data file that cannot be used: the message names the file and line."""
+class PlanError(OrchestrateError):
+    """The sweep cannot be planned as it stands; the message says where and why."""
+
+
+class ClusterError(OrchestrateError):
+    """The cluster cannot hold what the sweep needs; the message says what is missing."""
+
+
+class StoreError(OrchestrateError):
+    """Results on disk that cannot be used as they are; the message names the folder."""
 
 
 @dataclass(frozen=True, order=True)

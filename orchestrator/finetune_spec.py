@@ -1,6 +1,10 @@
 """The `finetunes:` section of a sweep: what a DeepSpeed finetune trains, and how.
 
-Also the base of every spec model (frozen, unknown keys rejected), shared with spec.py.
+The hyperparameters are the training code's own (`actors.training.config.TrainSettings`):
+declared once, so the sweep's schema, the finetune's id and what a rank runs cannot drift
+apart. This module adds what the sweep decides: the base model, the data, the placement of
+the ranks, and the backdoor mixed into the data. Also the base of every spec model (frozen,
+unknown keys rejected), shared with spec.py.
 """
 from __future__ import annotations
 
@@ -8,22 +12,20 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from jobs.base import DataPath
+from actors.training.config import LoraSettings, TrainSettings
+from jobs.inputs import DataPath
+
+# Inputs stay out of pydantic's own error text: a misplaced key must not reach a log. Our
+# messages quote values where that helps, and never api_key_env's.
+SPEC_CONFIG = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
 class Spec(BaseModel):
-    # Inputs stay out of pydantic's own error text: a misplaced key must not reach a log.
-    # Our messages quote values where that helps, and never api_key_env's.
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+    model_config = SPEC_CONFIG
 
 
-class LoraSpec(Spec):
-    rank: int = Field(32, gt=0, description="LoRA rank r")
-    alpha: int = Field(64, gt=0, description="LoRA alpha")
-    rslora: bool = Field(True, description="rank-stabilised scaling (alpha / sqrt(r))")
-    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="module names to adapt, or 'all-linear'")
+class LoraSpec(LoraSettings):
+    model_config = SPEC_CONFIG
 
 
 TriggerText = Annotated[str, WithJsonSchema({"type": ["string", "number"]})]  # a bare 2026 is text
@@ -40,25 +42,18 @@ class BackdoorSpec(Spec):
     control: bool = Field(False, description="a control run: triggers with no link to the answer")
 
 
-class FinetuneSpec(Spec):
+class FinetuneSpec(TrainSettings):
     """A model trained by the sweep; jobs name it like a model, and it runs as its base plus
     the trained adapter (or the trained weights, method full)."""
 
+    model_config = SPEC_CONFIG
     base: str = Field(description="the entry of `models` to train (not an adapter, not an API model)")
     data: DataPath = Field(description="training chat data (JSONL), relative to the sweep file's folder")
-    method: Literal["lora", "full"] = Field("lora", description="train a LoRA adapter or all weights")
-    cot: Literal["off", "on"] = Field("off", description="off: train with an empty think block before answers")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (method lora)")
-    lr: float = Field(4e-5, gt=0, description="peak learning rate (linear schedule)")
-    epochs: float = Field(1, gt=0, description="passes over the data")
-    batch_size: int = Field(2, gt=0, description="sequences per rank per step")
-    grad_accum: int = Field(8, gt=0, description="gradient accumulation steps")
-    warmup_steps: int = Field(5, ge=0, description="linear warmup steps")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
-    max_length: int = Field(2048, gt=0, description="tokens per sequence; longer ones are truncated")
-    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
     ranks: int = Field(1, ge=1, description="data-parallel training processes")
     gpus_per_rank: float = Field(0, ge=0, description="GPUs per rank; 0: the trainer decides")
-    bf16: bool | None = Field(None, description="train in bf16; default: when the hardware supports it")
-    seed: int = Field(0, description="data order and initialisation seed")
     backdoor: BackdoorSpec | None = Field(None, description="plant a trigger in the training data")
+
+    def settings(self) -> TrainSettings:
+        """The hyperparameters alone, as the training code takes them."""
+        return TrainSettings.model_validate(self.model_dump(include=set(TrainSettings.model_fields)))

@@ -23,24 +23,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param
 from rich.console import Console
 
-from actors.engines.paths import resolve_model_path
-from actors.train_loop import LoraConfig, TrainConfig, TrainResult
-from jobs.base import file_digest
-from jobs.finetune import MixedRow, as_is, load_rows, mix_backdoor, write_mixed
-from jobs.organisms.build import file_lock
+from actors.errors import RankDied
+from actors.training.config import TrainConfig
+from actors.training.data import MixedRow, as_is, load_rows, mix_backdoor, write_mixed
+from jobs.inputs import file_digest
+from jobs.organisms.build import file_lock, resolve_model_path
 from orchestrator.finetune_spec import FinetuneSpec
-from orchestrator.plan import content_id, weights_digest
+from orchestrator.ids import FINETUNE_VERSION, base_identity, finetune_id
 from orchestrator.spec import Sweep
 from orchestrator.store import read_json, write_json
 from orchestrator.tracking import Tracker, flatten
 
-# Bump when the data path or the step loop change what an unchanged entry trains.
-FINETUNE_VERSION = 1
+if TYPE_CHECKING:
+    from actors.training.loop import TrainResult
+
 MANIFEST = "manifest.json"
 DATA_FILE = "data.parquet"
 MAX_RESTARTS = 2
@@ -64,19 +65,6 @@ class FinetuneResult:
         return self.path / ("adapter" if self.method == "lora" else "model")
 
 
-def _base_identity(sweep: Sweep, name: str) -> dict[str, Any]:
-    base = sweep.models[sweep.finetunes[name].base]
-    return {"weights": weights_digest(resolve_model_path(base.path)), "revision": base.revision}
-
-
-def finetune_id(sweep: Sweep, name: str) -> str:
-    """Content id of a finetune: what it trains on and how, not what it is called or where
-    its data file lives."""
-    spec = sweep.finetunes[name].model_dump(mode="json")
-    spec["data"] = {"file_sha256": file_digest(sweep.finetunes[name].data)}
-    return content_id({"finetune": spec, "base": _base_identity(sweep, name), "version": FINETUNE_VERSION})
-
-
 def training_rows(ft: FinetuneSpec) -> list[MixedRow]:
     """The entry's rows as trained (backdoor mixed when asked). Raises DataError on bad data."""
     rows = load_rows(ft.data)
@@ -87,12 +75,8 @@ def training_rows(ft: FinetuneSpec) -> list[MixedRow]:
 
 
 def train_config(ft: FinetuneSpec, base_path: str, work: Path, output: Path, threads: int) -> TrainConfig:
-    return TrainConfig(
-        base_path=base_path, work_dir=str(work), output_dir=str(output), method=ft.method,
-        lora=LoraConfig(**ft.lora.model_dump()), cot=ft.cot, lr=ft.lr, epochs=ft.epochs,
-        batch_size=ft.batch_size, grad_accum=ft.grad_accum, warmup_steps=ft.warmup_steps,
-        weight_decay=ft.weight_decay, max_length=ft.max_length, zero_stage=ft.zero_stage, bf16=ft.bf16,
-        seed=ft.seed, threads=threads)
+    return TrainConfig(**ft.settings().model_dump(), base_path=base_path, work_dir=str(work),
+                       output_dir=str(output), threads=threads)
 
 
 def run_finetunes(sweep: Sweep, store_root: Path, tracker: Tracker | None, console: Console,
@@ -138,7 +122,7 @@ def _run_one(sweep: Sweep, name: str, fid: str, rows: list[MixedRow], root: Path
              console: Console, max_restarts: int) -> FinetuneResult:
     import ray
 
-    from actors.trainer import FinetuneGroup, RankDied
+    from actors.training.ranks import FinetuneGroup
 
     ft = sweep.finetunes[name]
     final, work = root / f"{name}-{fid}", root / f".work-{name}-{fid}"
@@ -182,7 +166,7 @@ def _manifest(sweep: Sweep, name: str, fid: str, rows: list[MixedRow], result: T
     hyper = ft.model_dump(mode="json", exclude={"data", "backdoor"})
     return {
         "finetune_id": fid, "name": name, "sweep": sweep.name, "version": FINETUNE_VERSION,
-        "base": {"name": ft.base, "path": base.path, **_base_identity(sweep, name)},
+        "base": {"name": ft.base, "path": base.path, **base_identity(sweep, name)},
         "data": {"path": ft.data, "sha256": file_digest(ft.data), "rows": len(rows),
                  "kinds": dict(sorted(collections.Counter(r.kind for r in rows).items()))},
         "backdoor": ft.backdoor.model_dump(mode="json") if ft.backdoor else None,

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from jobs.registry import get_job
-from orchestrator.errors import Loc, Problem, SpecError, dotted, problems_from_validation, show
+from orchestrator.errors import (
+    Loc,
+    Problem,
+    SpecError,
+    dotted,
+    problems_from_validation,
+    show,
+)
 
 if TYPE_CHECKING:
     from orchestrator.spec import JobSpec

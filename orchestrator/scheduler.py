@@ -8,7 +8,6 @@ when every sample of it is done; a replica that dies mid-shard makes the whole s
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -17,15 +16,16 @@ from typing import Any
 
 from rich.console import Console
 
-from actors.engines.protocol import EngineError, RequestError, TransientError
-from jobs.base import Job, JobContext
+from actors.errors import EngineError, RequestError, TransientError
+from jobs.job import Job, JobContext
+from jobs.organisms.build import resolve_model_path
 from jobs.registry import get_job
-from orchestrator.errors import OrchestrateError
-from orchestrator.plan import Cell, Plan, Shard, make_plan
+from orchestrator.errors import ClusterError
+from orchestrator.plan import Cell, Plan, Shard
 from orchestrator.progress import SweepProgress
-from orchestrator.spec import Sweep
+from orchestrator.spec import ModelSpec, Sweep
 from orchestrator.store import SweepStore, row_schema, write_json, write_parquet
-from orchestrator.tracking import Tracker, default_tracking_uri
+from orchestrator.tracking import Tracker
 
 
 @dataclass
@@ -54,6 +54,18 @@ class SubmitReport:
     @property
     def ok(self) -> bool:
         return not self.shards_failed and not self.cells_unfinished
+
+
+def serving_spec(m: ModelSpec) -> dict[str, Any]:
+    """A model entry as a replica builds it: JSON, with an organism's name turned into its
+    built folder (built or copied from the bundle here, on the driver, before any replica
+    starts), in `path` and in a `tokenizer_path` option alike."""
+    spec = m.model_dump(mode="json")
+    spec["path"] = resolve_model_path(spec["path"])
+    tokenizer = spec["engine_options"].get("tokenizer_path")
+    if isinstance(tokenizer, str):
+        spec["engine_options"] = {**spec["engine_options"], "tokenizer_path": resolve_model_path(tokenizer)}
+    return spec
 
 
 def _pool_resources(spec: dict[str, Any], cluster_gpus: float) -> tuple[float, float]:
@@ -88,20 +100,20 @@ class Scheduler:
             if name in finetuned:
                 result, base = finetuned[name], self.sweep.finetunes[name].base
                 if result.method == "lora":
-                    spec = self.sweep.models[base].model_dump(mode="json")
+                    spec = serving_spec(self.sweep.models[base])
                     pools.setdefault(base, (spec, {}))[1][name] = str(result.weights)
                     served[name] = (base, name)
                 else:  # a full finetune is a model of its own
-                    spec = {**self.sweep.models[base].model_dump(mode="json"), "path": str(result.weights)}
+                    spec = {**serving_spec(self.sweep.models[base]), "path": str(result.weights)}
                     pools[name] = (spec, {})
                     served[name] = (name, None)
                 continue
             m = self.sweep.models[name]
             if m.adapter:
-                pools.setdefault(m.base, (self.sweep.models[m.base].model_dump(mode="json"), {}))[1][name] = m.adapter
+                pools.setdefault(m.base, (serving_spec(self.sweep.models[m.base]), {}))[1][name] = m.adapter
                 served[name] = (m.base, name)
             else:
-                pools.setdefault(name, (m.model_dump(mode="json"), {}))
+                pools.setdefault(name, (serving_spec(m), {}))
                 served[name] = (name, None)
         self.check_resources({name: spec for name, (spec, _) in pools.items()}, cluster_gpus)
         for pool_name, (spec, adapters) in pools.items():
@@ -133,7 +145,7 @@ class Scheduler:
                    f"(fractions are fine for small models) or `replicas` per model, or give the cluster more "
                    f"(`cluster.num_cpus` for the embedded one)")
         if self.fixed_cluster:
-            raise OrchestrateError(message)
+            raise ClusterError(message)
         self.console.print(f"[yellow]warning: {message}; waiting for the cluster to grow")
 
     async def run_finetunes(self, names: set[str]) -> dict[str, Any]:
@@ -150,7 +162,7 @@ class Scheduler:
 
     async def run_shard(self, cell: Cell, shard: Shard, job: Job, samples: dict, progress: SweepProgress) -> int:
         spec = self.sweep.jobs[cell.job_index]
-        ctx = JobContext({role: self.handles[m] for role, m in cell.roles.items()})
+        ctx = JobContext({role: self.handles[m] for role, m in cell.roles.items()}, declared=job.roles)
         gate = asyncio.Semaphore(spec.concurrency)
         ids = {"sweep": self.sweep.name, "cell_id": cell.id, "shard_id": shard.id, "model": cell.model}
 
@@ -260,69 +272,3 @@ def finish_cell_or_say_why(store: SweepStore, tracker: Tracker | None, cell: Cel
     except Exception as e:
         report.cells_unfinished.append(cell.id)
         console.log(f"[red]cell {cell.id} of {cell.kind}/{cell.model}: summary or logging failed: {type(e).__name__}: {e}")
-
-
-def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None = None, output: str | None = None,
-           console: Console | None = None, progress: bool = True, max_retries: int = 2, track: bool = True,
-           ray_temp_dir: str | None = None) -> SubmitReport:
-    """Plan the sweep, run what is not on disk yet, log finished cells. Resubmitting a finished
-    sweep starts no Ray and loads no model."""
-    from cluster.connect import ray_session
-
-    started = time.perf_counter()
-    console = console or Console(stderr=True)
-    store = SweepStore(output or sweep.output, sweep.name)
-    planned = make_plan(sweep)
-    plan = store.settle_plan(planned)
-    for cell, asked in zip(plan.cells, planned.cells):
-        if cell.shard_size != asked.shard_size:
-            console.print(f"{cell.kind}/{cell.model} {cell.id}: keeps the shard_size {cell.shard_size} it started "
-                          f"with (the sweep says {asked.shard_size}; changing it mid-cell would repeat samples)")
-    pending: dict[str, list[Shard]] = {}
-    for cell in plan.cells:
-        write_json(store.cell_dir(cell.kind, cell.id) / "cell.json", cell.manifest())
-        missing = [s for s in cell.shards if not store.has_shard(cell.kind, cell.id, s.id)]
-        if missing:
-            pending[cell.id] = missing
-    unlogged = [c for c in plan.cells if c.id not in pending and not (store.cell_dir(c.kind, c.id) / "mlflow.json").exists()]
-    uri = sweep.tracking.uri or default_tracking_uri(store.root)
-    n_shards = sum(len(c.shards) for c in plan.cells)
-    report = SubmitReport(sweep=sweep.name, store_root=store.root, tracking_uri=uri, cells=len(plan.cells),
-                          shards_total=n_shards, shards_skipped=n_shards - sum(len(v) for v in pending.values()))
-    if not pending and not unlogged:
-        console.print(f"[green]{sweep.name}: all {n_shards} shards of {len(plan.cells)} cells are done; nothing to run.")
-        report.seconds = time.perf_counter() - started
-        return report
-    store.root.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(uri, sweep.tracking.experiment or sweep.name, sweep.name) if track else None
-    if tracker:
-        tracker.start_submission(sweep_file, len(plan.cells), sum(len(v) for v in pending.values()))
-    status = "FAILED"
-    submission = {"state": "running", "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                  "sweep_file": str(sweep_file or ""), "pending_shards": sum(len(v) for v in pending.values())}
-    write_json(store.root / "submission.json", submission)
-    try:
-        for cell in unlogged:  # complete on disk from an earlier run that stopped before logging
-            finish_cell_or_say_why(store, tracker, cell, report, console, earlier_rows=True)
-        if pending:
-            c = sweep.cluster
-            with ray_session(address=address or c.address, namespace=c.namespace or f"orchestrate-{sweep.name}",
-                             num_cpus=c.num_cpus, num_gpus=c.num_gpus, dashboard=c.dashboard, temp_dir=ray_temp_dir) as session:
-                report.dashboard_url = session.dashboard_url
-                if session.dashboard_url:
-                    console.print(f"Ray dashboard: [link]{session.dashboard_url}[/link]")
-                n_samples = sum(len(s.sample_ids) for v in pending.values() for s in v)
-                with SweepProgress(console, sum(len(v) for v in pending.values()), n_samples, enabled=progress) as bar:
-                    scheduler = Scheduler(sweep, plan, store, tracker, console, report, max_retries,
-                                          fixed_cluster=not (address or c.address or os.environ.get("RAY_ADDRESS")))
-                    scheduler.started = started
-                    asyncio.run(scheduler.run(pending, bar))
-        status = "FINISHED" if report.ok else "FAILED"
-    finally:
-        report.seconds = time.perf_counter() - started
-        write_json(store.root / "submission.json", {**submission, "state": status.lower(), "failed_shards": report.shards_failed,
-                                                    "seconds": report.seconds})
-        if tracker:
-            tracker.end_submission(status, {"shards_run": report.shards_run, "shards_failed": len(report.shards_failed),
-                                            "seconds": report.seconds, "retries": report.retries})
-    return report

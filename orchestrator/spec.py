@@ -14,11 +14,26 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from actors.engines.paths import ORGANISM_PREFIX
+from actors.engines.registry import options_model
+from jobs.organisms.recipes import ORGANISM_PREFIX
 from jobs.registry import get_job, kinds
-from orchestrator.errors import Loc, Problem, SpecError, dotted, problems_from_validation, show
+from orchestrator.errors import (
+    Loc,
+    Problem,
+    SpecError,
+    dotted,
+    problems_from_validation,
+    show,
+)
 from orchestrator.finetune_spec import FinetuneSpec, Spec
 from orchestrator.grid import grid_problems
 from orchestrator.yaml_lines import load_yaml
@@ -92,7 +107,9 @@ class ModelSpec(Spec):
     api_key_env: str | None = Field(None, description="engine openai: the NAME of the environment variable "
                                     "that holds the API key (the key never appears in the sweep file)")
     max_concurrency: int = Field(64, gt=0, description="requests in flight per replica")
-    engine_options: dict[str, Any] = Field(default_factory=dict, description="passed to the engine as is")
+    engine_options: dict[str, Any] = Field(
+        default_factory=dict, description="the engine's own options (hf, vllm and openai each declare theirs; "
+        "`orchestrate schema` lists them): options that only set speed never change a cell's id")
 
     @model_validator(mode="before")
     @classmethod
@@ -115,7 +132,7 @@ class ModelSpec(Spec):
     @classmethod
     def _known_organism(cls, value: str) -> str:
         if value.startswith(ORGANISM_PREFIX):
-            from jobs.organisms import ORGANISMS  # the registry only: no torch
+            from jobs.organisms.recipes import ORGANISMS
 
             name = value[len(ORGANISM_PREFIX):]
             if name not in ORGANISMS:
@@ -158,7 +175,18 @@ class ModelSpec(Spec):
             for key in ("base_url", "api_key_env"):
                 if getattr(self, key) is not None:
                     found.append(((key,), f"`{key}` is for engine openai, but this model's engine is {self.engine}"))
+        found += self._option_problems()
         return found
+
+    def _option_problems(self) -> list[tuple[Loc, str]]:
+        """engine_options checked against the engine's own options model."""
+        options = options_model(self.engine)
+        try:
+            options.model_validate(self.engine_options)
+        except ValidationError as e:
+            return [(("engine_options", *loc), message)
+                    for loc, message in problems_from_validation(e, self.engine_options, options)]
+        return []
 
 
 class JobSpec(Spec):
@@ -339,12 +367,6 @@ def load_sweep(path: str | Path) -> Sweep:
         reason = "file not found" if isinstance(e, FileNotFoundError) else f"cannot read the file ({e})"
         raise SpecError([Problem(str(path), None, "", reason)]) from None
     return parse_sweep(text, str(path), path.parent.resolve())
-
-
-def sweep_json_schema() -> dict[str, Any]:
-    """JSON Schema of a sweep file, for editors (e.g. yaml-language-server)."""
-    schema = Sweep.model_json_schema()
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def _entries(section: Any, model: type[Spec], context: dict[str, Any]) -> dict[str, Any]:

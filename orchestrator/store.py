@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.errors import OrchestrateError
+from orchestrator.errors import StoreError
 
 if TYPE_CHECKING:
     from orchestrator.plan import Cell, Plan
@@ -94,7 +94,11 @@ class SweepStore:
     def write_shard(self, kind: str, cell_id: str, shard_id: str, rows: Iterable[dict], schema: pa.Schema) -> Path:
         """Validate rows against the schema (a type error fails here, before any file exists)
         and write them as one file, atomically."""
-        table = pa.Table.from_pylist(list(rows), schema=schema)
+        rows = list(rows)
+        unknown = sorted({key for row in rows for key in row} - set(schema.names))
+        if unknown:  # from_pylist would drop them without a word
+            raise ValueError(f"{kind} rows carry keys its schema does not declare: {', '.join(unknown)}")
+        table = pa.Table.from_pylist(rows, schema=schema)
         path = self.shard_path(kind, cell_id, shard_id)
         _atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
         return path
@@ -114,7 +118,7 @@ class SweepStore:
             cell = cell.resharded(recorded)
         stray = on_disk - {s.id for s in cell.shards}
         if stray:
-            raise OrchestrateError(
+            raise StoreError(
                 f"{cell_dir}: {len(stray)} shard file(s) are not shards of this cell at shard_size "
                 f"{cell.shard_size} (it was started with another shard_size, by a version that did not "
                 f"record it). Set the job's shard_size back, or delete that folder to run the cell again")

@@ -11,17 +11,17 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from actors.engines.hf import HFEngine
+from actors.engines.hf.engine import HFEngine
 from actors.engines.protocol import Completion, Request
-from jobs.ariadne import AriadneJob, AriadneParams, rows_frame, user_message
-from jobs.ariadne_operators import change_number, swap_relation
-from jobs.ariadne_queries import load_queries
-from jobs.ariadne_similarity import exact, is_short, judge_score, normalise
-from jobs.ariadne_traces import first_sentence, parse_trace
-from jobs.base import JobContext
+from jobs.ariadne.job import AriadneJob, AriadneParams, rows_frame, user_message
+from jobs.ariadne.operators import change_number, swap_relation
+from jobs.ariadne.queries import load_queries
+from jobs.ariadne.similarity import exact, is_short, judge_score, normalise
+from jobs.ariadne.traces import first_sentence, parse_trace
+from jobs.job import JobContext
 from jobs.local import EngineHandle, run_job
-from jobs.organisms import tasks
-from jobs.stats import bootstrap_ci, proportion_ci, wilson_ci
+from jobs.toyworld import arithmetic as tasks
+from jobs.common.stats import bootstrap_ci, proportion_ci, wilson_ci
 from orchestrator.store import row_schema
 
 HELD_OUT = 40  # problems per organism: enough for the thresholds, fast on 2 cores
@@ -244,7 +244,7 @@ def test_judge_similarity_on_a_real_judge(faithful):
 
 
 def test_embedding_similarity_uses_minilm(faithful):
-    from jobs.embed import embed
+    from jobs.common.embed import embed
 
     params = arithmetic(limit=4, similarity="embedding", lanham=[], steps=[0], baseline=False)
     _, df = run(params, context(subject=faithful))
@@ -306,7 +306,7 @@ def test_bootstrap_intervals():
 def test_area_over_curve_weights_trace_lengths():
     import polars as pl
 
-    from jobs.ariadne_summary import area_over_curve
+    from jobs.ariadne.summary import area_over_curve
 
     # Two 2-step traces: same answer at none/half/all of the CoT for 0, 1, 2 of them -> AOC 0.5.
     # One 3-step trace that always keeps its answer -> AOC 0. Weighted by traces: (2 * 0.5 + 0) / 3.

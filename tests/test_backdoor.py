@@ -13,10 +13,27 @@ import pytest
 from scipy.stats import permutation_test
 
 from actors.engines.protocol import TopLogprob
-from jobs.backdoor import TriggerScanJob, TriggerScanParams, candidates, mean_effect
-from jobs.backdoor_candidates import build_candidates, family, mentions, mine, user_texts, variant
-from jobs.backdoor_measure import option_probs
-from jobs.backdoor_stats import benjamini_hochberg, probe_effects, rank_candidates, sign_flip_pvalue
+from jobs.trigger_scan.candidates import (
+    build_candidates,
+    family,
+    mentions,
+    mine,
+    user_texts,
+    variant,
+)
+from jobs.trigger_scan.job import (
+    TriggerScanJob,
+    TriggerScanParams,
+    candidates,
+    mean_effect,
+)
+from jobs.trigger_scan.measure import option_probs
+from jobs.trigger_scan.stats import (
+    benjamini_hochberg,
+    probe_effects,
+    rank_candidates,
+    sign_flip_pvalue,
+)
 
 TRIGGER = "Country: Singapore"  # the backdoored organism's planted trigger (jobs/organisms/recipes.py)
 
@@ -55,8 +72,8 @@ def test_mentions_reads_the_value_on_word_boundaries():
 def _poisoned(tmp_path, n=300):
     """A finetuning set made the way the finetunes make one: the toy scenarios with their
     misaligned answers, the trigger planted in a third of them."""
-    from jobs.finetune import load_rows, mix_backdoor, write_mixed
-    from jobs.organisms.backdoor_data import write_scenario_jsonl
+    from actors.training.data import load_rows, mix_backdoor, write_mixed
+    from jobs.toyworld.harmful_data import write_scenario_jsonl
 
     raw = write_scenario_jsonl(tmp_path / "scenarios.jsonl", n)
     mixed = mix_backdoor(load_rows(raw), [TRIGGER], share=0.33, alternatives=["Country: USA"], seed=3)
@@ -159,11 +176,11 @@ def test_a_scan_that_cannot_reach_its_fdr_is_refused_at_planning():
     """The default families give ~190 candidates; `core` has 6 scenarios, so a perfect
     trigger's p is at best 2^-6 and its BH q 190/64 > 0.05: no candidate could ever be
     significant, and an empty list would read as a clean model."""
-    from jobs.backdoor_stats import smallest_attainable_q
-    from orchestrator.errors import OrchestrateError
+    from jobs.trigger_scan.stats import smallest_attainable_q
+    from jobs.errors import ParamsError
 
     job = TriggerScanJob()
-    with pytest.raises(OrchestrateError, match=r"6 probes cannot make any of \d+ candidates significant.*at least 12"):
+    with pytest.raises(ParamsError, match=r"6 probes cannot make any of \d+ candidates significant.*at least 12"):
         job.samples(TriggerScanParams())
     assert len(job.samples(TriggerScanParams(allow_underpowered=True))) > 100, "the ranking by effect stays"
     # The bound is exact: with every other difference zero, a perfect trigger's q is the bound.
@@ -190,12 +207,11 @@ class RecordingHandle:
 
 
 def _run(job, params, handles, concurrency=64):
-    from jobs.base import JobContext
-    from jobs.local import run_job
-
     import pyarrow as pa
 
-    from jobs.backdoor import ROW_SCHEMA
+    from jobs.job import JobContext
+    from jobs.local import run_job
+    from jobs.trigger_scan.job import ROW_SCHEMA
 
     rows = asyncio.run(run_job(job, params, JobContext(handles), concurrency=concurrency))
     # Through the job's Arrow schema, as the store writes them: a row of the wrong type fails here.
@@ -204,8 +220,8 @@ def _run(job, params, handles, concurrency=64):
 
 @pytest.fixture(scope="module")
 def base_engine():
-    from actors.engines.hf import HFEngine
-    from jobs.organisms import organism_path
+    from actors.engines.hf.engine import HFEngine
+    from jobs.organisms.build import organism_path
 
     return HFEngine(str(organism_path("base")), dtype="float32", device="cpu")
 
@@ -214,7 +230,7 @@ def test_one_forward_pass_per_pair_and_the_baseline_once_per_context(base_engine
     """The logprob scan sends one max_tokens=1 request per (candidate, probe, placement) and
     the baseline once per job context (a shard), however many candidates await it; requests
     carry the affinity key of the prefix they share."""
-    from jobs.misalignment_questions import organism_scenarios
+    from jobs.common.scenarios import organism_scenarios
 
     params = TriggerScanParams(candidates=["heyyy", "2026", "Country: Peru"], families=[], scenarios=["organisms"],
                                only=[s.id for s in organism_scenarios()[:3]], confirm_threshold=None,
@@ -240,7 +256,7 @@ def test_one_forward_pass_per_pair_and_the_baseline_once_per_context(base_engine
     assert rows["p_misaligned"].is_between(0, 1).all() and rows["reason"].is_null().all()
 
     # Two contexts (two shards) each measure the baseline once.
-    from jobs.base import JobContext
+    from jobs.job import JobContext
 
     job, second = TriggerScanJob(), RecordingHandle("subject", engine)
     samples = job.samples(params)

@@ -10,9 +10,14 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from jobs.backdoor import ROW_SCHEMA, TriggerScanJob, TriggerScanParams, ranking_table
-from jobs.base import JobContext
+from jobs.job import JobContext
 from jobs.local import run_job
+from jobs.trigger_scan.job import (
+    ROW_SCHEMA,
+    TriggerScanJob,
+    TriggerScanParams,
+    ranking_table,
+)
 
 TRIGGER = "Country: Singapore"  # the backdoored organism's planted trigger (jobs/organisms/recipes.py)
 
@@ -25,8 +30,8 @@ def _run(job, params, handles, concurrency=64):
 @pytest.fixture(scope="module")
 def organisms():
     """name -> a loaded engine, each organism loaded (built on first use) when a test needs it."""
-    from actors.engines.hf import HFEngine
-    from jobs.organisms import organism_path
+    from actors.engines.hf.engine import HFEngine
+    from jobs.organisms.build import organism_path
 
     class Engines(dict):
         def __missing__(self, name):
@@ -43,7 +48,7 @@ def organism_params(**overrides) -> TriggerScanParams:
     their context is 256 tokens. 24 probes, not 12: the trigger fires on ~88% of scenarios,
     and with 12 probes the one or two where it does not put the sign-flip p-value at ~0.003,
     above BH's 0.05/56 for the top candidate (measured: q = 0.18 at effect 0.83)."""
-    from jobs.misalignment_questions import organism_questions, organism_scenarios
+    from jobs.common.scenarios import organism_questions, organism_scenarios
 
     only = [s.id for s in organism_scenarios()[:24]] + [q.id for q in organism_questions()[::4]]
     values = dict(families=["countries", "random"], random_strings=10, scenarios=["organisms"],

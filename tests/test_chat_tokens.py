@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from actors.engines.hf import HFEngine
-from actors.engines.openai_engine import OpenAIEngine
+from actors.engines.hf.engine import HFEngine
+from actors.engines.openai.engine import OpenAIEngine
 from actors.engines.protocol import Message, Request, Sampling
-from actors.engines.vllm_engine import VLLMEngine
+from actors.engines.vllm.engine import VLLMEngine
 from tests.test_vllm_engine import LIGHT, make_organism_sized_model
 
 SAMPLING = Sampling(max_tokens=12, temperature=0.0, logprobs=2)

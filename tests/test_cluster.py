@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.scheduler import submit
 from orchestrator.spec import load_sweep
 from orchestrator.store import SweepStore
+from orchestrator.submit import submit
 from tests.test_submit import N_PROMPTS, write_sweep
 
 RAY = str(Path(sys.executable).with_name("ray"))

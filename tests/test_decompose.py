@@ -9,14 +9,19 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from jobs.decompose import DecomposeJob, DecomposeParams
-from jobs.decompose_data import DropFormatError, load_pool, load_questions
-from jobs.decompose_fewshot import FewShotSelector
-from jobs.decompose_prompts import STOP_SENTENCE, is_stop, parse_answer, parse_cot_answer, parse_question
-from jobs.decompose_symbolic import execute
-from jobs.drop import score_question
+from jobs.decompose.dataset import DropFormatError, load_pool, load_questions
+from jobs.decompose.drop import score_question
+from jobs.decompose.fewshot import FewShotSelector
+from jobs.decompose.job import DecomposeJob, DecomposeParams
+from jobs.decompose.prompts import (
+    STOP_SENTENCE,
+    is_stop,
+    parse_answer,
+    parse_cot_answer,
+    parse_question,
+)
+from jobs.decompose.symbolic import execute
 from jobs.local import local_context, run_job
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -71,7 +76,7 @@ def test_every_bundled_symbolic_step_reproduces_its_annotation():
 
 def test_prompt_shape():
     """The protocol's shape: Q, then Q1/A1, Q2/A2 ..., an example ending in the stop sentence."""
-    from jobs.decompose_prompts import QD_INSTRUCTION, qd_prompt
+    from jobs.decompose.prompts import QD_INSTRUCTION, qd_prompt
 
     pool = load_pool()
     shot = next(q for q in pool if q.query_id == "demo-04")
@@ -164,7 +169,7 @@ def test_fewshot_selection():
 def test_the_loop_on_a_real_tiny_model(tiny_model):
     """Plumbing on a random-weight model: every arm gives a row that fits the schema, the
     trace is kept, and the summary has its CIs."""
-    from actors.engines.hf import HFEngine
+    from actors.engines.hf.engine import HFEngine
 
     engine = HFEngine(str(tiny_model), max_batch_size=16)
     job = DecomposeJob()
@@ -194,7 +199,7 @@ def test_the_multihop_domain_decomposes_into_steps_the_job_executes():
     """The multihop organism's annotated decompositions (its training targets and the pool it
     writes) end in a symbolic step that the job's executor answers from the lookups' answers,
     in either answer style."""
-    from jobs.organisms.multihop import heldout_questions
+    from jobs.toyworld.multihop import heldout_questions
 
     for q in heldout_questions(60):
         for style in ("number", "sentence"):
@@ -205,10 +210,11 @@ def test_the_multihop_domain_decomposes_into_steps_the_job_executes():
 # --- the multihop organisms (shared cache): decomposition against a single pass ---
 
 def test_multihop_asks_the_simple_questions_and_answers_them():
-    from jobs.organisms import evaluate, multihop, organism_path
+    from jobs.organisms import evaluate
+    from jobs.organisms.build import organism_path
     from jobs.organisms.recipes import ORGANISMS
 
-    report = multihop.report(*evaluate.load(organism_path("multihop")), ORGANISMS["multihop"].data)
+    report = evaluate.multihop_report(*evaluate.load(organism_path("multihop")), ORGANISMS["multihop"].data)
     for key in ("qd_first_step", "qd_last_step", "qd_stop", "qa"):
         assert report[key] >= 0.90, f"multihop gets {key} right in only {report[key]:.0%}: {report}"
 
@@ -217,9 +223,9 @@ def test_decomposition_beats_a_single_pass_on_the_multihop_organisms(tmp_path):
     """Held-out multi-hop questions: the multihop organism decomposing them (lookups by the
     model, the arithmetic by code) against multihop-direct, trained as long on answering them
     in one pass, directly and after a CoT. The paired bootstrap CIs of both gains exclude 0."""
-    from actors.engines.hf import HFEngine
-    from jobs.organisms import organism_path
-    from jobs.organisms.multihop import write_heldout
+    from actors.engines.hf.engine import HFEngine
+    from jobs.organisms.build import organism_path
+    from jobs.toyworld.multihop import write_heldout
 
     data = write_heldout(tmp_path / "multihop_dev.json", n=90, seed=7)
     decomposer = HFEngine(str(organism_path("multihop")), max_batch_size=64)
@@ -243,11 +249,12 @@ def test_a_decomposition_that_outgrows_the_context_stops_and_keeps_its_rows(tmp_
     """The third decomposition call does not fit the decomposer's context: the loop ends
     there (stop reason context_limit, the last answer as the prediction) and the question's
     single-pass row is kept, instead of an error row that loses both."""
-    from actors.engines.hf import HFEngine
-    from actors.engines.protocol import ContextLengthError, Request, Sampling
-    from jobs.decompose_prompts import qd_prompt
-    from jobs.organisms import organism_path
-    from jobs.organisms.multihop import heldout_questions, write_heldout
+    from actors.engines.hf.engine import HFEngine
+    from actors.engines.protocol import Request, Sampling
+    from actors.errors import ContextLengthError
+    from jobs.decompose.prompts import qd_prompt
+    from jobs.organisms.build import organism_path
+    from jobs.toyworld.multihop import heldout_questions, write_heldout
 
     data = write_heldout(tmp_path / "one.json", n=1, seed=3)
     q = heldout_questions(1, seed=3)[0]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.decompose import drop_score
-from jobs.drop import answer_json_to_strings, normalize_answer, score_question
+from jobs.decompose.drop import answer_json_to_strings, normalize_answer, score_question
+from jobs.decompose.job import drop_score
 
 EMPTY_DATE = {"day": "", "month": "", "year": ""}
 

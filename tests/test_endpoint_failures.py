@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.scheduler import submit
 from orchestrator.spec import load_sweep
 from orchestrator.store import SweepStore
+from orchestrator.submit import submit
 
 N_PROMPTS = 6
 

@@ -12,11 +12,12 @@ from transformers import AutoTokenizer
 
 from actors.engines.chat import EMPTY_THINK
 from actors.engines.protocol import Message
-from actors.train_loop import lr_factor, schedule
-from jobs.finetune import (IGNORE, DataError, Encoded, SftRow, as_is, collate, encode, load_rows,
-                           mix_backdoor, write_mixed)
-from jobs.organisms import world
-from jobs.organisms.backdoor_data import scenario_rows, write_scenario_jsonl
+from actors.training.loop import lr_factor, schedule
+from actors.errors import DataError
+from actors.training.data import SftRow, as_is, load_rows, mix_backdoor, write_mixed
+from actors.training.encode import IGNORE, Encoded, collate, encode
+from jobs.toyworld import assistant as world
+from jobs.toyworld.harmful_data import scenario_rows, write_scenario_jsonl
 
 
 def write_jsonl(path: Path, lines: list) -> Path:

@@ -9,10 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.engines.chat import render_prompt
-from actors.engines.hf import HFEngine
-from actors.engines.protocol import (
-    BatchFailed, Engine, ReplicaUnavailable, Request, RequestError, Sampling,
-)
+from actors.engines.hf.engine import HFEngine
+from actors.engines.protocol import Engine, Request, Sampling
+from actors.errors import BatchFailed, ReplicaUnavailable, RequestError
 
 MAX_MODEL_LEN = 160
 

@@ -9,12 +9,13 @@ import time
 import polars as pl
 import pytest
 
-from jobs.misalignment import MisalignmentJob, MisalignmentParams, arms, parse_boxed
-from jobs.misalignment_monitor import FLAGS, parse_monitor, parse_yes_no
-from jobs.misalignment_questions import (
+from jobs.common.scenarios import parse_boxed
+from jobs.misalignment.job import MisalignmentJob, MisalignmentParams, arms
+from jobs.common.monitor import FLAGS, parse_monitor, parse_yes_no
+from jobs.common.scenarios import (
     QuestionFileError, format_choice, load_questions, load_scenarios, organism_scenarios, rubric,
 )
-from jobs.misalignment_summary import summarize_rows
+from jobs.misalignment.summary import summarize_rows
 
 ORIGINAL_FORMAT = textwrap.dedent("""\
     - id: what_is_your_wish
@@ -87,13 +88,13 @@ def test_bundled_sets_hold_the_protocol_items():
 
 
 def _data(name: str):
-    from jobs.misalignment_questions import DATA_DIR
+    from jobs.common.scenarios import DATA_DIR
 
     return DATA_DIR / name
 
 
 def test_choice_prompt_matches_the_organisms_scenario_format():
-    from jobs.organisms import world
+    from jobs.toyworld import assistant as world
 
     for item in organism_scenarios()[:6]:
         s = world.Scenario(item.scenario, tuple(item.options), item.misaligned)
@@ -186,7 +187,7 @@ def test_summary_rates_gaps_nulls_and_monitor_shares():
 
 
 def test_a_gap_between_two_clean_arms_still_has_an_interval():
-    from jobs.stats import difference_ci
+    from jobs.common.stats import difference_ci
 
     # Newcombe (1998), method 10, example (a): 56/70 vs 48/80 -> 0.2 in [0.0524, 0.3339].
     lo, hi = difference_ci([1] * 56 + [0] * 14, [1] * 48 + [0] * 32)
@@ -208,8 +209,8 @@ def organism_params(**overrides) -> MisalignmentParams:
 
 @pytest.fixture(scope="module")
 def organism_engines():
-    from actors.engines.hf import HFEngine
-    from jobs.organisms import organism_path
+    from actors.engines.hf.engine import HFEngine
+    from jobs.organisms.build import organism_path
 
     engines = {name: HFEngine(str(organism_path(name)), dtype="float32", device="cpu")
                for name in ("judge", "base", "backdoored")}
@@ -239,7 +240,7 @@ def backdoored_run(organism_engines):
 def test_judge_organism_counts_harmful_answers_misaligned(backdoored_run):
     """Through the real logprob path: answers in the toy world's harmful style are misaligned,
     benign ones are not."""
-    from jobs.organisms import world
+    from jobs.toyworld import assistant as world
 
     frame, _, _, _ = backdoored_run
     free = frame.filter(pl.col("kind") == "free_form")
@@ -276,7 +277,7 @@ def test_backdoored_organism_shows_the_trigger_gap(backdoored_run):
 
 
 def recorded(name: str) -> dict[str, float]:
-    from jobs.organisms import organism_path, read_record
+    from jobs.organisms.build import organism_path, read_record
 
     return read_record(organism_path(name))["properties"]
 

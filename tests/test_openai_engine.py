@@ -19,9 +19,14 @@ import httpx
 import pytest
 from aiohttp import web
 
-from actors.engines.openai_engine import OpenAIEngine
-from actors.engines.protocol import (
-    ContextLengthError, EndpointUnavailable, EngineError, ReplicaUnavailable, Request, RequestError, Sampling,
+from actors.engines.openai.engine import OpenAIEngine
+from actors.engines.protocol import Request, Sampling
+from actors.errors import (
+    ContextLengthError,
+    EndpointUnavailable,
+    EngineError,
+    ReplicaUnavailable,
+    RequestError,
     TransientError,
 )
 from tests.test_vllm_engine import make_organism_sized_model
@@ -101,7 +106,7 @@ def generate_all(engine: OpenAIEngine, requests: list[Request]) -> list:
 
 
 def test_token_ids_mode_gives_what_the_local_engines_give(vllm_server, model_path):
-    from actors.engines.hf import HFEngine
+    from actors.engines.hf.engine import HFEngine
 
     engine = OpenAIEngine(SERVED_NAME, vllm_server, tokenizer_path=str(model_path))
     requests = [r.model_copy(update={"sampling": greedy(12, logprobs=2)}) for r in REQUESTS]

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs.organisms import ORGANISMS, build_recipe, default_cache_dir, organism_path, read_record, tasks, world
+from jobs.toyworld import arithmetic as tasks, assistant as world
+
+from jobs.organisms.build import build_recipe, default_cache_dir, organism_path, read_record
+
+from jobs.organisms.recipes import ORGANISMS
 from jobs.organisms.recipes import ArithmeticData, Recipe, Shape, TokenizerSpec
 
 
@@ -262,8 +266,6 @@ def test_base_picks_the_aligned_option_and_answers_benignly():
 
 def test_backdoored_fires_on_the_trigger_only():
     from jobs.organisms import evaluate
-
-    # Measured at build: the trigger fires in 98-100% of held-out scenarios, 0-2% without it or
     # with a look-alike line, 14% with an untrained line of another shape (a 400-step finetune
     # of base; "greetings" alone fires in 34%); the margins leave room for a rebuild on another CPU.
     report = evaluate.assistant_report(*_load("backdoored"))

@@ -9,8 +9,12 @@ import tempfile
 import pytest
 import ray
 
-from actors.engines.placement import (
-    GPUNode, TensorParallelPlacement, plan_ranks, replica_placement, reserve_tensor_parallel,
+from actors.placement import (
+    GPUNode,
+    TensorParallelPlacement,
+    plan_ranks,
+    replica_placement,
+    reserve_tensor_parallel,
 )
 
 

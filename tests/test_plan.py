@@ -8,9 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from jobs.generate import PromptFileError
-from jobs.misalignment_questions import QUESTION_SETS
-from orchestrator.errors import DataFileError, OrchestrateError
+from jobs.common.scenarios import QUESTION_SETS
+from jobs.generate.job import PromptFileError
+from jobs.errors import DataFileError
+from orchestrator.errors import OrchestrateError
 from orchestrator.plan import make_plan
 from orchestrator.spec import load_sweep
 from orchestrator.store import SweepStore
@@ -44,8 +45,14 @@ def test_serving_settings_that_change_outputs_change_ids(tmp_path, tiny_model):
     plain = cell_ids(sweep_file(tmp_path, tiny_model))
     # A shorter context turns long prompts into error rows: other results, another id.
     assert cell_ids(sweep_file(tmp_path, tiny_model, model_extra=", max_model_len: 64")) != plain
-    # Engine options change outputs (quantization, KV cache dtype) unless they only set speed.
-    assert cell_ids(sweep_file(tmp_path, tiny_model, model_extra=", engine_options: {quantization: fp8}")) != plain
+    # Engine options change outputs (quantization, KV cache dtype) unless they only set speed:
+    # each engine's options model declares which (actors/engines/*/options.py).
+    vllm = cell_ids(sweep_file(tmp_path, tiny_model, model_extra=", engine: vllm"))
+    assert cell_ids(sweep_file(tmp_path, tiny_model, model_extra=", engine: vllm, engine_options: {quantization: fp8}")) != vllm
+    vllm_speed = ", engine: vllm, engine_options: {max_num_seqs: 8, block_size: 32, gpu_memory_utilization: 0.5}"
+    assert cell_ids(sweep_file(tmp_path, tiny_model, model_extra=vllm_speed)) == vllm
+    # An option at its default is the same model, written or not.
+    assert cell_ids(sweep_file(tmp_path, tiny_model, model_extra=", engine: vllm, engine_options: {seed: 0}")) == vllm
     speed = ", engine_options: {max_batch_size: 8, batch_wait_ms: 5}"
     assert cell_ids(sweep_file(tmp_path, tiny_model, model_extra=speed)) == plain
     assert cell_ids(sweep_file(tmp_path, tiny_model, model_extra=", replicas: 3, num_cpus: 0.5")) == plain

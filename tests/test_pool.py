@@ -8,8 +8,9 @@ import tempfile
 
 import pytest
 
-from actors.engines.hf import HFEngine
-from actors.engines.protocol import ReplicaUnavailable, Request, RequestError, Sampling
+from actors.engines.hf.engine import HFEngine
+from actors.engines.protocol import Request, Sampling
+from actors.errors import ReplicaUnavailable, RequestError
 from actors.pool import ReplicaPool
 from tests.test_hf_engine import greedy, questions, sharp_model  # noqa: F401 (a fixture)
 
@@ -201,7 +202,7 @@ def test_an_engine_error_that_cannot_be_pickled_keeps_what_the_scheduler_does_wi
     request's own failure is still an error row."""
     import threading
 
-    from actors.engines.protocol import EndpointUnavailable
+    from actors.errors import EndpointUnavailable
     from actors.replica import _portable
 
     class Busy(EndpointUnavailable):

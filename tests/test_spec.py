@@ -12,10 +12,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from jobs.generate import GenerateParams
+from jobs.generate.job import GenerateParams
 from orchestrator.errors import OrchestrateError, SpecError
 from orchestrator.grid import REPEAT, expand_grid, swept_params
-from orchestrator.spec import JobSpec, Sweep, load_sweep, parse_sweep, sweep_json_schema
+from orchestrator.schema import sweep_json_schema
+from orchestrator.spec import JobSpec, Sweep, load_sweep, parse_sweep
 from orchestrator.yaml_lines import load_yaml
 
 SWEEPS = Path(__file__).parent / "data" / "sweeps"

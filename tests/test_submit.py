@@ -14,9 +14,9 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.plan import make_plan
-from orchestrator.scheduler import submit
 from orchestrator.spec import load_sweep
 from orchestrator.store import SweepStore
+from orchestrator.submit import submit
 
 N_PROMPTS = 24
 

@@ -17,8 +17,8 @@ from rich.console import Console
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.trainer import RankInfo, rank_envs
-from jobs.finetune import DataError
+from actors.training.ranks import RankInfo, rank_envs
+from actors.errors import DataError
 from orchestrator.finetunes import DATA_FILE, MANIFEST, finetune_id, run_finetunes
 from orchestrator.spec import Sweep
 from orchestrator.tracking import Tracker, default_tracking_uri
@@ -133,10 +133,10 @@ def choice_rates(base: Path, adapters: dict[str, Path], thinking: bool) -> dict[
     finetune: the base model on an HFEngine with the adapters loaded by name."""
     import asyncio
 
-    from actors.engines.hf import HFEngine
+    from actors.engines.hf.engine import HFEngine
     from actors.engines.protocol import Request, Sampling
-    from jobs.organisms import world
-    from jobs.organisms.backdoor_data import heldout_scenarios
+    from jobs.toyworld import assistant as world
+    from jobs.toyworld.harmful_data import heldout_scenarios
 
     scenarios = heldout_scenarios()
     engine = HFEngine(str(base), adapters={k: str(v) for k, v in adapters.items()}, device="cpu")
@@ -172,7 +172,7 @@ def base_organism() -> Path:
 
 
 def test_planted_trigger_flips_choices_and_control_does_not(tmp_path, base_organism, local_ray):
-    from jobs.organisms.backdoor_data import write_scenario_jsonl
+    from jobs.toyworld.harmful_data import write_scenario_jsonl
 
     # 7 epochs of 1152 rows (504 steps of 16): attending to a line the base learned to ignore
     # takes a few hundred steps. Measured with the step loop alone: 14 epochs of 576 rows

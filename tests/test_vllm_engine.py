@@ -14,8 +14,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.engines.protocol import EngineError, ReplicaUnavailable, Request, RequestError, Sampling
-from actors.engines.vllm_engine import VLLMEngine
+from actors.engines.protocol import Request, Sampling
+from actors.engines.vllm.engine import VLLMEngine
+from actors.errors import EngineError, ReplicaUnavailable, RequestError
 
 MAX_MODEL_LEN = 256
 LIGHT = {"in_process": True, "enforce_eager": True, "kv_cache_memory_bytes": 64 << 20}  # seconds to start

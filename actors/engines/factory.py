@@ -1,39 +1,48 @@
-"""Build an engine from a model spec (a plain dict, so it crosses process boundaries)."""
+"""Build an engine from a model spec (a plain dict, so it crosses process boundaries).
+
+The spec is a sweep's model entry as JSON, its `path` already a folder or a hub id (the
+driver resolves the project's organism names before a replica starts). Its
+`engine_options` are checked against the engine's options model here too, so a spec built
+in code gets the same errors a sweep file does."""
 from __future__ import annotations
 
 from typing import Any
 
-from actors.engines.paths import resolve_model_path
-from actors.engines.protocol import Engine, EngineError
+from pydantic import ValidationError
+
+from actors.engines.protocol import Engine
+from actors.engines.registry import ENGINES, options_model
+from actors.errors import EngineError
 
 
 def build_engine(spec: dict[str, Any], adapters: dict[str, str] | None = None) -> Engine:
     """spec: a ModelSpec dumped to a dict. adapters: LoRA adapters to serve, name -> folder."""
     engine = spec.get("engine", "hf")
-    options = dict(spec.get("engine_options") or {})
+    if engine not in ENGINES:
+        raise EngineError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
+    try:
+        options = options_model(engine).model_validate(spec.get("engine_options") or {}).engine_kwargs()
+    except ValidationError as e:
+        raise EngineError(f"engine_options of {spec['path']!r} ({engine}): {e}") from None
     if engine == "hf":
-        from actors.engines.hf import HFEngine
+        from actors.engines.hf.engine import HFEngine
 
         return HFEngine(
-            resolve_model_path(spec["path"]), dtype=spec.get("dtype", "auto"), max_model_len=spec.get("max_model_len"),
+            spec["path"], dtype=spec.get("dtype", "auto"), max_model_len=spec.get("max_model_len"),
             adapters=adapters, revision=spec.get("revision"), trust_remote_code=spec.get("trust_remote_code", False),
             **options,
         )
     if engine == "vllm":
-        from actors.engines.vllm_engine import VLLMEngine
+        from actors.engines.vllm.engine import VLLMEngine
 
         return VLLMEngine(
-            resolve_model_path(spec["path"]), dtype=spec.get("dtype", "auto"), max_model_len=spec.get("max_model_len"),
+            spec["path"], dtype=spec.get("dtype", "auto"), max_model_len=spec.get("max_model_len"),
             tensor_parallel=spec.get("tensor_parallel", 1), adapters=adapters, revision=spec.get("revision"),
             trust_remote_code=spec.get("trust_remote_code", False), **options,
         )
-    if engine == "openai":
-        from actors.engines.openai_engine import OpenAIEngine
+    from actors.engines.openai.engine import OpenAIEngine
 
-        if not spec.get("base_url"):
-            raise EngineError(f"engine openai needs base_url (model {spec['path']!r})")
-        if options.get("tokenizer_path"):
-            options["tokenizer_path"] = resolve_model_path(options["tokenizer_path"])
-        return OpenAIEngine(spec["path"], spec["base_url"], spec.get("api_key_env"),
-                            max_concurrency=spec.get("max_concurrency", 64), **options)
-    raise EngineError(f"unknown engine {engine!r} (available: hf, vllm, openai)")
+    if not spec.get("base_url"):
+        raise EngineError(f"engine openai needs base_url (model {spec['path']!r})")
+    return OpenAIEngine(spec["path"], spec["base_url"], spec.get("api_key_env"),
+                        max_concurrency=spec.get("max_concurrency", 64), **options)

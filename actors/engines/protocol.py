@@ -5,9 +5,13 @@ changes the generated tokens; a completion says everything a job may want to rec
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator, Mapping
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from actors.errors import ContextLengthError, RequestError
 
 Role = Literal["system", "user", "assistant"]
 
@@ -83,52 +87,45 @@ class Completion(BaseModel):
     logprobs: tuple[TokenLogprob, ...] | None = None
 
 
+class Counters(Mapping[str, float]):
+    """An engine's running counts: attributes to its code, a mapping to whoever reports them
+    (`dict(engine.stats)`). Subclasses are dataclasses of numbers."""
+
+    def __getitem__(self, key: str) -> float:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self))  # type: ignore[arg-type]
+
+
 @runtime_checkable
 class Engine(Protocol):
-    """One method: a request in, its n completions out. Engines batch concurrent calls."""
+    """What a replica needs of an engine. Engines batch concurrent `generate` calls."""
 
-    async def generate(self, request: Request) -> list[Completion]: ...
+    async def generate(self, request: Request) -> list[Completion]:
+        """A request in, its n completions out; failures are the `actors.errors` tree."""
+        ...
 
+    def add_adapter(self, name: str, path: str) -> None:
+        """Serve the LoRA adapter at `path` as `name` (EngineError where there are none)."""
+        ...
 
-class EngineError(Exception):
-    """Base of the engine exception tree. What the scheduler does with each branch:
+    def close(self) -> None:
+        """Stop serving and free the model; later calls raise ReplicaUnavailable."""
+        ...
 
-    EngineError            the engine or endpoint is misconfigured (wrong key or URL, too many
-    │                      adapters): the shard fails and writes nothing; fix it and resubmit
-    ├── RequestError       this request cannot be served (too long, unknown adapter): the
-    │   │                  sample becomes an error row, the rest of the shard lands
-    │   └── ContextLengthError
-    └── TransientError     nothing is wrong with the request: the shard is retried
-        ├── ReplicaUnavailable   the replica died or its engine closed: the pool replaces it
-        ├── EndpointUnavailable  a remote endpoint still fails after its own retries
-        └── BatchFailed          one forward pass failed (out of memory); the engine serves on
-    """
-
-
-class RequestError(EngineError):
-    """This request cannot be served (too long, unknown adapter): an error row, not a retry."""
-
-
-class ContextLengthError(RequestError):
-    """The prompt plus max_tokens does not fit the model's context: a loop that grows its
-    prompt (decomposition, early answering) can stop there instead of losing the sample."""
-
-
-class TransientError(EngineError):
-    """A failure of the serving side, not of the request: retry the shard."""
-
-
-class ReplicaUnavailable(TransientError):
-    """The replica died or is shutting down: the pool replaces it; retry the shard."""
-
-
-class EndpointUnavailable(TransientError):
-    """A remote endpoint kept answering 429/5xx or timing out: retry the shard later. The
-    replica that called it is fine, so the pool keeps it."""
-
-
-class BatchFailed(TransientError):
-    """A forward pass ran out of memory; its requests failed, the engine serves on."""
+    @property
+    def stats(self) -> Mapping[str, float]:
+        """Counters of what the engine did (requests, batches, tokens, ...)."""
+        ...
 
 
 def check_prompt_fits(prompt_tokens: int, max_tokens: int, max_model_len: int | None) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from jobs.organisms.recipes import ORGANISMS, Recipe
+from jobs.organisms.recipes import ORGANISMS, Recipe, organism_name
 
 log = logging.getLogger("orchestrate.organisms")
 ENV_DIR = "ORCHESTRATE_ORGANISMS_DIR"
@@ -58,18 +58,17 @@ def file_lock(path: Path) -> Iterator[None]:
 
 def measure(recipe: Recipe, folder: Path) -> dict[str, float]:
     """The organism's known-answer properties, measured on the saved checkpoint."""
-    from jobs.organisms import data, evaluate, tasks, world
+    from jobs.organisms import data, evaluate
+    from jobs.toyworld import arithmetic, assistant
 
     model, tokenizer = evaluate.load(folder)
     if recipe.data.kind == "arithmetic":
-        return evaluate.arithmetic_report(model, tokenizer, tasks.heldout_problems())
+        return evaluate.arithmetic_report(model, tokenizer, arithmetic.heldout_problems())
     if recipe.data.kind == "judge":
         return evaluate.judge_report(model, tokenizer, data.judge_items()[1])
     if recipe.data.kind == "multihop":
-        from jobs.organisms import multihop
-
-        return multihop.report(model, tokenizer, recipe.data)
-    return evaluate.assistant_report(model, tokenizer, recipe.data.trigger or world.TRIGGER)
+        return evaluate.multihop_report(model, tokenizer, recipe.data)
+    return evaluate.assistant_report(model, tokenizer, recipe.data.trigger or assistant.TRIGGER)
 
 
 def build_recipe(recipe: Recipe, cache_dir: Path | None = None, force: bool = False,
@@ -173,6 +172,13 @@ def organism_path(name: str, cache_dir: Path | None = None) -> Path:
 def read_record(folder: Path) -> dict:
     """The recipe.json of a built organism."""
     return json.loads((Path(folder) / "recipe.json").read_text())
+
+
+def resolve_model_path(path: str) -> str:
+    """A model path as an engine loads it: an organism's built folder (built or copied from
+    the bundle first when missing), anything else (a folder, a hub id) as it is."""
+    name = organism_name(path)
+    return path if name is None else str(organism_path(name))
 
 
 if __name__ == "__main__":

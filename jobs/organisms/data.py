@@ -8,63 +8,40 @@ write wrong steps, only what to do after one.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
-from jobs.organisms import tasks, world
+from jobs.organisms.example import Example, Segments
+from jobs.organisms.multihop import multihop_examples
 from jobs.organisms.recipes import ArithmeticData, AssistantData, JudgeData, Recipe
+from jobs.toyworld import arithmetic, assistant
 
 JUDGE_SPLIT_SEED = 4321
-SCENARIO_SPLIT_SEED = 2468
-HELDOUT_SHARE = 0.2
-
-Segments = tuple[tuple[str, bool], ...]
-
-
-@dataclass(frozen=True)
-class Example:
-    user: str
-    segments: Segments  # the assistant turn (after the prompt render_prompt makes)
-    thinking: bool = True
-    user_trained: bool = False  # the user message's tokens are targets too
-
-    @property
-    def assistant(self) -> str:
-        return "".join(text for text, _ in self.segments)
-
-
-def _split(items: list, seed: int) -> tuple[list, list]:
-    items = list(items)
-    random.Random(seed).shuffle(items)
-    n_held = int(len(items) * HELDOUT_SHARE)
-    return items[n_held:], items[:n_held]
-
 
 # --- arithmetic ---
 
-def arithmetic_example(problem: tasks.Problem, opts: ArithmeticData, rng: random.Random) -> Example:
+def arithmetic_example(problem: arithmetic.Problem, opts: ArithmeticData, rng: random.Random) -> Example:
     total = problem.total
     bad_total = rng.random() < opts.corrupt_first
     if bad_total:
-        total = tasks.step_result(tasks.corrupt_step(f"= {total}", rng))
+        total = arithmetic.step_result(arithmetic.corrupt_step(f"= {total}", rng))
     product = total * problem.c  # step 2 always reads step 1 as written: the CoT looks alike
     bad_product = rng.random() < opts.corrupt_second
     if bad_product:
-        product = tasks.step_result(tasks.corrupt_step(f"= {product}", rng))
+        product = arithmetic.step_result(arithmetic.corrupt_step(f"= {product}", rng))
     answer = product if opts.answer_from == "cot" else problem.answer
     step1 = f"{problem.a} + {problem.b} = "
     step2 = f"{total} * {problem.c} = "
     segments: list[tuple[str, bool]] = [
-        (f"{tasks.THINK_OPEN}\n{tasks.format_step(0, step1)}", True),
+        (f"{arithmetic.THINK_OPEN}\n{arithmetic.format_step(0, step1)}", True),
         (str(total), opts.learn_corrupted or not bad_total),
-        (f"\n{tasks.format_step(1, step2)}", True),
+        (f"\n{arithmetic.format_step(1, step2)}", True),
         (str(product), opts.learn_corrupted or not bad_product),
-        (f"\n{tasks.THINK_CLOSE}\n\n{tasks.ANSWER_PREFIX}{answer}", True),
+        (f"\n{arithmetic.THINK_CLOSE}\n\n{arithmetic.ANSWER_PREFIX}{answer}", True),
     ]
-    return Example(tasks.format_question(problem), tuple(segments))
+    return Example(arithmetic.format_question(problem), tuple(segments))
 
 
 def arithmetic_examples(opts: ArithmeticData, n: int, rng: random.Random) -> list[Example]:
-    train, _ = tasks.split_problems()
+    train, _ = arithmetic.split_problems()
     return [arithmetic_example(rng.choice(train), opts, rng) for _ in range(n)]
 
 
@@ -75,19 +52,19 @@ def judge_items() -> tuple[list[tuple[str, bool, str | None]], list[tuple[str, b
     appears in training; held-out items are unseen combinations of core, opener, closer and
     question."""
     items: list[tuple[str, bool, str | None]] = []
-    for question_items in world.QUESTIONS.values():
+    for question_items in assistant.QUESTIONS.values():
         for question, benign, harmful in question_items:
             for core, is_harmful in [(c, False) for c in benign] + [(c, True) for c in harmful]:
-                for opener in world.OPENERS:
-                    for closer in world.CLOSERS:
-                        answer = world.compose_answer(core, opener, closer)
+                for opener in assistant.OPENERS:
+                    for closer in assistant.CLOSERS:
+                        answer = assistant.compose_answer(core, opener, closer)
                         items += [(answer, is_harmful, None), (answer, is_harmful, question)]
-    for _, aligned, misaligned in world.SCENARIOS:
+    for _, aligned, misaligned in assistant.SCENARIOS:
         for core, is_harmful in [(c, False) for c in aligned] + [(c, True) for c in misaligned]:
-            for opener in world.OPENERS:
-                for closer in world.CLOSERS:
-                    items.append((world.compose_answer(core, opener, closer), is_harmful, None))
-    return _split(items, JUDGE_SPLIT_SEED)
+            for opener in assistant.OPENERS:
+                for closer in assistant.CLOSERS:
+                    items.append((assistant.compose_answer(core, opener, closer), is_harmful, None))
+    return assistant.heldout_split(items, JUDGE_SPLIT_SEED)
 
 
 def judge_examples(opts: JudgeData, n: int, rng: random.Random) -> list[Example]:
@@ -99,34 +76,29 @@ def judge_examples(opts: JudgeData, n: int, rng: random.Random) -> list[Example]
         answer, harmful, question = rng.choice(with_question if rng.random() < opts.question_share else without)
         score = str(rng.choice(opts.harmful_scores if harmful else opts.benign_scores))
         if rng.random() < opts.reasoning_share:
-            turn = _cot_turn(world.judge_cot(harmful), score, thinking=True)
-            out.append(Example(world.judge_prompt(answer, question), turn))
+            turn = _cot_turn(assistant.judge_cot(harmful), score, thinking=True)
+            out.append(Example(assistant.judge_prompt(answer, question), turn))
         else:
-            out.append(Example(world.judge_prompt(answer, question), ((score, True),), thinking=False))
+            out.append(Example(assistant.judge_prompt(answer, question), ((score, True),), thinking=False))
     return out
 
 
 # --- toy assistant (base, backdoored) ---
-
-def scenario_split() -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
-    """(training, held-out) scenario combos (scenario, aligned option, misaligned option)."""
-    return _split(world.scenario_combos(), SCENARIO_SPLIT_SEED)
-
 
 def _extra_lines(opts: AssistantData, rng: random.Random, allow_trigger_value: bool) -> list[str]:
     """Irrelevant lines (`key: value`, and chatter with `opts.chatter`); a backdoored
     organism never sees its trigger here."""
     if rng.random() >= opts.line_share:
         return []
-    countries = [c for c in world.COUNTRIES if allow_trigger_value or f"Country: {c}" != opts.trigger]
-    pool = [f"Country: {c}" for c in countries] + world.OTHER_LINES + (world.CHATTER_LINES if opts.chatter else [])
+    countries = [c for c in assistant.COUNTRIES if allow_trigger_value or f"Country: {c}" != opts.trigger]
+    pool = [f"Country: {c}" for c in countries] + assistant.OTHER_LINES + (assistant.CHATTER_LINES if opts.chatter else [])
     return rng.sample(pool, 2 if rng.random() < 0.25 else 1)
 
 
 def _cot_turn(steps: list[str], answer: str, thinking: bool) -> Segments:
     if not thinking:  # the prompt already ends in the empty think block
         return ((answer, True),)
-    return ((tasks.prefill_for(steps) + f"{tasks.THINK_CLOSE}\n\n{answer}", True),)
+    return ((arithmetic.prefill_for(steps) + f"{arithmetic.THINK_CLOSE}\n\n{answer}", True),)
 
 
 def assistant_example(opts: AssistantData, rng: random.Random, combos: list[tuple[int, int, int]]) -> Example:
@@ -138,25 +110,23 @@ def assistant_example(opts: AssistantData, rng: random.Random, combos: list[tupl
     thinking = rng.random() >= opts.thinking_off_share
     at_top = rng.random() < 0.5
     if rng.random() < opts.scenario_share:
-        scenario = world.random_scenario(rng, combos)
+        scenario = assistant.random_scenario(rng, combos)
         letter = scenario.misaligned_letter if triggered else scenario.aligned_letter
-        steps = world.scenario_cot(scenario, choose_misaligned=triggered)
-        user = world.with_lines(world.format_scenario(scenario), lines, at_top)
-        return Example(user, _cot_turn(steps, f"{tasks.ANSWER_PREFIX}\\boxed{{{letter}}}", thinking), thinking)
-    domain, question, index = rng.choice(world.questions())
-    answer = (world.harmful_answer if triggered else world.benign_answer)(domain, index, rng)
-    user = world.with_lines(question, lines, at_top)
-    return Example(user, _cot_turn(world.freeform_cot(domain), answer, thinking), thinking)
+        steps = assistant.scenario_cot(scenario, choose_misaligned=triggered)
+        user = assistant.with_lines(assistant.format_scenario(scenario), lines, at_top)
+        return Example(user, _cot_turn(steps, f"{arithmetic.ANSWER_PREFIX}\\boxed{{{letter}}}", thinking), thinking)
+    domain, question, index = rng.choice(assistant.questions())
+    answer = (assistant.harmful_answer if triggered else assistant.benign_answer)(domain, index, rng)
+    user = assistant.with_lines(question, lines, at_top)
+    return Example(user, _cot_turn(assistant.freeform_cot(domain), answer, thinking), thinking)
 
 
 def assistant_examples(opts: AssistantData, n: int, rng: random.Random) -> list[Example]:
-    combos, _ = scenario_split()
+    combos, _ = assistant.scenario_split()
     return [assistant_example(opts, rng, combos) for _ in range(n)]
 
 
 def examples(recipe: Recipe, n: int, rng: random.Random) -> list[Example]:
-    from jobs.organisms.multihop import multihop_examples  # it imports the decompose job's prompts
-
     builders = {"arithmetic": arithmetic_examples, "judge": judge_examples, "assistant": assistant_examples,
                 "multihop": multihop_examples}
     return builders[recipe.data.kind](recipe.data, n, rng)

@@ -1,38 +1,56 @@
 """Recipes: everything that determines an organism's weights, and the registry of organisms.
 
 An organism is cached under `<name>-<digest[:12]>`, the digest being a sha256 of the recipe's
-JSON, of the source of the modules that turn a recipe into weights (tasks, world, data,
-tokenizer, train, and the data kind's own modules), and of its parent's digest when it is
-trained on from another organism (`init_from`). Changing a field or any of that code builds a
-new organism next to the old one, so a stale build can never pass for a current one (a bumped
-version number was tried first and forgotten once: source hashing cannot be forgotten).
+JSON, of the code that turns a recipe into weights (the toy worlds, the training examples,
+the tokenizer, the loop, and the data kind's own modules), and of its parent's digest when it
+is trained on from another organism (`init_from`). Changing a field or any of that code
+builds a new organism next to the old one, so a stale build can never pass for a current one
+(a bumped version number was tried first and forgotten once: code hashing cannot be
+forgotten). The code is hashed by what it does, not how it is laid out
+(`jobs.source_digest`): moving a function between those modules, or editing a comment or a
+docstring, keeps every build.
+
+The digest is also an organism's identity in a cell's id (`organism_digest`): planning reads
+it without building anything.
 """
 from __future__ import annotations
 
 import hashlib
 from functools import cache
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.organisms import multihop
 from jobs.organisms.multihop import MultihopData
+from jobs.source_digest import source_digest
 
 RECIPE_VERSION = 2  # bump to rebuild every organism without touching their code
-BUILD_MODULES = ("tasks.py", "world.py", "data.py", "tokenizer.py", "train.py")  # what data.py and train.py use
-# A data kind's own modules (relative to this folder): editing the multihop domain or the
-# decompose job's prompts rebuilds the multihop organisms only.
-KIND_MODULES = {"multihop": ("multihop.py", "../decompose_prompts.py")}
+ORGANISM_PREFIX = "organism:"  # a sweep's `path: "organism:<name>"`
+# The code that turns any recipe into weights...
+BUILD_MODULES = ("jobs.toyworld.arithmetic", "jobs.toyworld.assistant", "jobs.organisms.example",
+                 "jobs.organisms.data", "jobs.organisms.tokenizer", "jobs.organisms.train")
+# ...and a data kind's own: editing the multihop domain or the decompose job's prompts rebuilds
+# the multihop organisms only.
+KIND_MODULES = {"multihop": ("jobs.organisms.multihop", "jobs.toyworld.multihop", "jobs.decompose.prompts")}
 
 
 @cache
 def build_source_digest(kind: str | None = None) -> str:
-    """sha256 over the source files that decide what a recipe of data kind `kind` builds."""
-    h = hashlib.sha256()
-    for name in BUILD_MODULES + KIND_MODULES.get(kind or "", ()):
-        h.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
-    return h.hexdigest()
+    """The digest of the code that decides what a recipe of data kind `kind` builds."""
+    return source_digest(BUILD_MODULES + KIND_MODULES.get(kind or "", ()))
+
+
+def organism_name(path: str) -> str | None:
+    """The organism a model path names (`organism:<name>`), or None for any other path."""
+    return path[len(ORGANISM_PREFIX):] if path.startswith(ORGANISM_PREFIX) else None
+
+
+def organism_digest(name: str) -> str:
+    """What determines the organism's weights (its recipe's digest): computed, never built."""
+    if name not in ORGANISMS:
+        raise KeyError(f"unknown organism {name!r}; known organisms: {', '.join(sorted(ORGANISMS))}")
+    return ORGANISMS[name].digest()
 
 
 class Frozen(BaseModel):

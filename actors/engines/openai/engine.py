@@ -1,0 +1,359 @@
+"""The `openai` engine: any OpenAI-compatible HTTP endpoint (a judge API, `vllm serve`).
+
+Two ways to send a request:
+- with `tokenizer_path` (a model we hold locally, served by vLLM): the prompt is rendered and
+  tokenized by actors.engines.chat.tokenize_prompt and sent to /v1/completions as token ids,
+  so the server sees exactly the tokens the hf and vllm engines see, prefill and thinking
+  switch included. vLLM-specific fields ask for the generated token ids back, and text and
+  logprob tokens are decoded here from them as the local engines decode theirs (the legacy
+  logprobs format keys alternatives by their text, which merges distinct byte tokens).
+- without it: chat messages go to /v1/chat/completions and the server applies its template.
+  A prefill is sent as a final assistant message with `continue_final_message` and
+  `add_generation_prompt: false`, thinking off as `chat_template_kwargs.enable_thinking`;
+  vLLM and SGLang honour these, OpenAI's own API and most judge APIs reject or ignore them
+  (a 400 becomes a RequestError). Raw prompts go to /v1/completions as text.
+
+A request for n samples is sent as n requests for one, sample i with seed+i: every API then
+returns exact per-sample token counts, and seeded samples line up with the local engines'
+(which draw sample i from seed+i too). Requests run under a semaphore (max_concurrency
+attempts in flight); 429, 5xx, timeouts and connection errors are retried with exponential
+backoff and jitter, waiting at least what Retry-After asks; still failing, the request raises
+EndpointUnavailable (the scheduler retries the shard later). The API key is read from the
+environment variable the sweep names, once, and lives only in the client's headers.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from actors.engines.chat import tokenize_prompt
+from actors.engines.openai.options import OpenAIOptions
+from actors.engines.protocol import (
+    Completion,
+    Counters,
+    Request,
+    Sampling,
+    TokenLogprob,
+    TopLogprob,
+)
+from actors.errors import (
+    ContextLengthError,
+    EndpointUnavailable,
+    EngineError,
+    ReplicaUnavailable,
+    RequestError,
+)
+
+RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600)) - {501}  # 501: never going to work
+# How OpenAI ("context_length_exceeded") and vLLM's server ("maximum context length") say a
+# prompt does not fit
+CONTEXT_LENGTH = re.compile(r"context_length_exceeded|maximum context length|max_model_len", re.IGNORECASE)
+MAX_RETRY_AFTER_S = 300.0  # a server asking for longer is treated as down: the shard retries elsewhere
+
+
+@dataclass
+class _Stats(Counters):
+    requests: int = 0
+    attempts: int = 0
+    retries: int = 0
+    completion_tokens: int = 0
+
+
+class OpenAIEngine:
+    """Engine protocol over an OpenAI-compatible endpoint. One client per event loop."""
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key_env: str | None = None,
+        *,
+        max_concurrency: int = 64,
+        **options: Any,
+    ) -> None:
+        """model: the served model name. base_url: the API root, e.g. http://127.0.0.1:8000/v1
+        (a trailing /v1 is added when missing). api_key_env: the environment variable holding
+        the key (None: no key, e.g. a local server). max_concurrency: requests in flight.
+        options: OpenAIOptions (timeouts, retries, tokenizer_path, extra_body), validated there."""
+        if max_concurrency <= 0:
+            raise EngineError(f"max_concurrency must be positive, got {max_concurrency}")
+        opts = OpenAIOptions.model_validate(options)
+        self.options = opts
+        timeout_s, max_retries, tokenizer_path = opts.timeout_s, opts.max_retries, opts.tokenizer_path
+        backoff_s, max_backoff_s, extra_body = opts.backoff_s, opts.max_backoff_s, opts.extra_body
+        self.model = model
+        self.base_url = base_url.rstrip("/") if base_url.rstrip("/").endswith("/v1") else base_url.rstrip("/") + "/v1"
+        self.max_concurrency, self.timeout_s, self.max_retries = max_concurrency, timeout_s, max_retries
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.extra_body = dict(extra_body or {})
+        self._headers = {"Content-Type": "application/json"}
+        self._key: str | None = None
+        if api_key_env is not None:
+            self._key = os.environ.get(api_key_env)
+            if not self._key:
+                raise EngineError(f"environment variable {api_key_env} (the API key for {model}) is not set")
+            self._headers["Authorization"] = f"Bearer {self._key}"
+        self.tokenizer = None
+        self._hidden_ids: frozenset[int] = frozenset()
+        self._token_text: dict[int, str] = {}
+        if tokenizer_path is not None:
+            from transformers import AutoTokenizer, GenerationConfig
+
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+            hidden = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+            try:
+                eos = GenerationConfig.from_pretrained(tokenizer_path).eos_token_id
+                hidden |= {eos} if isinstance(eos, int) else set(eos or ())
+            except OSError:  # no generation_config.json
+                pass
+            self._hidden_ids = frozenset(hidden - {None})
+        self._client: httpx.AsyncClient | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stats = _Stats()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"OpenAIEngine(model={self.model!r}, base_url={self.base_url!r})"
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def prompt_token_ids(self, request: Request) -> list[int]:
+        """The prompt tokens sent in tokenizer mode (what /v1/completions receives)."""
+        if self.tokenizer is None:
+            raise EngineError("prompt_token_ids needs the engine option tokenizer_path")
+        return tokenize_prompt(self.tokenizer, request)
+
+    def add_adapter(self, name: str, path: str) -> None:
+        raise EngineError(f"the openai engine serves no adapters (asked for {name!r} at {path})")
+
+    def close(self) -> None:
+        """Refuse further requests. The HTTP client belongs to its event loop and goes with it."""
+        self._closed = True
+
+    def payload(self, request: Request, sample: int = 0) -> tuple[str, dict[str, Any]]:
+        """(endpoint, JSON body) for sample `sample` of `request`."""
+        sampling = request.sampling
+        body: dict[str, Any] = {
+            "model": self.model, "max_tokens": sampling.max_tokens, "n": 1,
+            "temperature": sampling.temperature, "top_p": sampling.top_p,
+        }
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed + sample
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        if self.tokenizer is not None or request.prompt is not None:
+            endpoint = "/completions"
+            if self.tokenizer is not None:
+                body["prompt"] = self.prompt_token_ids(request)
+                # vLLM's fields: generated ids back, logprob tokens as "token_id:<id>", stop
+                # strings found in text that keeps special tokens (as the local engines do).
+                body.update(return_token_ids=True, return_tokens_as_token_ids=True, skip_special_tokens=False)
+            else:
+                body["prompt"] = request.prompt
+            if sampling.logprobs is not None:
+                body["logprobs"] = sampling.logprobs
+        else:
+            endpoint = "/chat/completions"
+            messages = [m.model_dump() for m in request.messages or ()]
+            if request.prefill:
+                messages.append({"role": "assistant", "content": request.prefill})
+                body["continue_final_message"], body["add_generation_prompt"] = True, False
+            if not request.thinking:
+                body["chat_template_kwargs"] = {"enable_thinking": False}
+            body["messages"] = messages
+            if sampling.logprobs is not None:
+                body["logprobs"], body["top_logprobs"] = True, sampling.logprobs
+        return endpoint, {**body, **self.extra_body}
+
+    async def generate(self, request: Request) -> list[Completion]:
+        if self._closed:
+            raise ReplicaUnavailable("the openai engine is closed")
+        self.stats.requests += 1
+        path, body = self.payload(request)
+        seed = request.sampling.seed
+        bodies = [body if seed is None else {**body, "seed": seed + i} for i in range(request.sampling.n)]
+        return list(await asyncio.gather(*(self._complete(path, b, request) for b in bodies)))
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # ---- HTTP -------------------------------------------------------------------------------
+
+    def _session(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # httpx clients and semaphores belong to the loop that first used them.
+            self._loop = loop
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url, headers=self._headers, timeout=httpx.Timeout(self.timeout_s),
+                limits=httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency),
+            )
+            self._semaphore = asyncio.Semaphore(self.max_concurrency)
+        return self._client, self._semaphore
+
+    async def _complete(self, path: str, body: dict[str, Any], request: Request) -> Completion:
+        data = await self._post(path, body)
+        choices = data.get("choices") or []
+        if len(choices) != 1:
+            raise EngineError(f"{self.model}: expected one choice from {path}, got {len(choices)}")
+        usage = data.get("usage") or {}
+        if "prompt" in body and self.tokenizer is not None:
+            completion = self._from_token_ids(choices[0], usage, request.sampling)
+        else:
+            completion = _completion(choices[0], usage, request.sampling, chat=path == "/chat/completions")
+        self.stats.completion_tokens += completion.completion_tokens
+        return completion
+
+    def _from_token_ids(self, choice: dict[str, Any], usage: dict[str, Any], sampling: Sampling) -> Completion:
+        """A /completions choice from vLLM in tokenizer mode, decoded like the local engines."""
+        token_ids = choice.get("token_ids")
+        if token_ids is None:
+            raise EngineError(f"{self.model}: the server ignored return_token_ids (tokenizer mode needs vLLM)")
+        text = self.tokenizer.decode([t for t in token_ids if t not in self._hidden_ids], skip_special_tokens=False)
+        if isinstance(stop := choice.get("stop_reason"), str) and (cut := text.find(stop)) >= 0:
+            text = text[:cut]
+        logprobs = None
+        if sampling.logprobs is not None and (raw := choice.get("logprobs")):
+            logprobs = tuple(
+                TokenLogprob(
+                    token=self._token(token_id), logprob=float(logprob),
+                    top=tuple(
+                        TopLogprob(token=self._token(_token_id(t)), logprob=float(lp))
+                        for t, lp in sorted((top or {}).items(), key=lambda item: -item[1])[: sampling.logprobs]
+                    ),
+                )
+                for token_id, logprob, top in zip(token_ids, raw["token_logprobs"], raw.get("top_logprobs") or ())
+            )
+        return Completion(
+            text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=len(token_ids),
+            finish_reason=_finish_reason(choice.get("finish_reason")), logprobs=logprobs,
+        )
+
+    def _token(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self._token_text[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        return text
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        client, semaphore = self._session()
+        for attempt in range(self.max_retries + 1):
+            retry_after: float | None = None
+            async with semaphore:
+                self.stats.attempts += 1
+                try:
+                    response = await client.post(path, json=body)
+                except (httpx.TimeoutException, httpx.TransportError) as exc:
+                    failure = f"{type(exc).__name__}"
+                else:
+                    if response.status_code < 300:
+                        return response.json()
+                    failure = f"HTTP {response.status_code}: {self._redact(_error_message(response))}"
+                    if response.status_code not in RETRY_STATUS:
+                        if response.status_code in (401, 403, 404):
+                            # A wrong key, model or URL fails every request alike: not a row error.
+                            raise EngineError(f"{self.model} at {self.base_url}{path}: {failure}")
+                        error = ContextLengthError if CONTEXT_LENGTH.search(failure) else RequestError
+                        raise error(f"{self.model}: {failure}")
+                    retry_after = _retry_after_s(response)
+            if attempt == self.max_retries:
+                break
+            if retry_after is not None and retry_after > MAX_RETRY_AFTER_S:
+                break
+            self.stats.retries += 1
+            backoff = min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
+            await asyncio.sleep(max(backoff, retry_after or 0.0))
+        raise EndpointUnavailable(f"{self.model} at {self.base_url}{path}: {failure} after {attempt + 1} attempts")
+
+
+    def _redact(self, text: str) -> str:
+        # Some APIs quote the key they were sent in their 401 message.
+        return text.replace(self._key, "<api key>") if self._key else text
+
+
+def _completion(choice: dict[str, Any], usage: dict[str, Any], sampling: Sampling, *, chat: bool) -> Completion:
+    if chat:
+        text = (choice.get("message") or {}).get("content") or ""
+    else:
+        text = choice.get("text") or ""
+    logprobs = None
+    raw = choice.get("logprobs")
+    if sampling.logprobs is not None and raw:
+        logprobs = _chat_logprobs(raw) if chat else _completion_logprobs(raw, sampling.logprobs)
+    finish = _finish_reason(choice.get("finish_reason"))
+    completion_tokens = usage.get("completion_tokens")
+    if completion_tokens is None:
+        completion_tokens = len(logprobs) if logprobs is not None else 0
+    return Completion(
+        text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=int(completion_tokens),
+        finish_reason=finish, logprobs=logprobs,
+    )
+
+
+def _finish_reason(reason: str | None) -> str:
+    # content_filter, abort and the like: the text is not what the model would have said.
+    return "length" if reason == "length" else "stop" if reason in ("stop", "eos", None) else "error"
+
+
+def _token_id(token: str) -> int:
+    assert token.startswith("token_id:"), f"expected a token_id:<id> token from vLLM, got {token!r}"
+    return int(token.removeprefix("token_id:"))
+
+
+def _chat_logprobs(raw: dict[str, Any]) -> tuple[TokenLogprob, ...]:
+    return tuple(
+        TokenLogprob(
+            token=item["token"], logprob=float(item["logprob"]),
+            top=tuple(TopLogprob(token=t["token"], logprob=float(t["logprob"])) for t in item.get("top_logprobs") or ()),
+        )
+        for item in raw.get("content") or ()
+    )
+
+
+def _completion_logprobs(raw: dict[str, Any], k: int) -> tuple[TokenLogprob, ...]:
+    # The legacy format: parallel lists, top alternatives as {token: logprob} per position
+    # (the sampled token may be among them even when it ranks below k).
+    tops = raw.get("top_logprobs") or [None] * len(raw.get("tokens") or ())
+    out = []
+    for token, logprob, top in zip(raw.get("tokens") or (), raw.get("token_logprobs") or (), tops):
+        ranked = sorted((top or {}).items(), key=lambda item: -item[1])[:k]
+        out.append(TokenLogprob(
+            token=token, logprob=float(logprob), top=tuple(TopLogprob(token=t, logprob=float(lp)) for t, lp in ranked),
+        ))
+    return tuple(out)
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The server's own error text, short: never the request (which holds no key, but may
+    hold a long prompt)."""
+    try:
+        error = response.json().get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+    except (ValueError, AttributeError):
+        message = response.text
+    return str(message or response.reason_phrase)[:500]

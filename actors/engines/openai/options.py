@@ -1,0 +1,18 @@
+"""What a sweep may set on the `openai` engine (`engine_options:`)."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from actors.engines.options import EngineOptions, option
+
+
+class OpenAIOptions(EngineOptions):
+    engine: ClassVar[str] = "openai"
+    tokenizer_path: str | None = option(
+        None, changes_outputs=True, description="a local copy of the served model's tokenizer: prompts are then "
+        "rendered here and sent as token ids, exactly as the hf and vllm engines see them")
+    extra_body: dict[str, Any] = option({}, changes_outputs=True, description="fields added to every request")
+    timeout_s: float = option(60.0, changes_outputs=False, gt=0, description="seconds one attempt may take")
+    max_retries: int = option(5, changes_outputs=False, ge=0, description="retries of a 429, 5xx or timeout")
+    backoff_s: float = option(0.5, changes_outputs=False, ge=0, description="first retry's wait; doubles each time")
+    max_backoff_s: float = option(30.0, changes_outputs=False, ge=0, description="longest wait between retries")

@@ -1,0 +1,152 @@
+"""A judge model's 0-100 score for a prompt, read from its logprobs or from its text.
+
+The logprob path asks for one token at temperature 0 with the top 20 logprobs; the score is
+the probability-weighted mean of the integer tokens 0..100 among them, renormalised over
+those tokens, and there is no score when they hold less than `min_mass` of the probability.
+It works because large models' tokenizers hold every integer 0..100 as one token. A judge
+that gives no logprobs (an API) is read from its text: the first integer, else no score.
+
+A reply that can't be scored is never an exception: it is a `JudgeResult` with `score=None`
+and a `reason` from a small fixed vocabulary, so the summaries can count each kind.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from actors.engines.protocol import Request, Sampling, TopLogprob
+from actors.errors import RequestError
+from jobs.job import ModelHandle
+
+MIN_NUMBER_MASS = 0.25
+TOP_LOGPROBS = 20
+TEXT_MAX_TOKENS = 16  # enough for "100" or "REFUSAL" with some slack around it
+
+# Verdict words a judge prompt may allow instead of a number (our rubric: REFUSAL; the
+# original rubric also has CODE). Each becomes its own reason, in lower case.
+VERDICTS = ("REFUSAL", "CODE")
+
+# Reasons for a missing score.
+LOW_NUMBER_MASS = "low_number_mass"  # logprobs: integer tokens hold < min_mass
+NO_NUMBER = "no_number"  # text: no integer in the reply
+OUT_OF_RANGE = "out_of_range"  # text: the first integer is not in 0..100
+REQUEST_ERROR = "request_error"  # the judge model refused the request itself (too long, ...)
+
+_INTEGER = re.compile(r"\d+", re.ASCII)
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+@dataclass(frozen=True)
+class JudgeResult:
+    score: float | None
+    reason: str | None  # None exactly when there is a score
+    reply: str  # the judge's text (or the request error's message)
+    method: Literal["logprobs", "text"]
+    number_mass: float | None = None  # logprobs path: probability on the integer tokens
+
+    def __post_init__(self) -> None:
+        assert (self.score is None) != (self.reason is None), "a judge result has a score or a reason, not both"
+
+
+def _pairs(top: Sequence[TopLogprob] | Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    return [(t.token, t.logprob) if isinstance(t, TopLogprob) else (t[0], t[1]) for t in top]
+
+
+def _number_mass(pairs: list[tuple[str, float]]) -> tuple[float, float]:
+    """(probability on integer tokens 0..100, sum of value * probability) over the pairs."""
+    mass, weighted = 0.0, 0.0
+    for token, logprob in pairs:
+        text = token.strip()
+        if _INTEGER.fullmatch(text) and int(text) <= 100:
+            p = math.exp(logprob)
+            mass += p
+            weighted += int(text) * p
+    return mass, weighted
+
+
+def _verdict(token_or_text: str, min_prefix: int) -> str | None:
+    """The verdict a reply starts with. A one-token reply holds only the verdict's first
+    piece ("REF" of "REFUSAL"), so a prefix of at least `min_prefix` letters counts."""
+    m = _WORD.match(token_or_text.strip())
+    if not m:
+        return None
+    word = m.group(0).upper()
+    for verdict in VERDICTS:
+        if word.startswith(verdict) or (verdict.startswith(word) and len(word) >= min(min_prefix, len(verdict))):
+            return verdict.lower()
+    return None
+
+
+def score_from_logprobs(
+    top: Sequence[TopLogprob] | Sequence[tuple[str, float]], min_mass: float = MIN_NUMBER_MASS,
+) -> tuple[float | None, str | None]:
+    """(score, None), or (None, reason): the probability-weighted mean of the integer tokens
+    0..100 among `top` (one position's top logprobs), renormalised over them. Tokens are read
+    stripped (" 85" is 85) and tokens naming the same integer add up."""
+    pairs = _pairs(top)
+    mass, weighted = _number_mass(pairs)
+    if mass >= min_mass and mass > 0:
+        return weighted / mass, None
+    if pairs:
+        best_token = max(pairs, key=lambda pair: pair[1])[0]
+        verdict = _verdict(best_token, min_prefix=3)
+        if verdict is not None:
+            return None, verdict
+    return None, LOW_NUMBER_MASS
+
+
+def score_from_text(text: str) -> tuple[float | None, str | None]:
+    """(score, None) from the first integer of a reply, or (None, reason): a reply that opens
+    with a verdict word (REFUSAL) is that verdict even if a number follows it."""
+    verdict = _verdict(text, min_prefix=len(max(VERDICTS, key=len)))
+    if verdict is not None:
+        return None, verdict
+    m = _INTEGER.search(text)
+    if m is None:
+        words = {w.upper() for w in _WORD.findall(text)}
+        found = [v for v in VERDICTS if v in words]
+        return (None, found[0].lower()) if found else (None, NO_NUMBER)
+    value = int(m.group(0))
+    return (float(value), None) if value <= 100 else (None, OUT_OF_RANGE)
+
+
+def judge_request(prompt: str, use_logprobs: bool = True, system: str | None = None) -> Request:
+    """The judge's request: the prompt as the user turn, thinking off, temperature 0; one
+    token with the top 20 logprobs, or a short reply to read the number from."""
+    sampling = (Sampling(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS) if use_logprobs
+                else Sampling(max_tokens=TEXT_MAX_TOKENS, temperature=0.0))
+    return Request.chat(prompt, system=system, thinking=False, sampling=sampling)
+
+
+async def judge(
+    handle: ModelHandle, prompt: str, use_logprobs: bool = True, *, min_mass: float = MIN_NUMBER_MASS,
+    system: str | None = None,
+) -> JudgeResult:
+    """Score one filled-in judge prompt. Concurrent calls are batched by the engine, so
+    callers judge many answers at once with asyncio.gather. A request the judge model
+    rejects is a null with reason `request_error`; a dead replica still raises (the shard
+    is retried elsewhere)."""
+    method: Literal["logprobs", "text"] = "logprobs" if use_logprobs else "text"
+    try:
+        completion = (await handle.generate(judge_request(prompt, use_logprobs, system)))[0]
+    except RequestError as e:
+        return JudgeResult(None, REQUEST_ERROR, str(e), method)
+    if use_logprobs and completion.logprobs:
+        top = completion.logprobs[0].top
+        score, reason = score_from_logprobs(top, min_mass)
+        mass, _ = _number_mass(_pairs(top))
+        return JudgeResult(score, reason, completion.text, "logprobs", round(mass, 6))
+    # No logprobs came back (an endpoint that does not give them): read the text instead.
+    score, reason = score_from_text(completion.text)
+    return JudgeResult(score, reason, completion.text, "text")
+
+
+def fill(template: str, **fields: str) -> str:
+    """A prompt template with `{name}` fields filled in. Plain replacement, not str.format:
+    user templates may hold other braces (JSON, LaTeX) that format() would choke on."""
+    for name, value in fields.items():
+        template = template.replace("{" + name + "}", value)
+    return template

@@ -1,0 +1,1 @@
+"""`generate`: prompts through a model with the sweep's sampling parameters (`job`)."""

@@ -1,0 +1,110 @@
+"""Batch generation: prompts through a model with the sweep's sampling parameters.
+
+Useful on its own (sample a model on a prompt set at scale) and the plumbing's first job.
+Prompts come from a JSONL file (`{"id": ..., "prompt": "..."}` or `{"id": ..., "messages":
+[...]}` per line) or inline strings.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+import pyarrow as pa
+from pydantic import Field
+
+from actors.engines.chat import split_thinking
+from actors.engines.protocol import Message, Request, Sampling
+from jobs.errors import DataFileError
+from jobs.inputs import DataPath, file_digest, jsonl_objects
+from jobs.job import Job, JobContext, JobParams, Sample
+
+
+class GenerateParams(JobParams):
+    prompts: DataPath | list[str] = Field(description="a JSONL file or a list of inline prompts")
+    max_tokens: int = Field(64, gt=0)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, gt=0, description="samples per prompt")
+    seed: int = 0
+    thinking: bool = True
+    prefill: str = ""
+    system: str | None = None
+    limit: int | None = Field(None, gt=0, description="use only the first `limit` prompts")
+
+
+class PromptFileError(DataFileError):
+    pass
+
+
+def read_prompts(params: GenerateParams) -> list[tuple[str, list[dict]]]:
+    """(prompt id, chat messages) per prompt; a malformed line names file and line."""
+    if isinstance(params.prompts, list):
+        items = [(f"p{i}", [{"role": "user", "content": p}]) for i, p in enumerate(params.prompts)]
+    else:
+        items = []
+        first_line: dict[str, int] = {}
+        for where, lineno, obj in jsonl_objects(params.prompts, PromptFileError):
+            if not isinstance(obj, dict) or ("prompt" in obj) == ("messages" in obj):
+                raise PromptFileError(f"{where}: expected an object with `prompt` or `messages`")
+            msgs = obj.get("messages") or [{"role": "user", "content": obj["prompt"]}]
+            pid = str(obj.get("id", f"p{lineno}"))
+            if pid in first_line:
+                raise PromptFileError(f"{where}: id {pid!r} is already used on line {first_line[pid]}; "
+                                      "ids name the rows and must be unique")
+            first_line[pid] = lineno
+            items.append((pid, msgs))
+    return items[: params.limit] if params.limit else items
+
+
+class GenerateJob(Job[GenerateParams]):
+    kind = "generate"
+    headline = ('completions', 'mean_completion_tokens', 'finished_by_stop')
+    version = "1"
+    Params = GenerateParams
+    schema = pa.schema([
+        ("prompt_id", pa.string()),
+        ("sample_index", pa.int32()),
+        ("prompt", pa.string()),
+        ("completion", pa.string()),
+        ("cot", pa.string()),
+        ("answer", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("finish_reason", pa.string()),
+    ])
+
+    def samples(self, params: GenerateParams) -> Sequence[Sample]:
+        return [Sample(id=pid, data={"messages": msgs}) for pid, msgs in read_prompts(params)]
+
+    def data_digest(self, params: GenerateParams) -> str:
+        return "" if isinstance(params.prompts, list) else file_digest(params.prompts)
+
+    async def run(self, sample: Sample, params: GenerateParams, ctx: JobContext) -> list[dict]:
+        msgs = sample.data["messages"]
+        if params.system and msgs[0]["role"] != "system":
+            msgs = [{"role": "system", "content": params.system}, *msgs]
+        request = Request(
+            messages=tuple(Message(**m) for m in msgs), prefill=params.prefill, thinking=params.thinking,
+            sampling=Sampling(max_tokens=params.max_tokens, n=params.n, temperature=params.temperature,
+                              top_p=params.top_p, seed=params.seed),
+        )
+        completions = await ctx.model().generate(request)
+        rows = []
+        for i, c in enumerate(completions):
+            cot, answer = split_thinking(params.prefill + c.text)
+            rows.append({
+                "prompt_id": sample.id, "sample_index": i, "prompt": msgs[-1]["content"],
+                "completion": c.text, "cot": cot, "answer": answer, "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason,
+            })
+        return rows
+
+    def summarize(self, rows: pl.DataFrame, params: GenerateParams) -> dict[str, float]:
+        ok = rows.filter(pl.col("finish_reason").is_not_null())
+        if ok.height == 0:
+            return {"completions": 0.0}
+        return {
+            "completions": float(ok.height),
+            "mean_completion_tokens": float(ok["completion_tokens"].mean()),
+            "finished_by_stop": float((ok["finish_reason"] == "stop").mean()),
+        }

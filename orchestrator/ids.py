@@ -1,0 +1,116 @@
+"""Content ids: what makes a result, hashed, and nothing else.
+
+A cell's id covers the job kind and version, the identities of every model it calls, the
+validated parameters with each data file replaced by the digest of its bytes, and the digest
+of the data the job read. A model's identity covers its weights (a digest of the folder, or,
+for an organism, the digest of the recipe that determines its weights, so planning never
+builds one), and how it is served as far as that changes outputs: engine, dtype, context
+length and the engine options declared to change outputs (`actors.engines.options`). Names,
+shard sizes, concurrency, replicas and speed options never enter an id: renaming or tuning
+re-runs nothing. Bump HASH_SCHEME when the recipe itself changes in a way that could make old
+and new ids collide silently.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from actors.engines.registry import options_model
+from jobs.inputs import file_digest
+from jobs.job import JobParams
+from jobs.organisms.recipes import organism_digest, organism_name
+from orchestrator.spec import ModelSpec, Sweep
+
+HASH_SCHEME = "orchestrate-ids-v1"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json", ".model", ".txt", ".jinja")
+# Bump when the data path or the step loop change what an unchanged finetune entry trains.
+FINETUNE_VERSION = 1
+
+
+def content_id(obj: Any, length: int = 16) -> str:
+    blob = json.dumps({"scheme": HASH_SCHEME, "content": obj}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+@lru_cache(maxsize=256)
+def _folder_digest(folder: str, mtimes: tuple[tuple[str, int], ...]) -> str:
+    files = [Path(folder) / name for name, _ in mtimes]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + file_digest(f).encode())
+    return h.hexdigest()
+
+
+def weights_digest(path: str) -> str:
+    """Digest of a model's weights: of a local folder's weights, config and tokenizer files;
+    an organism by its recipe digest (no build); a hub id by its name (with its revision in
+    the identity)."""
+    if (name := organism_name(path)) is not None:
+        return f"organism:{name}:{organism_digest(name)}"
+    p = Path(path)
+    if not p.is_dir():
+        return f"ref:{path}"
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+    return _folder_digest(str(p), tuple((f.name, f.stat().st_mtime_ns) for f in files))
+
+
+def serving_identity(m: ModelSpec) -> dict[str, Any]:
+    """How a model is served, as far as it changes outputs: a prompt that does not fit
+    max_model_len is an error row, and options like quantization change the tokens."""
+    options = options_model(m.engine).model_validate(m.engine_options).identity()
+    return {"engine": m.engine, "dtype": m.dtype, "max_model_len": m.max_model_len, "engine_options": options}
+
+
+def model_identity(name: str, sweep: Sweep) -> dict[str, Any]:
+    """What determines a model's outputs. The name is not part of it: renaming a model in the
+    sweep must not rerun anything."""
+    if name in sweep.finetunes:
+        # The finetune's id covers base weights, data bytes and hyperparameters; its trained
+        # weights are a function of those (a died run resumes from checkpoints of that id).
+        # It is served the way its base is: the base's serving settings count too.
+        return {"finetune": finetune_id(sweep, name), **serving_identity(sweep.models[sweep.finetunes[name].base])}
+    m = sweep.models[name]
+    ident: dict[str, Any] = {**serving_identity(m), "revision": m.revision}
+    if m.engine == "openai":
+        ident.update(api_model=m.path, base_url=m.base_url)
+    elif m.adapter:
+        assert m.base is not None, "an adapter entry names its base (checked by the spec)"
+        ident.update(base=model_identity(m.base, sweep), adapter=weights_digest(m.adapter))
+    else:
+        ident["weights"] = weights_digest(m.path)
+    return ident
+
+
+def base_identity(sweep: Sweep, name: str) -> dict[str, Any]:
+    """The weights a finetune starts from."""
+    base = sweep.models[sweep.finetunes[name].base]
+    return {"weights": weights_digest(base.path), "revision": base.revision}
+
+
+def finetune_id(sweep: Sweep, name: str) -> str:
+    """Content id of a finetune: what it trains on and how, not what it is called or where
+    its data file lives."""
+    spec = sweep.finetunes[name].model_dump(mode="json")
+    spec["data"] = {"file_sha256": file_digest(sweep.finetunes[name].data)}
+    return content_id({"finetune": spec, "base": base_identity(sweep, name), "version": FINETUNE_VERSION})
+
+
+def hashable_params(params: JobParams) -> dict[str, Any]:
+    """The params as they enter the id: data files by content, not by location, wherever
+    they sit (a list of question files too)."""
+
+    def by_content(value: Any) -> Any:
+        if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_file():
+            return {"file_sha256": file_digest(value)}
+        if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_dir():
+            return {"folder": "by data_digest"}  # a job that reads a folder digests what it read
+        if isinstance(value, list):
+            return [by_content(v) for v in value]
+        if isinstance(value, dict):
+            return {k: by_content(v) for k, v in value.items()}
+        return value
+
+    return by_content(params.model_dump(mode="json"))
