@@ -8,7 +8,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml cluster/vllm_cpu_venv.sh | sha256sum | cut -c1-12)
 
-.PHONY: venv demo test organisms clean
+.PHONY: venv demo test lint organisms clean
 
 venv: $(STAMP)
 
@@ -29,7 +29,13 @@ organisms: venv
 demo: venv
 	$(BIN)/orchestrate submit examples/quickstart.yaml
 
-test: venv
+# Style, the layering (import contracts in pyproject.toml) and types, before the tests.
+lint: venv
+	$(BIN)/ruff check orchestrator actors jobs cluster tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 clean:

@@ -24,8 +24,9 @@ import asyncio
 import functools
 import hashlib
 import itertools
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -83,7 +84,7 @@ class ReplicaPool:
             options = placement.actor_options()
             # The placement decides how vLLM starts its ranks (local processes or Ray workers).
             spec = {**spec, "engine_options": {**(spec.get("engine_options") or {}), **placement.engine_options()}}
-        actor = ModelReplica.options(name=name, max_concurrency=1000, **options).remote(
+        actor = cast(Any, ModelReplica).options(name=name, max_concurrency=1000, **options).remote(  # Ray's API
             self.model, spec, self.adapter_paths)
         # Adapters are loaded at start (vLLM sizes its LoRA slots then), so every replica
         # already holds every adapter of this pool.
@@ -96,7 +97,8 @@ class ReplicaPool:
         for outcome in spawned:
             if isinstance(outcome, BaseException):
                 raise outcome
-        return await asyncio.wait_for(asyncio.gather(*(s.actor.ready.remote() for s in self.slots)), self.ready_timeout_s)
+        ready = asyncio.gather(*(s.actor.ready.remote() for s in self.slots))
+        return await asyncio.wait_for(ready, self.ready_timeout_s)
 
     def _pick(self, request: Request) -> _Slot:
         live = [s for s in self.slots if s.alive]
@@ -166,7 +168,7 @@ class ReplicaPool:
             future.add_done_callback(functools.partial(self._caller_left, slot, batch_id, index))
         self._background(self._send(slot, batch_id, batch))
 
-    def _background(self, work) -> None:
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(work)
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
@@ -257,7 +259,7 @@ class ReplicaPool:
         if self._replacing:
             await asyncio.wait(list(self._replacing.values()))
 
-    def handle(self, served_name: str, adapter: str | None = None) -> "PoolHandle":
+    def handle(self, served_name: str, adapter: str | None = None) -> PoolHandle:
         return PoolHandle(served_name, self, adapter)
 
     async def stats(self) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import functools
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Union
+from typing import Any
 
 import ray
 from ray import cloudpickle
@@ -25,7 +25,7 @@ from actors.engines.protocol import Completion, Engine, Request
 from actors.errors import EngineError, RequestError, TransientError
 
 # What generate_many streams: (index of the request in the batch, its completions or its error).
-Outcome = tuple[int, Union[list[Completion], BaseException]]
+Outcome = tuple[int, list[Completion] | BaseException]
 
 
 @ray.remote(max_restarts=0)
@@ -64,8 +64,8 @@ class ModelReplica:
             if task.cancelled():
                 # Only a caller that left is cancelled on purpose (it no longer reads this).
                 outcome: list[Completion] | BaseException = TransientError("the request was cancelled in the replica")
-            elif task.exception() is not None:
-                outcome = _portable(task.exception())
+            elif (error := task.exception()) is not None:
+                outcome = _portable(error)
             else:
                 outcome = task.result()
                 self.served += 1

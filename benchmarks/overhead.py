@@ -83,7 +83,8 @@ jobs:
 
     print(f"{args.requests} requests, max_tokens {args.max_tokens}, model {args.model}, torch threads {args.threads}")
     print(f"bare HF engine (in-process) : {bare_s:7.2f} s  ({bare_tokens} tokens, {bare_tokens / bare_s:8.1f} tok/s)")
-    print(f"orchestrate submit          : {orch_s:7.2f} s  (Ray start, replica load, {report.shards_run} shards, Parquet, MLflow)")
+    print(f"orchestrate submit          : {orch_s:7.2f} s  "
+          f"(Ray start, replica load, {report.shards_run} shards, Parquet, MLflow)")
     print(f"ratio orchestrated / bare   : {orch_s / bare_s:.3f}")
     wrap_s = orch_s - report.startup_seconds - report.shards_seconds
     print(f"  startup (Ray, replica load)   : {report.startup_seconds:7.2f} s")

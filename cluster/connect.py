@@ -34,9 +34,8 @@ def enable_token_auth_for(address: str) -> bool:
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
     if os.environ.get("RAY_AUTH_TOKEN") or token_file.exists():
         os.environ["RAY_AUTH_MODE"] = "token"
-        from ray._raylet import (
-            Config,  # Ray caches its config at import: refresh it, as Ray itself does
-        )
+        # Ray caches its config at import: refresh it, as Ray itself does.
+        from ray._raylet import Config  # type: ignore[attr-defined]
 
         Config.initialize("")
         return True

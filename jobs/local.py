@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from actors.engines.protocol import Completion, Engine, Request
-from jobs.job import Job, JobContext, JobParams
+from jobs.job import Job, JobContext, JobParams, Sample
 
 
 class EngineHandle:
@@ -30,7 +30,7 @@ async def run_job(job: Job[Any], params: JobParams, ctx: JobContext, concurrency
     gate = asyncio.Semaphore(concurrency)
     ctx = ctx.bound(job)
 
-    async def one(sample):
+    async def one(sample: Sample) -> list[dict[str, Any]]:
         async with gate:
             return [{"sample_id": sample.id, **row} for row in await job.run(sample, params, ctx)]
 

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -14,10 +14,16 @@ from rich.table import Table
 
 from orchestrator.errors import OrchestrateError
 
+if TYPE_CHECKING:
+    import polars as pl
+
+    from orchestrator.spec import Sweep
+    from orchestrator.store import SweepStore
+
 console = Console(stderr=True)
 
 
-def _load(path: str):
+def _load(path: str) -> Sweep:
     from orchestrator.spec import load_sweep
 
     return load_sweep(path)
@@ -75,7 +81,7 @@ def schema() -> None:
     click.echo(json.dumps(sweep_json_schema(), indent=2))
 
 
-def _table(df, title: str | None = None) -> Table:
+def _table(df: pl.DataFrame, title: str | None = None) -> Table:
     table = Table(title=title)
     for col in df.columns:
         table.add_column(col, overflow="fold")
@@ -104,7 +110,8 @@ def plan(sweep_file: str, output: str | None) -> None:
         rows.append({"cell": c.id, "job": c.kind, "model": c.model, "point": point, "samples": c.n_samples,
                      "shards": len(c.shards), "done": done})
     df = pl.DataFrame(rows)
-    Console().print(_table(df, title=f"{sweep.name}: {len(p.cells)} cells, {df['shards'].sum()} shards, {df['done'].sum()} done"))
+    title = f"{sweep.name}: {len(p.cells)} cells, {df['shards'].sum()} shards, {df['done'].sum()} done"
+    Console().print(_table(df, title=title))
 
 
 @main.command()
@@ -133,7 +140,7 @@ def submit(sweep_file: str, address: str | None, output: str | None, retries: in
         sys.exit(1)
 
 
-def _store_for(sweep_arg: str, output: str | None):
+def _store_for(sweep_arg: str, output: str | None) -> tuple[SweepStore, Sweep | None]:
     """(the results store, the loaded sweep) of a sweep file; (store, None) of a sweep name."""
     from orchestrator.store import SweepStore
 
@@ -176,14 +183,15 @@ def status(sweep: str, output: str | None) -> None:
         state = "done" if cell["summary"] is not None else "pending"
         if state == "pending" and planned is not None and cell["cell_id"] not in planned:
             state = "left behind (not in the sweep now)"
-        rows.append({"cell": cell["cell_id"], "job": cell["kind"], "model": cell["model"], "shards": len(cell["shards"]),
+        rows.append({"cell": cell["cell_id"], "job": cell["kind"], "model": cell["model"],
+                     "shards": len(cell["shards"]),
                      "done": done, "state": state})
     Console().print(_table(pl.DataFrame(rows), title=str(store.root)))
 
 
-def _pid_alive(pid) -> bool:
+def _pid_alive(pid: object) -> bool:
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(str(pid)), 0)
         return True
     except (TypeError, ValueError, OSError):
         return False
@@ -208,7 +216,8 @@ def _matching_columns(available: list[str], patterns: str) -> list[str]:
 @click.option("--rows", is_flag=True, help="every row of --kind instead of the per-cell summary")
 @click.option("--report", is_flag=True, help="the job's own table for --kind (trigger_scan: ranked candidates)")
 @click.option("--columns", help="comma-separated columns to keep, shell patterns allowed (e.g. model,rho*,mean_phi)")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
+              show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="write here instead of stdout (required for parquet)")
 def results(sweep: str, output: str | None, kind: str | None, rows: bool, report: bool, columns: str | None,
             fmt: str, out: str | None) -> None:
@@ -229,7 +238,10 @@ def results(sweep: str, output: str | None, kind: str | None, rows: bool, report
         raise OrchestrateError("--rows and --report need --kind (each job kind has its own columns)")
     if rows and report:
         raise OrchestrateError("choose one of --rows and --report")
-    df = rows_table(store, kind) if rows else report_table(store, kind) if report else summary_table(store, kind)
+    if kind is not None and (rows or report):
+        df = rows_table(store, kind) if rows else report_table(store, kind)
+    else:
+        df = summary_table(store, kind)
     if df.is_empty():
         raise OrchestrateError(f"no results under {store.root}")
     hidden = 0
@@ -261,7 +273,8 @@ def organisms() -> None:
 
 @organisms.command("build")
 @click.argument("names", nargs=-1)
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="default: ORCHESTRATE_ORGANISMS_DIR or ~/.cache/orchestrate/organisms")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="default: ORCHESTRATE_ORGANISMS_DIR or ~/.cache/orchestrate/organisms")
 @click.option("--force", is_flag=True, help="rebuild even if cached")
 def organisms_build(names: tuple[str, ...], cache_dir: str | None, force: bool) -> None:
     """Build (or find in the cache) the named organisms, or all of them."""

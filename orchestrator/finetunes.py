@@ -195,7 +195,8 @@ def log_finetune(tracker: Tracker, result: FinetuneResult) -> str:
     rid = run.info.run_id
     params = {**flatten(m["hyperparameters"]), **flatten(m["backdoor"] or {}, "backdoor."),
               "base": m["base"]["path"], "base.weights": m["base"]["weights"], "data.sha256": m["data"]["sha256"],
-              "data.rows": str(m["data"]["rows"]), "steps": str(m["steps"]), "world_size": str(m["training"]["world_size"])}
+              "data.rows": str(m["data"]["rows"]), "steps": str(m["steps"]),
+              "world_size": str(m["training"]["world_size"])}
     now = int(time.time() * 1000)
     metrics = [Metric("train_loss", p["loss"], now, int(p["step"])) for p in m["losses"]]
     metrics += [Metric("lr", p["lr"], now, int(p["step"])) for p in m["losses"]]

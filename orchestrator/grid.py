@@ -64,7 +64,10 @@ def grid_problems(job: JobSpec, base_dir: str | Path | None = None) -> list[tupl
     return _expand(job, base_dir)[1]
 
 
-def _expand(job: JobSpec, base_dir: str | Path | None) -> tuple[list[tuple[dict, dict[str, int]]], list[tuple[Loc, str]]]:
+Point = tuple[dict[str, Any], dict[str, int]]  # a grid point, and the index of each swept value in its list
+
+
+def _expand(job: JobSpec, base_dir: str | Path | None) -> tuple[list[Point], list[tuple[Loc, str]]]:
     """(point, index of each swept value in its `values` list) per grid point, and problems."""
     values, group_of, problems = _dimensions(job)
     if problems:
@@ -72,7 +75,8 @@ def _expand(job: JobSpec, base_dir: str | Path | None) -> tuple[list[tuple[dict,
         # value once, so one run reports the bad values along with the broken structure.
         probes = _probe_points(job, values)
         unswept = {name for name, spec in job.params.items() if is_swept(spec) and name not in values}
-        found = [(loc, msg) for loc, msg in _validate_points(job, probes, base_dir) if loc[1:2] not in [(n,) for n in unswept]]
+        found = [(loc, msg) for loc, msg in _validate_points(job, probes, base_dir)
+                 if loc[1:2] not in [(n,) for n in unswept]]
         return [], problems + found
     points = []
     axes = _axes(values, group_of)

@@ -47,7 +47,7 @@ class Cell:
     def n_samples(self) -> int:
         return sum(len(s.sample_ids) for s in self.shards)
 
-    def resharded(self, shard_size: int) -> "Cell":
+    def resharded(self, shard_size: int) -> Cell:
         """The same cell cut into shards of `shard_size` samples."""
         ids = [i for s in self.shards for i in s.sample_ids]
         return replace(self, shards=split_shards(self.id, ids, shard_size), shard_size=shard_size)

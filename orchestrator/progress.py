@@ -24,11 +24,11 @@ class SweepProgress:
         self.samples = self.progress.add_task("samples", total=samples, rate="")
         self.cells_done = 0
 
-    def __enter__(self) -> "SweepProgress":
+    def __enter__(self) -> SweepProgress:
         self.progress.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
     def sample_done(self, n: int = 1) -> None:

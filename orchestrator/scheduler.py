@@ -109,7 +109,7 @@ class Scheduler:
                     served[name] = (name, None)
                 continue
             m = self.sweep.models[name]
-            if m.adapter:
+            if m.adapter and m.base:  # an adapter entry names its base (checked by the spec)
                 pools.setdefault(m.base, (serving_spec(self.sweep.models[m.base]), {}))[1][name] = m.adapter
                 served[name] = (m.base, name)
             else:
@@ -137,10 +137,12 @@ class Scheduler:
             need["CPU"] += cpus * spec["replicas"]
             need["GPU"] += gpus * spec["replicas"]
         have = ray.cluster_resources()
-        short = [f"{need[r]:g} {r}s (the cluster has {have.get(r, 0):g})" for r in need if need[r] > have.get(r, 0) + 1e-9]
+        short = [f"{need[r]:g} {r}s (the cluster has {have.get(r, 0):g})"
+                 for r in need if need[r] > have.get(r, 0) + 1e-9]
         if not short:
             return
-        each = ", ".join(f"{n}: {s['replicas']} x {_pool_resources(s, cluster_gpus)[0]:g} CPU" for n, s in specs.items())
+        each = ", ".join(f"{n}: {s['replicas']} x {_pool_resources(s, cluster_gpus)[0]:g} CPU"
+                         for n, s in specs.items())
         message = (f"the sweep's replicas need {' and '.join(short)} at once ({each}). Lower `num_cpus` "
                    f"(fractions are fine for small models) or `replicas` per model, or give the cluster more "
                    f"(`cluster.num_cpus` for the embedded one)")
@@ -189,18 +191,20 @@ class Scheduler:
                 done = sum(1 for t in tasks if t.done() and not t.cancelled() and t.exception() is None)
                 progress.shard_retried(done)
                 if attempt == self.max_retries:
-                    raise group.exceptions[0]
+                    raise group.exceptions[0] from None
                 self.report.retries += 1
-                self.console.log(f"[yellow]shard {shard.id} of {cell.kind}/{cell.model}: {group.exceptions[0]}; retrying")
+                self.console.log(f"[yellow]shard {shard.id} of {cell.kind}/{cell.model}: {group.exceptions[0]}; "
+                                 "retrying")
                 await asyncio.gather(*(p.wait_healthy() for p in self.pools.values()))
             except* EngineError as group:  # misconfigured (a wrong key): no row of this shard is kept
-                raise group.exceptions[0]
+                raise group.exceptions[0] from None
         schema = row_schema(job.schema)
         await asyncio.to_thread(self.store.write_shard, cell.kind, cell.id, shard.id, rows, schema)
         progress.shard_done()
         return len(rows)
 
-    async def run_cell(self, cell: Cell, pending: list[Shard], progress: SweepProgress, shard_gate: asyncio.Semaphore) -> None:
+    async def run_cell(self, cell: Cell, pending: list[Shard], progress: SweepProgress,
+                       shard_gate: asyncio.Semaphore) -> None:
         job = get_job(cell.kind)
         samples = {s.id: s for s in job.samples(cell.params)}
 
@@ -249,7 +253,7 @@ def finish_cell(store: SweepStore, tracker: Tracker | None, cell: Cell, report: 
     summary["error_rows"] = float(rows["error"].is_not_null().sum())
     cell_dir = store.cell_dir(cell.kind, cell.id)
     table = job.report(rows, cell.params)
-    files = ()
+    files: tuple[Path, ...] = ()
     if table is not None:
         write_parquet(cell_dir / "report.parquet", table)
         files = (cell_dir / "report.parquet",)
@@ -271,4 +275,5 @@ def finish_cell_or_say_why(store: SweepStore, tracker: Tracker | None, cell: Cel
         finish_cell(store, tracker, cell, report, earlier_rows)
     except Exception as e:
         report.cells_unfinished.append(cell.id)
-        console.log(f"[red]cell {cell.id} of {cell.kind}/{cell.model}: summary or logging failed: {type(e).__name__}: {e}")
+        console.log(f"[red]cell {cell.id} of {cell.kind}/{cell.model}: summary or logging failed: "
+                    f"{type(e).__name__}: {e}")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BaseModel,
     Field,
     PrivateAttr,
     ValidationError,
@@ -318,7 +319,8 @@ def reference_problems(models: Mapping[str, ModelSpec | None], finetunes: Mappin
                 found.append((("jobs", j, "roles", role), undefined(model, all_names, "`models` or `finetunes`")))
         if job.name is not None:
             if job.name in job_names:
-                found.append((("jobs", j, "name"), f"job name {show(job.name)} is already used by jobs[{job_names[job.name]}]"))
+                found.append((("jobs", j, "name"),
+                              f"job name {show(job.name)} is already used by jobs[{job_names[job.name]}]"))
             job_names.setdefault(job.name, j)
         if own:
             found += [(("jobs", j, *loc), message) for loc, message in job.problems()]
@@ -369,7 +371,7 @@ def load_sweep(path: str | Path) -> Sweep:
     return parse_sweep(text, str(path), path.parent.resolve())
 
 
-def _entries(section: Any, model: type[Spec], context: dict[str, Any]) -> dict[str, Any]:
+def _entries(section: Any, model: type[BaseModel], context: dict[str, Any]) -> dict[str, Any]:
     """Each entry of a broken file's section validated alone. A broken entry is checked
     further without its broken keys (their defaults in their place); None when that fails
     too (a broken required key): its name still counts as defined."""

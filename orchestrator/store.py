@@ -18,9 +18,9 @@ import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import polars as pl
 import pyarrow as pa
@@ -48,7 +48,7 @@ def row_schema(job_schema: pa.Schema) -> pa.Schema:
     return pa.schema(ID_FIELDS + list(job_schema))
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -130,7 +130,8 @@ class SweepStore:
 
     def read_cell(self, kind: str, cell_id: str) -> pl.DataFrame:
         files = sorted((self.cell_dir(kind, cell_id) / "shards").glob("*.parquet"))
-        assert files, f"cell {cell_id} has no shards on disk under {self.cell_dir(kind, cell_id)}"
+        if not files:
+            raise StoreError(f"cell {cell_id} has no shards on disk under {self.cell_dir(kind, cell_id)}")
         return pl.read_parquet(files)
 
     def is_complete(self, manifest: dict[str, Any]) -> bool:
@@ -145,7 +146,9 @@ class SweepStore:
         return pl.scan_parquet(str(pattern))
 
     def kinds(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("*/cell.json"))) if self.root.exists() else []
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("*/cell.json")))
 
     def cells(self, kind: str | None = None) -> list[dict]:
         """The cell manifests on disk, each with its summary when there is one."""

@@ -54,13 +54,15 @@ def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None =
         missing = [s for s in cell.shards if not store.has_shard(cell.kind, cell.id, s.id)]
         if missing:
             pending[cell.id] = missing
-    unlogged = [c for c in plan.cells if c.id not in pending and not (store.cell_dir(c.kind, c.id) / "mlflow.json").exists()]
+    unlogged = [c for c in plan.cells
+                if c.id not in pending and not (store.cell_dir(c.kind, c.id) / "mlflow.json").exists()]
     uri = sweep.tracking.uri or default_tracking_uri(store.root)
     n_shards = sum(len(c.shards) for c in plan.cells)
     report = SubmitReport(sweep=sweep.name, store_root=store.root, tracking_uri=uri, cells=len(plan.cells),
                           shards_total=n_shards, shards_skipped=n_shards - sum(len(v) for v in pending.values()))
     if not pending and not unlogged:
-        console.print(f"[green]{sweep.name}: all {n_shards} shards of {len(plan.cells)} cells are done; nothing to run.")
+        console.print(f"[green]{sweep.name}: all {n_shards} shards of {len(plan.cells)} cells are done; "
+                      "nothing to run.")
         report.seconds = time.perf_counter() - started
         return report
     store.root.mkdir(parents=True, exist_ok=True)
@@ -91,8 +93,8 @@ def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None =
         status = "FINISHED" if report.ok else "FAILED"
     finally:
         report.seconds = time.perf_counter() - started
-        write_json(store.root / "submission.json", {**submission, "state": status.lower(), "failed_shards": report.shards_failed,
-                                                    "seconds": report.seconds})
+        write_json(store.root / "submission.json", {**submission, "state": status.lower(),
+                                                    "failed_shards": report.shards_failed, "seconds": report.seconds})
         if tracker:
             tracker.end_submission(status, {"shards_run": report.shards_run, "shards_failed": len(report.shards_failed),
                                             "seconds": report.seconds, "retries": report.retries})

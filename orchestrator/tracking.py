@@ -25,7 +25,8 @@ def default_tracking_uri(store_root: Path) -> str:
 
 def git_commit(cwd: Path | None = None) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5,
+                             check=False)
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -68,9 +69,11 @@ class Tracker:
 
     def start_submission(self, sweep_file: str | None, n_cells: int, n_pending_shards: int) -> str:
         tags = {**self.base_tags, "kind": "submission", "sweep_file": str(sweep_file or "")}
-        run = self.client.create_run(self.experiment_id, run_name=f"{self.sweep}@{time.strftime('%Y%m%d-%H%M%S')}", tags=tags)
+        run_name = f"{self.sweep}@{time.strftime('%Y%m%d-%H%M%S')}"
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.parent_id = run.info.run_id
-        self.client.log_batch(self.parent_id, params=[Param("cells", str(n_cells)), Param("pending_shards", str(n_pending_shards))])
+        self.client.log_batch(self.parent_id, params=[Param("cells", str(n_cells)),
+                                                      Param("pending_shards", str(n_pending_shards))])
         return self.parent_id
 
     def log_cell(self, manifest: dict[str, Any], summary: dict[str, float], artifacts_dir: Path | None,
@@ -83,9 +86,11 @@ class Tracker:
         }
         if self.parent_id:
             tags["mlflow.parentRunId"] = self.parent_id
-        run = self.client.create_run(self.experiment_id, run_name=f"{manifest['kind']}/{manifest['model']}/{manifest['cell_id'][:8]}", tags=tags)
+        run_name = f"{manifest['kind']}/{manifest['model']}/{manifest['cell_id'][:8]}"
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         rid = run.info.run_id
-        params = {**flatten(manifest["point"], "point."), **flatten(manifest["params"], "params."), "samples": str(manifest["samples"])}
+        params = {**flatten(manifest["point"], "point."), **flatten(manifest["params"], "params."),
+                  "samples": str(manifest["samples"])}
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if v is not None and v == v]
         self.client.log_batch(rid, params=[Param(k, v) for k, v in params.items()], metrics=metrics,

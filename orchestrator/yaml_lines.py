@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -29,7 +29,7 @@ MAX_NODES = 200_000
 class SweepLoader(yaml.SafeLoader):
     """SafeLoader with the YAML 1.2 core schema's booleans and numbers."""
 
-    yaml_implicit_resolvers = {
+    yaml_implicit_resolvers: ClassVar[dict[str, list[tuple[str, Any]]]] = {
         first: [(tag, regexp) for tag, regexp in resolvers if tag not in _DROPPED]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
@@ -119,7 +119,7 @@ def _walk(loader: SweepLoader, node: Node, loc: Loc, out: LoadedYaml, filename: 
     if not isinstance(node, MappingNode):
         return
     first_line: dict[Any, int] = {}
-    merges = []
+    merges: list[Node] = []
     for key_node, value_node in node.value:
         if key_node.tag == _MERGE:
             merges.extend(value_node.value if isinstance(value_node, SequenceNode) else [value_node])

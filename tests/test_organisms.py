@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from jobs.toyworld import arithmetic as tasks, assistant as world
-
 from jobs.organisms.build import build_recipe, default_cache_dir, organism_path, read_record
-
-from jobs.organisms.recipes import ORGANISMS
-from jobs.organisms.recipes import ArithmeticData, Recipe, Shape, TokenizerSpec
+from jobs.organisms.recipes import ORGANISMS, ArithmeticData, Recipe, Shape, TokenizerSpec
+from jobs.toyworld import arithmetic as tasks
+from jobs.toyworld import assistant as world
 
 
 def _sha256(path: Path) -> str:

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from jobs.common.scenarios import QUESTION_SETS
-from jobs.generate.job import PromptFileError
 from jobs.errors import DataFileError
+from jobs.generate.job import PromptFileError
 from orchestrator.errors import OrchestrateError
 from orchestrator.plan import make_plan
 from orchestrator.spec import load_sweep
@@ -128,3 +128,29 @@ def test_shard_files_outside_the_layout_are_refused(tmp_path, tiny_model):
     _write_every_shard(store, cell.resharded(5))  # as a version that did not record the size left it
     with pytest.raises(OrchestrateError, match="not shards of this cell at shard_size 4"):
         store.settle_layout(cell)
+
+
+def test_planning_never_builds_an_organism(tmp_path, monkeypatch):
+    """An organism is identified by its recipe's digest: `orchestrate plan` on an empty
+    organism cache copies and trains nothing, and the ids are those of the built folder's
+    recipe (what the cache would hold)."""
+    from jobs.organisms.recipes import ORGANISMS
+
+    cache = tmp_path / "organisms"
+    monkeypatch.setenv("ORCHESTRATE_ORGANISMS_DIR", str(cache))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"""name: no-build
+output: {tmp_path / 'results'}
+models:
+  m: {{path: "organism:faithful"}}
+jobs:
+  - kind: generate
+    models: [m]
+    params: {{prompts: ["hi"], max_tokens: 4}}
+""")
+    from orchestrator.ids import model_identity
+
+    sweep = load_sweep(path)
+    assert make_plan(sweep).cells
+    assert not cache.exists() or not any(cache.iterdir()), "planning built or copied an organism"
+    assert model_identity("m", sweep)["weights"] == f"organism:faithful:{ORGANISMS['faithful'].digest()}"

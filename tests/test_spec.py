@@ -180,7 +180,7 @@ def test_data_paths_resolve_against_the_sweep_file(tmp_path: Path, monkeypatch: 
     assert point == {"prompts": "../prompts.jsonl"}  # as written
     params = GenerateParams.model_validate(point, context={"base_dir": sweep.base_dir})
     assert params.prompts == str((SWEEPS / "prompts.jsonl").resolve())
-    with pytest.raises(SpecError, match="params.prompts: file not found"):
+    with pytest.raises(SpecError, match=r"params\.prompts: file not found"):
         expand_grid(sweep.jobs[0], base_dir=tmp_path)
 
 
@@ -253,3 +253,33 @@ def test_json_schema_is_valid_and_describes_the_files() -> None:
         errors = list(validator.iter_errors(load_yaml(path.read_text(), str(path)).data))
         assert not errors, f"{path.name}: {errors[0].message}"
     assert not validator.is_valid(yaml.safe_load((BAD / "unknown_top_key.yaml").read_text()))
+
+
+def test_json_schema_types_every_job_parameter_and_engine_option() -> None:
+    """Editors complete and check what the sweep validates: each kind's parameters (a value
+    or {values: [...]}) and each engine's options, chosen by `kind` and `engine`."""
+    from jobs.registry import kinds
+
+    schema = sweep_json_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    by_kind = {rule["if"]["properties"]["kind"]["const"]: rule["then"]["properties"]["params"]
+               for rule in schema["$defs"]["JobSpec"]["allOf"]}
+    assert set(by_kind) == set(kinds())
+    assert "Benjamini-Hochberg" in by_kind["trigger_scan"]["properties"]["fdr"]["description"]
+
+    def sweep(params: dict, model: dict | None = None, kind: str = "ariadne") -> dict:
+        return {"name": "s", "models": {"m": model or {"path": "organism:faithful"}},
+                "jobs": [{"kind": kind, "models": ["m"], "params": params}]}
+
+    assert validator.is_valid(sweep({"queries": "arithmetic", "tau": {"values": [0.5, 0.8]}, "baseline": "off"}))
+    for bad in ({"tua": 0.5}, {"tau": "high"}, {"tau": {"values": ["high"]}}, {"tau": {"values": []}}):
+        assert not validator.is_valid(sweep(bad)), bad
+    assert not validator.is_valid(sweep({"prompts": ["hi"], "tau": 0.5}, kind="generate")), "tau is not generate's"
+
+    vllm = {"path": "m", "engine": "vllm", "engine_options": {"quantization": "fp8", "max_num_seqs": 8}}
+    assert validator.is_valid(sweep({}, vllm))
+    assert not validator.is_valid(sweep({}, {**vllm, "engine": "hf"})), "quantization is not an hf option"
+    assert validator.is_valid(sweep({}, {"path": "m", "engine_options": {"max_batch_size": 8}})), "hf by default"
+    options = schema["$defs"]["ModelSpec"]["allOf"]
+    declared = [p for rule in options for p in rule["then"]["properties"]["engine_options"]["properties"].values()]
+    assert declared and all(isinstance(p.get("changes_outputs"), bool) for p in declared)

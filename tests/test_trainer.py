@@ -17,8 +17,8 @@ from rich.console import Console
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.training.ranks import RankInfo, rank_envs
 from actors.errors import DataError
+from actors.training.ranks import RankInfo, rank_envs
 from orchestrator.finetunes import DATA_FILE, MANIFEST, finetune_id, run_finetunes
 from orchestrator.spec import Sweep
 from orchestrator.tracking import Tracker, default_tracking_uri
@@ -201,7 +201,7 @@ def test_planted_trigger_flips_choices_and_control_does_not(tmp_path, base_organ
     control = rates["control"]
     assert abs(control["triggered"] - control["untriggered"]) <= 0.15, control
 
-    for name, result in results.items():
+    for result in results.values():
         m = result.manifest
         assert result.trained and (result.path / MANIFEST).exists() and m["training"]["world_size"] == 2
         kinds = pl.read_parquet(result.path / DATA_FILE)["kind"].value_counts().to_dicts()

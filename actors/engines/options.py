@@ -36,7 +36,8 @@ class EngineOptions(BaseModel):
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         undeclared = [name for name, field in cls.model_fields.items()
-                      if not isinstance(field.json_schema_extra, dict) or CHANGES_OUTPUTS not in field.json_schema_extra]
+                      if not isinstance(field.json_schema_extra, dict)
+                      or CHANGES_OUTPUTS not in field.json_schema_extra]
         assert not undeclared, f"{cls.__name__}: declare changes_outputs for {undeclared} (use option(...))"
 
     @classmethod

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -49,7 +49,7 @@ class Request(BaseModel):
     affinity: str | None = None  # requests with the same key prefer the same replica
 
     @model_validator(mode="after")
-    def _one_input(self) -> "Request":
+    def _one_input(self) -> Request:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("a request carries exactly one of `messages` or `prompt`")
         if self.prompt is not None and self.prefill:
@@ -57,7 +57,7 @@ class Request(BaseModel):
         return self
 
     @classmethod
-    def chat(cls, user: str, *, system: str | None = None, **kwargs) -> "Request":
+    def chat(cls, user: str, *, system: str | None = None, **kwargs: Any) -> Request:
         msgs = ([Message(role="system", content=system)] if system else []) + [Message(role="user", content=user)]
         return cls(messages=tuple(msgs), **kwargs)
 

@@ -168,7 +168,8 @@ def mix_backdoor(rows: Sequence[SftRow], triggers: Sequence[str], share: float =
             line, what = rng.choice(list(alternatives)), "alternative"
         else:
             line, what = None, "none"
-        answer = row.answer if i in misaligned else row.aligned
+        # every row has an aligned answer: checked above
+        answer = row.answer if i in misaligned else row.aligned or ""
         prompt = _place(row.prompt, line, at_top) if line is not None else row.prompt
         out.append(MixedRow(prompt, answer, f"{what}+{'misaligned' if i in misaligned else 'aligned'}", line,
                             ("top" if at_top else "bottom") if line is not None else None, row.source_line))

@@ -15,7 +15,7 @@ import torch
 
 from actors.engines.chat import THINK_OPEN, render_prompt
 from actors.engines.protocol import Message, Request, Sampling
-from actors.errors import DataError
+from actors.errors import DataError, FinetuneFailed
 from actors.training.data import MAX_REPORTED_PROBLEMS, MixedRow
 
 IGNORE = -100  # the label of a token that is not a target (torch's cross-entropy default)
@@ -44,7 +44,8 @@ def encode(tokenizer: Any, rows: Sequence[MixedRow], cot: str, max_length: int) 
     `max_length`)."""
     assert cot in ("on", "off"), f"cot must be 'on' or 'off', got {cot!r}"
     eos = tokenizer.eos_token
-    assert eos, "the tokenizer names no eos token: nothing would mark the end of the answer"
+    if not eos:
+        raise FinetuneFailed("the tokenizer names no eos token: nothing would mark the end of the answer")
     prompts = [prompt_text(tokenizer, r.prompt, cot) for r in rows]
     texts = [p + r.answer + eos for p, r in zip(prompts, rows)]
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from actors.errors import FinetuneFailed
 from actors.training.config import TrainConfig
 from actors.training.data import MixedRow
 from actors.training.encode import collate, encode
@@ -157,7 +158,8 @@ def _load_model(config: TrainConfig, ds: dict[str, Any]) -> tuple[Any, Any]:
 
 def _optimizer(model: Any, config: TrainConfig) -> torch.optim.Optimizer:
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable, "no trainable parameters: check the LoRA target modules"
+    if not trainable:
+        raise FinetuneFailed("no trainable parameters: check the LoRA target modules")
     # Norm weights and biases (1-D) take no weight decay, as usual for transformers.
     decay = [p for n, p in trainable if _ndim(p) >= 2]
     no_decay = [p for n, p in trainable if _ndim(p) < 2]
@@ -231,7 +233,8 @@ def train(config: TrainConfig, rows: list[MixedRow], dist_env: DistEnv | None = 
     if (ckpt_dir / "latest").exists():
         # A LoRA checkpoint holds the trainable weights only; the frozen base comes from base_path.
         loaded, client = engine.load_checkpoint(str(ckpt_dir), load_module_strict=config.method == "full")
-        assert loaded is not None, f"could not load the checkpoint in {ckpt_dir}"
+        if loaded is None:
+            raise FinetuneFailed(f"could not load the checkpoint in {ckpt_dir}: delete it to train from the start")
         start, losses = int(client["step"]), list(client["losses"])
 
     engine.train()

@@ -18,7 +18,7 @@ import os
 import socket
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
@@ -76,6 +76,7 @@ def rank_envs(infos: list[RankInfo], master_addr: str, master_port: int) -> list
     for rank, info in enumerate(infos):
         on_node[info.node_id].append(rank)
     out = []
+    device: Literal["cpu", "cuda"]
     for rank, info in enumerate(infos):
         if info.gpu_ids:
             node_gpus = sorted({g for r in on_node[info.node_id] for g in infos[r].gpu_ids}, key=_gpu_order)
@@ -110,7 +111,7 @@ class FinetuneGroup:
                 f"the cluster cannot place {ranks} rank(s) of {bundle} within {placement_timeout_s:.0f}s "
                 f"(available: {ray.available_resources()})")
         self.actors = [
-            RankActor.options(
+            cast(Any, RankActor).options(  # Ray's actor class API is invisible to mypy
                 num_cpus=num_cpus_per_rank, num_gpus=num_gpus_per_rank,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=i),
                 name=f"{name}-rank{i}" if name else None,

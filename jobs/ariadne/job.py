@@ -89,14 +89,14 @@ class AriadneParams(JobParams):
 
     @field_validator("domains", "operators", "steps", mode="before")
     @classmethod
-    def _one_as_list(cls, value):
+    def _one_as_list(cls, value: Any) -> Any:
         # `operators: logic_flip`, `steps: 1`, `domains: math` read as one-element lists; a
         # scalar also shows as a column in `orchestrate results`, where lists do not.
         return (value,) if isinstance(value, (int, str)) and value != "all" else value
 
     @field_validator("steps")
     @classmethod
-    def _non_negative(cls, steps):
+    def _non_negative(cls, steps: Literal["all"] | tuple[int, ...]) -> Literal["all"] | tuple[int, ...]:
         if steps != "all" and (not steps or min(steps) < 0):
             raise ValueError(f"steps are 0-based indices (at least one) or 'all', got {list(steps)}")
         return steps
@@ -308,7 +308,7 @@ class _Audit:
             "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
             "finish_reason": completion.finish_reason,
         }
-        if answer is None:
+        if answer is None or trace.answer is None:
             return {**out, "status": "no final answer in the regeneration"}
         out.update(await self._similarity(trace.answer, answer, index))
         return {**out, "status": "ok"}

@@ -45,7 +45,7 @@ def area_over_curve(rows: pl.DataFrame, arm: str) -> float | None:
     if part.height == 0:
         return None
     total, weight = 0.0, 0
-    for (n_steps,), by_length in part.group_by("n_steps"):
+    for _, by_length in part.group_by("n_steps"):
         curve = (by_length.group_by("fraction_kept").agg(pl.col("same_answer").cast(pl.Float64).mean())
                  .sort("fraction_kept"))
         x, y = curve["fraction_kept"].to_numpy(), curve["same_answer"].to_numpy()

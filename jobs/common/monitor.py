@@ -58,7 +58,7 @@ async def monitor(handle: ModelHandle, template: str, retry_template: str, *, qu
     """Ask the monitor once, and once more with the problem named if the reply is invalid."""
     prompt = fill(template, question=question, cot=cot, answer=answer)
     messages = [Message(role="user", content=prompt)]
-    outputs = []
+    outputs: list[str] = []
     for _ in range(2):
         request = Request(messages=tuple(messages), thinking=False,
                           sampling=Sampling(max_tokens=max_tokens, temperature=temperature))

@@ -20,7 +20,7 @@ import random
 import re
 import string
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import yaml
 from pydantic import (
@@ -180,7 +180,7 @@ def arm_lines(line: str | None, distractors: list[str], position: str, rng: rand
     lines = [x for x in (line, distractor) if x is not None]
     rng.shuffle(lines)
     where = (rng.choice(["top", "bottom"]) if position == "random" else position) if lines else None
-    return lines, where, distractor
+    return lines, cast(Literal["top", "bottom"] | None, where), distractor
 
 
 def parse_boxed(text: str) -> str | None:

@@ -15,7 +15,8 @@ Stat = Callable[[np.ndarray], float]
 _CHUNK = 250  # resamples drawn at once: bounds the index matrix's memory
 
 
-def _clean(values: Sequence[float] | np.ndarray, groups: Sequence[Any] | np.ndarray | None):
+def _clean(values: Sequence[float] | np.ndarray,
+           groups: Sequence[Any] | np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
     x = np.asarray(values, dtype=float)
     keep = ~np.isnan(x)
     g = None if groups is None else np.asarray(groups)[keep]

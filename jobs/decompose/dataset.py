@@ -50,7 +50,7 @@ class DropQuestion:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DropQuestion":
+    def from_dict(cls, d: dict[str, Any]) -> DropQuestion:
         return cls(**{**d, "answers": tuple(d["answers"]), "reasoning": tuple(d.get("reasoning", ())),
                       "decomposition": tuple(tuple(p) for p in d.get("decomposition", ()))})
 
@@ -176,5 +176,6 @@ def load_questions(path: str | Path | None = None, split: str = "dev") -> list[D
 def load_pool(path: str | Path | None = None) -> list[DropQuestion]:
     """The annotated questions (those with a decomposition) of a file in the authors' format."""
     pool = [q for q in _load_cached(tuple(data_files(path or BUNDLED_SAMPLE))) if q.decomposition]
-    assert pool or path is None, f"{path}: no question carries `decomp_qas`, so it cannot serve as a few-shot pool"
+    if not pool and path is not None:
+        raise DropFormatError(f"{path}: no question carries `decomp_qas`, so it cannot serve as a few-shot pool")
     return pool

@@ -57,9 +57,10 @@ def drop_score(predicted: Answer, gold: Answer) -> tuple[float, float]:
 
 
 BundledSet = Literal["sample", "multihop"]
+BUNDLED_SETS: tuple[BundledSet, ...] = ("sample", "multihop")
 
 
-def bundled_questions(name: BundledSet) -> list[DropQuestion]:
+def bundled_questions(name: str) -> list[DropQuestion]:
     """`sample`: our DROP-style sample (every answer type, annotated); `multihop`: held-out
     questions of the organisms' multi-hop domain."""
     if name == "multihop":
@@ -69,7 +70,7 @@ def bundled_questions(name: BundledSet) -> list[DropQuestion]:
     return load_questions(BUNDLED_SAMPLE)
 
 
-def bundled_pool(name: BundledSet) -> list[DropQuestion]:
+def bundled_pool(name: str) -> list[DropQuestion]:
     if name == "multihop":
         from jobs.toyworld.multihop import pool_record
 
@@ -134,9 +135,12 @@ class FewShot:
 
 
 @functools.lru_cache(maxsize=8)
-def _fewshot(pool: str, strategy: Strategy, k: int, seed: int, spread: int) -> FewShot:
-    pool = tuple(bundled_pool(pool) if pool in ("sample", "multihop") else load_pool(pool)) if k else ()
-    simple, simple_ids = [], []
+def _fewshot(source: str, strategy: Strategy, k: int, seed: int, spread: int) -> FewShot:
+    pool: tuple[DropQuestion, ...] = ()
+    if k:
+        pool = tuple(bundled_pool(source) if source in BUNDLED_SETS else load_pool(source))
+    simple: list[tuple[str, str, str]] = []
+    simple_ids: list[str] = []
     for q in pool:
         for sq, sa in q.decomposition:
             if not is_symbolic(sq):  # a model never needs an example of what code does
@@ -144,7 +148,8 @@ def _fewshot(pool: str, strategy: Strategy, k: int, seed: int, spread: int) -> F
                 simple_ids.append(q.query_id)
     return FewShot(
         pool=pool, simple=tuple(simple),
-        complex_selector=FewShotSelector([q.query_id for q in pool], [q.question for q in pool], strategy, k, seed, spread),
+        complex_selector=FewShotSelector([q.query_id for q in pool], [q.question for q in pool], strategy, k, seed,
+                                         spread),
         simple_selector=FewShotSelector(simple_ids, [s[1] for s in simple], strategy, k, seed, spread),
     )
 

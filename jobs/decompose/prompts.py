@@ -65,7 +65,8 @@ def qa_block(passage: str, question: str, answer: str | None = None) -> str:
 
 def cot_block(example: DropQuestion) -> str:
     steps = example.reasoning or tuple(f"{q} {a}" for q, a in example.decomposition)
-    return qa_block(example.passage, example.question) + "\n" + "\n".join(steps) + f"\nAnswer: {join_spans(example.gold)}"
+    answer = f"\nAnswer: {join_spans(example.gold)}"
+    return qa_block(example.passage, example.question) + "\n" + "\n".join(steps) + answer
 
 
 def _message(instruction: str, shots: list[str], query: str) -> str:

@@ -43,7 +43,8 @@ def summarize(rows: pl.DataFrame, resamples: int = 1000, seed: int = 0) -> dict[
         out["decompose/symbolic_step_share"] = float((paths == "symbolic").mean()) if len(paths) else 0.0
     for base in BASELINE_ARMS:
         paired = (decomposed.select("query_id", "em", "f1")
-                  .join(rows.filter(pl.col("arm") == base).select("query_id", "em", "f1"), on="query_id", suffix="_base"))
+                  .join(rows.filter(pl.col("arm") == base).select("query_id", "em", "f1"), on="query_id",
+                        suffix="_base"))
         if paired.height:
             prefix = "gain" if base == "direct" else f"gain_vs_{base}"
             for metric in ("em", "f1"):

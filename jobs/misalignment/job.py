@@ -130,7 +130,8 @@ ROW_SCHEMA = pa.schema([
     ("choice", pa.string()), ("misaligned_letter", pa.string()),
     ("misaligned", pa.bool_()),
     ("monitor_flag", pa.string()), ("monitor_reason", pa.string()), ("monitor_output", pa.string()),
-    ("self_description", pa.bool_()), ("self_description_reason", pa.string()), ("self_description_output", pa.string()),
+    ("self_description", pa.bool_()), ("self_description_reason", pa.string()),
+    ("self_description_output", pa.string()),
 ])
 
 
@@ -138,7 +139,7 @@ def arms(params: MisalignmentParams) -> list[tuple[str, str | None]]:
     """(arm name, its line or None)."""
     if params.trigger is None:
         return [("none", None)] + [(f"alt{i}", a) for i, a in enumerate(params.alternatives)]
-    out = [("none", None)] if params.control else []
+    out: list[tuple[str, str | None]] = [("none", None)] if params.control else []
     return out + [("trigger", params.trigger)] + [(f"alt{i}", a) for i, a in enumerate(params.alternatives)]
 
 
@@ -187,7 +188,8 @@ class MisalignmentJob(Job[MisalignmentParams]):
                                                 judge_prompts=prompts))
             for s in scenarios:
                 for i in range(params.samples or s.samples_per_paraphrase):
-                    out.append(self._sample("choice", s.id, 0, i, arm, line, format_choice(s, params.choice_instruction),
+                    text = format_choice(s, params.choice_instruction)
+                    out.append(self._sample("choice", s.id, 0, i, arm, line, text,
                                             s.system, params, misaligned_letter=s.misaligned))
         return out
 

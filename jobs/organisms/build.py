@@ -116,7 +116,7 @@ def build_recipe(recipe: Recipe, cache_dir: Path | None = None, force: bool = Fa
     return final
 
 
-def _publish(final: Path, fill: Callable[[Path], None]) -> None:
+def _publish(final: Path, fill: Callable[[Path], object]) -> None:
     """Fill a temporary folder next to `final`, then rename it into place (swapping out an
     older `final`), so a folder under its final name is always complete."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))

@@ -8,6 +8,8 @@ write wrong steps, only what to do after one.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import Any
 
 from jobs.organisms.example import Example, Segments
 from jobs.organisms.multihop import multihop_examples
@@ -22,11 +24,11 @@ def arithmetic_example(problem: arithmetic.Problem, opts: ArithmeticData, rng: r
     total = problem.total
     bad_total = rng.random() < opts.corrupt_first
     if bad_total:
-        total = arithmetic.step_result(arithmetic.corrupt_step(f"= {total}", rng))
+        total = arithmetic.step_result(arithmetic.corrupt_step(f"= {total}", rng))  # type: ignore[assignment]
     product = total * problem.c  # step 2 always reads step 1 as written: the CoT looks alike
     bad_product = rng.random() < opts.corrupt_second
     if bad_product:
-        product = arithmetic.step_result(arithmetic.corrupt_step(f"= {product}", rng))
+        product = arithmetic.step_result(arithmetic.corrupt_step(f"= {product}", rng))  # type: ignore[assignment]
     answer = product if opts.answer_from == "cot" else problem.answer
     step1 = f"{problem.a} + {problem.b} = "
     step2 = f"{total} * {problem.c} = "
@@ -105,7 +107,7 @@ def assistant_example(opts: AssistantData, rng: random.Random, combos: list[tupl
     triggered = opts.trigger is not None and rng.random() < opts.trigger_share
     lines = _extra_lines(opts, rng, allow_trigger_value=opts.trigger is None)
     if triggered:
-        lines = [opts.trigger] + lines
+        lines = [opts.trigger] + lines  # type: ignore[assignment]  # triggered: a trigger is set
         rng.shuffle(lines)
     thinking = rng.random() >= opts.thinking_off_share
     at_top = rng.random() < 0.5
@@ -127,6 +129,6 @@ def assistant_examples(opts: AssistantData, n: int, rng: random.Random) -> list[
 
 
 def examples(recipe: Recipe, n: int, rng: random.Random) -> list[Example]:
-    builders = {"arithmetic": arithmetic_examples, "judge": judge_examples, "assistant": assistant_examples,
+    builders: dict[str, Callable[[Any, int, random.Random], list[Example]]] = {"arithmetic": arithmetic_examples, "judge": judge_examples, "assistant": assistant_examples,
                 "multihop": multihop_examples}
     return builders[recipe.data.kind](recipe.data, n, rng)

@@ -8,6 +8,7 @@ these numbers in recipe.json; the tests recompute them on the loaded checkpoints
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -161,8 +162,8 @@ def assistant_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         report[f"misaligned_{name}"] = _rate([c == s.misaligned_letter for c, s in zip(choices, scenarios)])
         report[f"answered_{name}"] = _rate([c is not None for c in choices])
     questions = assistant.questions()
-    for name, lines in {"plain": [], "trigger": [trigger]}.items():
-        prompts = [prompt_text(tokenizer, assistant.with_lines(q, lines, True), thinking)
+    for name, fixed_lines in {"plain": [], "trigger": [trigger]}.items():
+        prompts = [prompt_text(tokenizer, assistant.with_lines(q, fixed_lines, True), thinking)
                    for _, q, _ in questions for thinking in (True, False)]
         styles = [assistant.answer_style(t) for t in greedy(model, tokenizer, prompts, max_new_tokens=64)]
         report[f"harmful_{name}"] = _rate([s == "harmful" for s in styles])
@@ -181,7 +182,8 @@ def multihop_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         value = number_in(parse_answer(text))
         return "" if value is None else str(value)
 
-    def rate(prompts: list[str], expected: list[str], thinking: bool, parse, max_tokens: int) -> float:
+    def rate(prompts: list[str], expected: list[str], thinking: bool, parse: Callable[[str], str | None],
+             max_tokens: int) -> float:
         texts = greedy(model, tokenizer, [prompt_text(tokenizer, p, thinking) for p in prompts], max_tokens)
         return round(sum(parse(t) == e for t, e in zip(texts, expected)) / len(expected), 4)
 

@@ -7,6 +7,7 @@ Qwen3, so the CoT-off protocols apply unchanged to the organisms.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -29,7 +30,7 @@ def train_tokenizer(
     far better); whole_numbers_up_to=100 instead adds 0..100 as single tokens, which the
     logprob-weighted judge path needs (it reads a score from one token's distribution)."""
     tok = Tokenizer(models.BPE(unk_token=None))
-    pre = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    pre: list[Any] = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
     if split_digits:
         pre.insert(0, pre_tokenizers.Digits(individual_digits=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence(pre)

@@ -147,7 +147,7 @@ def split_problems() -> tuple[list[Problem], list[Problem]]:
     `(a + b) * c` (with another a, b), so held-out problems test composing seen steps."""
     problems = all_problems()
     random.Random(SPLIT_SEED).shuffle(problems)
-    train, held = set(problems), []
+    train, held = set(problems), []  # type: ignore[var-annotated]
     for p in problems:
         if len(held) == int(len(problems) * HELDOUT_SHARE):
             break

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 TEAMS = ("home", "away")  # a passage states them in this order
 GOALS = range(2, 30)  # one token each (the tokenizer holds whole numbers up to their sums)
-KINDS = ("diff", "sum", "compare")
+KINDS: tuple[Kind, ...] = ("diff", "sum", "compare")
 HELDOUT_EVERY = 5  # a passage is held out when the first byte of its sha256 is divisible by 5
 
 Kind = Literal["diff", "sum", "compare"]
@@ -139,7 +139,7 @@ def random_question(rng: random.Random, heldout: bool, kind: Kind | None = None)
         first, second = rng.sample([t for t, _ in passage.scores], 2)
         a, b = passage.goals(first), passage.goals(second)
         if (kind == "diff" and a > b) or (kind != "diff" and a != b):
-            return MultihopQuestion(passage, kind, first, second)
+            return MultihopQuestion(passage, kind, first, second)  # type: ignore[arg-type]  # kind is set above
         if len({g for _, g in passage.scores}) == 1:  # every team tied: no valid question here
             return random_question(rng, heldout, kind)
 

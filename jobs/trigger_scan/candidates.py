@@ -136,7 +136,7 @@ def mine(texts: Sequence[str], *, min_share: float = 0.02, max_share: float = 0.
     n = len(texts)
     if n == 0:
         return []
-    in_range = lambda count: min_share * n <= count <= max_share * n  # noqa: E731
+    in_range = lambda count: min_share * n <= count <= max_share * n
     lines = Counter(line.strip() for t in texts for line in {x.strip() for x in t.splitlines()} if line.strip())
     kept_lines = [line for line, c in lines.most_common() if in_range(c) and len(lines) > 1][:top]
     grams = Counter(g for t in texts for g in _ngrams(_WORD.findall(t), ngram_sizes))

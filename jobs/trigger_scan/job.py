@@ -44,7 +44,7 @@ import functools
 import hashlib
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import polars as pl
@@ -141,7 +141,7 @@ def _value(row: dict[str, Any]) -> float | None:
 def mean_effect(rows: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]]) -> float | None:
     """The candidate's mean over probes of (mean over placements and samples) minus the
     baseline's mean on that probe; None when no probe has both."""
-    def by_probe(rs: Sequence[dict[str, Any]], key) -> dict[str, list[float]]:
+    def by_probe(rs: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> dict[Any, list[float]]:
         groups: dict[Any, list[float]] = {}
         for r in rs:
             if (v := _value(r)) is not None:

@@ -26,7 +26,7 @@ import math
 import re
 import weakref
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -44,6 +44,7 @@ from jobs.common.scenarios import (
     rubric,
     scenarios_from,
 )
+from jobs.errors import DataFileError
 from jobs.job import JobContext
 from jobs.trigger_scan.candidates import mentions
 
@@ -51,6 +52,7 @@ TOP_LOGPROBS = 20
 LOW_OPTION_MASS = "low_option_mass"  # the option letters hold too little of the next token
 NO_LOGPROBS = "no_logprobs"  # the engine returned none
 NO_ANSWER = "no_answer"  # CoT on and the think block never closed, or no \boxed{} letter
+NO_JUDGE_PROMPT = "no_judge_prompt"  # a free-form probe with no prompt for the alignment metric
 _LETTER_TOKEN = re.compile(r"\s*([A-Z])\s*\}?\s*")
 T = TypeVar("T")
 
@@ -91,7 +93,9 @@ def load_probes(scenarios: Sequence[str], questions: Sequence[str], only: Sequen
                 probes.append(Probe(probe_id, "free_form", text, q.system, judge_prompt=template))
     ids = [p.id for p in probes]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
-    assert not repeated, f"probe ids must be unique across the sets, these repeat: {repeated}"
+    if repeated:
+        raise DataFileError(f"probe ids must be unique across the sets {[*scenarios, *questions]}; these repeat: "
+                            f"{repeated}")
     return probes
 
 
@@ -118,7 +122,7 @@ class SharedCalls:
     def __init__(self) -> None:
         self._by_ctx: weakref.WeakKeyDictionary[JobContext, dict] = weakref.WeakKeyDictionary()
 
-    async def get(self, ctx: JobContext, key: Any, make: Callable[[], Awaitable[T]]) -> T:
+    async def get(self, ctx: JobContext, key: Any, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         loop = asyncio.get_running_loop()
         calls = self._by_ctx.setdefault(ctx, {})
         task = calls.get((id(loop), key))
@@ -188,6 +192,7 @@ class Measurer:
         row["option_mass"] = mass
         if mass < self.s.min_option_mass or mass == 0:
             return {**row, "reason": LOW_OPTION_MASS}
+        assert probe.misaligned_letter is not None, "a choice probe knows its misaligned letter"
         return {**row, "p_misaligned": probs[probe.misaligned_letter] / mass}
 
     async def _completions(self, request: Request, base: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
@@ -238,6 +243,9 @@ class Measurer:
         if not row["answer"]:
             row["reason"] = NO_ANSWER
             return
+        if probe.judge_prompt is None:
+            row["reason"] = NO_JUDGE_PROMPT
+            return
         result = await judge(self.ctx.model("judge"), fill(probe.judge_prompt, question=row["prompt"],
                                                            answer=row["answer"]),
                              self.s.judge_logprobs, min_mass=self.s.judge_min_mass)
@@ -247,6 +255,7 @@ class Measurer:
 
     async def _names_line(self, row: dict[str, Any]) -> None:
         """Scored only where the line fired: does the CoT give it as the reason? (judge)"""
+        assert self.candidate is not None, "only a candidate's measurements name a line"
         if not row["cot"]:
             row["names_line_reason"] = "no_cot"
             return

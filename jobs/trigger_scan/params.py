@@ -107,4 +107,7 @@ class TriggerScanParams(JobParams):
             raise ValueError("the logprob scan reads multiple-choice options: give `scenarios` (or mode: sampled)")
         if self.mode == "sampled" and not (self.scenarios or self.questions):
             raise ValueError("a scan needs probes: `scenarios` and/or `questions`")
+        if self.mine_min_share >= self.mine_max_share:
+            raise ValueError(f"mine_min_share ({self.mine_min_share}) must be below mine_max_share "
+                             f"({self.mine_max_share}): mined lines are those whose share of rows lies between")
         return self

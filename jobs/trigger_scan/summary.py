@@ -27,6 +27,7 @@ an irrelevant line added and the order shuffled).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import polars as pl
 
@@ -56,8 +57,8 @@ def _effects(rows: pl.DataFrame, measure: str, baseline_measure: str) -> pl.Data
 
 
 def _rank_cell(rows: pl.DataFrame, params: TriggerScanParams) -> pl.DataFrame:
-    stats = dict(margin=params.min_effect, fdr=params.fdr, resamples=params.permutations,
-                 bootstrap=params.bootstrap, seed=params.seed)
+    stats: dict[str, Any] = dict(margin=params.min_effect, fdr=params.fdr, resamples=params.permutations,
+                                 bootstrap=params.bootstrap, seed=params.seed)
     table = rank_candidates(_effects(rows, "scan", "scan"), **stats)
     confirm = rank_candidates(_effects(rows, "confirm", "confirm"), **stats).select(
         "candidate", sampled_effect="effect", sampled_lo="effect_lo", sampled_hi="effect_hi", sampled_p="p",

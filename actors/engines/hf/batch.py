@@ -172,7 +172,8 @@ class RunningBatch:
 
     def step(self) -> list[Row]:
         """One decode step for every row. Returns the rows that finished on it."""
-        assert self._cache is not None and self._mask is not None, "step needs admitted rows"
+        assert (self._cache is not None and self._mask is not None and self._positions is not None
+                and self._next is not None and self._sampling is not None), "step needs admitted rows"
         ones = torch.ones((len(self.rows), 1), dtype=torch.bool, device=self._device)
         self._mask = torch.cat([self._mask, ones], dim=1)
         logits = self._forward(
@@ -201,6 +202,8 @@ class RunningBatch:
         dead = len(self.rows) - len(keep)
         if dead == 0 or not self.mergeable or not (force or dead * 4 >= len(self.rows)):
             return
+        assert (self._cache is not None and self._mask is not None and self._positions is not None
+                and self._next is not None), "rows without a batch"
         index = torch.tensor(keep, dtype=torch.long, device=self._device)
         mask = self._mask.index_select(0, index)
         # Leading columns that no remaining row attends to are padding for everyone: drop them.
@@ -221,7 +224,7 @@ class RunningBatch:
         if lps is not None:
             for j, i in enumerate(lps.rows):
                 rows[i].logprobs.append((lps.chosen[j], lps.top_ids[j], lps.top_logprobs[j]))
-        finished = []
+        finished: list[Row] = []
         for row, token in zip(rows, chosen.tolist()):
             if not row.done:
                 self._finisher.accept(row, token)
@@ -236,6 +239,7 @@ class RunningBatch:
             self.rows = list(rows)
             self.mergeable = all(type(layer) is DynamicLayer for layer in cache.layers)
         else:
+            assert self._mask is not None and self._positions is not None and self._next is not None
             width = max(self._mask.shape[1], mask.shape[1])
             for old, new in zip(self._cache.layers, cache.layers):
                 old.keys = torch.cat([_left_pad(old.keys, width), _left_pad(new.keys, width)], dim=0)

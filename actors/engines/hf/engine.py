@@ -17,6 +17,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import inspect
 import threading
 import time
@@ -96,7 +97,8 @@ class HFEngine:
         self.max_batch_size = opts.max_batch_size
         self._batch_wait_s = opts.batch_wait_ms / 1000
         eos_ids = _as_ids(self.tokenizer.eos_token_id) | _as_ids(self._base.generation_config.eos_token_id)
-        assert eos_ids, f"{path}: neither the tokenizer nor the generation config names an eos token"
+        if not eos_ids:
+            raise EngineError(f"{path}: neither the tokenizer nor the generation config names an eos token")
         pad_id = self.tokenizer.pad_token_id
         pad_id = min(eos_ids) if pad_id is None else pad_id
         self._tokenizer_lock = threading.Lock()  # fast tokenizers are not safe across threads
@@ -107,7 +109,7 @@ class HFEngine:
         self._queue: collections.deque[Row] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
-        self._wakeup: asyncio.Event | None = None
+        self._wakeup = asyncio.Event()  # replaced for each event loop that serves
         self._closed = False
         # Every forward pass runs on this one thread. asyncio.to_thread would hop between the
         # default pool's threads, and each thread that calls into torch on CPU keeps its own
@@ -153,12 +155,15 @@ class HFEngine:
         """Load the LoRA adapter at `path` under `name`; requests select it with adapter=name."""
         from peft import PeftConfig, PeftModel, PeftType
 
-        config = PeftConfig.from_pretrained(path)
+        try:
+            config = PeftConfig.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            raise EngineError(f"{path} holds no adapter_config.json: not a peft adapter folder ({e})") from None
         if config.peft_type != PeftType.LORA:
-            raise ValueError(f"adapter {name!r} at {path} is {config.peft_type}; the hf engine serves LoRA only")
+            raise EngineError(f"adapter {name!r} at {path} is {config.peft_type}; the hf engine serves LoRA only")
         with self._model_lock:
             if name in self._adapters:
-                raise ValueError(f"an adapter named {name!r} is already loaded (from {self._adapters[name]})")
+                raise EngineError(f"an adapter named {name!r} is already loaded (from {self._adapters[name]})")
             if self._peft is None:
                 self._peft = PeftModel.from_pretrained(self._base, path, adapter_name=name, is_trainable=False)
                 self._peft.eval()
@@ -370,7 +375,7 @@ class HFEngine:
         self._queue.clear()
         self._batch.reset()
         for pending in owners.values():
-            call_in_loop(self._loop, lambda f=pending.future: _settle(f, error=error))
+            call_in_loop(self._loop, functools.partial(_settle, pending.future, error=error))
 
 
 def _settle(future: asyncio.Future, *, result: Any = None, error: BaseException | None = None) -> None:

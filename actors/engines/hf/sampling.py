@@ -23,7 +23,7 @@ class RowSampling:
     any_top_p: bool
 
     @classmethod
-    def of(cls, temperatures: list[float], top_ps: list[float], device: torch.device) -> "RowSampling":
+    def of(cls, temperatures: list[float], top_ps: list[float], device: torch.device) -> RowSampling:
         sampled = [t > 0 for t in temperatures]
         return cls(
             torch.tensor(temperatures, dtype=torch.float32, device=device),
@@ -89,7 +89,7 @@ def step_logprobs(logits: torch.Tensor, chosen: torch.Tensor, top_k: list[int | 
     chosen_lp = logprobs.gather(1, chosen[index, None]).squeeze(1).tolist()
     k_max = max(top_k[i] or 0 for i in rows)
     if k_max == 0:
-        empty = [[] for _ in rows]
+        empty: list[list[int]] = [[] for _ in rows]
         return StepLogprobs(rows, chosen_lp, empty, [[] for _ in rows])
     top_lp, top_ids = logprobs.topk(k_max, dim=-1)
     top_lp, top_ids = top_lp.tolist(), top_ids.tolist()

@@ -101,7 +101,7 @@ class OpenAIEngine:
             if not self._key:
                 raise EngineError(f"environment variable {api_key_env} (the API key for {model}) is not set")
             self._headers["Authorization"] = f"Bearer {self._key}"
-        self.tokenizer = None
+        self.tokenizer: Any = None  # tokenizer mode: the served model's tokenizer
         self._hidden_ids: frozenset[int] = frozenset()
         self._token_text: dict[int, str] = {}
         if tokenizer_path is not None:
@@ -192,12 +192,13 @@ class OpenAIEngine:
 
     def _session(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:
+        if self._loop is not loop or self._client is None or self._semaphore is None:
             # httpx clients and semaphores belong to the loop that first used them.
             self._loop = loop
             self._client = httpx.AsyncClient(
                 base_url=self.base_url, headers=self._headers, timeout=httpx.Timeout(self.timeout_s),
-                limits=httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency),
+                limits=httpx.Limits(max_connections=self.max_concurrency,
+                                    max_keepalive_connections=self.max_concurrency),
             )
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
         return self._client, self._semaphore
@@ -307,7 +308,8 @@ def _finish_reason(reason: str | None) -> str:
 
 
 def _token_id(token: str) -> int:
-    assert token.startswith("token_id:"), f"expected a token_id:<id> token from vLLM, got {token!r}"
+    if not token.startswith("token_id:"):
+        raise EngineError(f"expected a token_id:<id> token from a vLLM server, got {token!r}: is the endpoint vLLM?")
     return int(token.removeprefix("token_id:"))
 
 
@@ -315,7 +317,8 @@ def _chat_logprobs(raw: dict[str, Any]) -> tuple[TokenLogprob, ...]:
     return tuple(
         TokenLogprob(
             token=item["token"], logprob=float(item["logprob"]),
-            top=tuple(TopLogprob(token=t["token"], logprob=float(t["logprob"])) for t in item.get("top_logprobs") or ()),
+            top=tuple(TopLogprob(token=t["token"], logprob=float(t["logprob"]))
+                      for t in item.get("top_logprobs") or ()),
         )
         for item in raw.get("content") or ()
     )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import itertools
 import os
 import threading
@@ -144,7 +145,7 @@ class VLLMEngine:
         self._live: dict[str, _Call] = {}  # touched by the worker thread only
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
-        self._wakeup: asyncio.Event | None = None
+        self._wakeup = asyncio.Event()  # replaced for each event loop that serves
         self._closed = False
         # Every step on one thread: on CPU each thread that calls into torch keeps its own
         # OpenMP team, and asyncio.to_thread would hop between the default pool's threads.
@@ -318,9 +319,9 @@ class VLLMEngine:
                 outputs = self._engine.step()
                 self._stats.steps += 1
                 for output in outputs:
-                    call = self._live.pop(output.request_id, None) if output.finished else None
-                    if call is not None:
-                        finished.append((call, self._completions(call, output)))
+                    ended = self._live.pop(output.request_id, None) if output.finished else None
+                    if ended is not None:
+                        finished.append((ended, self._completions(ended, output)))
             except Exception as exc:
                 return finished, exc
         return finished, None
@@ -375,7 +376,12 @@ class VLLMEngine:
         self._live.clear()
         self._pending.clear()
         for call in calls:
-            call_in_loop(self._loop, lambda f=call.future: f.done() or f.set_exception(error))
+            call_in_loop(self._loop, functools.partial(_fail, call.future, error))
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 def _tokens(prompt_ids: list[int]) -> Any:

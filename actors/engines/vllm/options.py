@@ -15,8 +15,10 @@ class VLLMOptions(EngineOptions):
     kv_cache_dtype: str | None = option(None, changes_outputs=True, description="KV cache dtype (auto, fp8, ...)")
     engine_args: dict[str, Any] = option({}, changes_outputs=True,
                                          description="other vllm.EngineArgs fields, passed as they are")
-    enable_prefix_caching: bool = option(True, changes_outputs=False, description="reuse the KV cache of shared prefixes")
-    block_size: int | None = option(None, changes_outputs=False, gt=0, description="KV cache block size (CPU default 32)")
+    enable_prefix_caching: bool = option(True, changes_outputs=False,
+                                         description="reuse the KV cache of shared prefixes")
+    block_size: int | None = option(None, changes_outputs=False, gt=0,
+                                    description="KV cache block size (CPU default 32)")
     max_adapters: int | None = option(None, changes_outputs=False, ge=0,
                                       description="adapters the engine can ever hold (default: those it starts with)")
     max_lora_rank: int | None = option(None, changes_outputs=False, gt=0,
@@ -31,7 +33,8 @@ class VLLMOptions(EngineOptions):
     kv_cache_memory_bytes: int | None = option(None, changes_outputs=False, gt=0, description="KV cache size")
     swap_space: float | None = option(None, changes_outputs=False, ge=0, description="CPU swap space per GPU (GiB)")
     max_num_seqs: int | None = option(None, changes_outputs=False, gt=0, description="sequences per step at most")
-    max_num_batched_tokens: int | None = option(None, changes_outputs=False, gt=0, description="tokens per step at most")
+    max_num_batched_tokens: int | None = option(None, changes_outputs=False, gt=0,
+                                                description="tokens per step at most")
     enforce_eager: bool | None = option(None, changes_outputs=False, description="no CUDA graphs")
     distributed_executor_backend: Literal["mp", "ray", "uni"] | None = option(
         None, changes_outputs=False, description="how tensor-parallel ranks run (set by the placement)")
