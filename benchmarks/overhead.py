@@ -23,7 +23,7 @@ from actors.engines.hf.engine import HFEngine
 from jobs.generate.job import GenerateJob, GenerateParams
 from jobs.local import local_context, run_job
 from jobs.organisms.build import resolve_model_path
-from orchestrator.spec import load_sweep
+from orchestrator.load import load_sweep
 from orchestrator.submit import submit
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import polars as pl
@@ -36,28 +37,48 @@ class ModelHandle(Protocol):
     async def generate(self, request: Request) -> list[Completion]: ...
 
 
+@dataclass(frozen=True)
+class RoleNeeds:
+    """What one grid point of a job asks of the model in one role: whether the sweep must
+    name it, what it is for (said in errors), and what its requests need, which the sweep's
+    validation checks against each model's reasoning convention and API."""
+
+    required: bool = False  # the sweep must name a model (or `subject`) for it
+    purpose: str = ""  # what the role does here, for messages: "scores free-form answers"
+    thinks: bool = False  # asked to reason in a think block (a CoT arm)
+    prefill: bool = False  # its requests continue an assistant prefill
+    logprobs: bool = False  # read from token logprobs
+    greedy: bool = False  # sampled at temperature 0
+
+
 class JobContext:
     """Model handles by role. `subject` is the model under study; other roles (judge, critic,
-    monitor, decomposer) map to any model of the sweep and fall back to the subject when the
-    sweep leaves them unset. Once bound to a job (`bound`), a role the job does not declare
-    is an error, not a silent fallback: a typo in a job must not judge with the subject."""
+    monitor, decomposer) map to the models the sweep names. A role the sweep leaves unnamed
+    is the subject only where the job says the subject plays it (`Job.subject_plays`: the
+    decomposer of successive prompting); a judge never silently is the subject. Bound to a
+    job (`bound`), a role the job does not declare is an error too."""
 
     def __init__(self, models: Mapping[str, ModelHandle], seed: int = 0,
-                 declared: Collection[str] | None = None) -> None:
+                 declared: Collection[str] | None = None, subject_plays: Collection[str] = ()) -> None:
         assert SUBJECT in models, f"a job context needs a '{SUBJECT}' model, got roles {sorted(models)}"
         self._models = dict(models)
         self.seed = seed
         self._declared = None if declared is None else frozenset(declared) | {SUBJECT}
+        self._subject_plays = frozenset(subject_plays)
 
     def bound(self, job: Job[Any]) -> JobContext:
         """This context for `job`: its declared roles are the only ones it may ask for."""
-        return JobContext(self._models, self.seed, job.roles)
+        return JobContext(self._models, self.seed, job.roles, job.subject_plays)
 
     def model(self, role: str = SUBJECT) -> ModelHandle:
         allowed = self._declared if self._declared is not None else self._models.keys()
         if role not in allowed:
             raise UnknownRole(f"no role {role!r} here (roles: {', '.join(sorted(allowed))})")
-        return self._models.get(role) or self._models[SUBJECT]
+        if role in self._models:
+            return self._models[role]
+        if role in self._subject_plays:
+            return self._models[SUBJECT]
+        raise UnknownRole(f"the sweep names no model for the role {role!r} (validation should have said so)")
 
     def has(self, role: str) -> bool:
         return role in self._models
@@ -81,6 +102,7 @@ class Job(abc.ABC, Generic[P]):
     Params: ClassVar[type[JobParams]]  # P, as a class
     schema: ClassVar[pa.Schema]  # the job's own columns; the store adds the id columns
     roles: ClassVar[tuple[str, ...]] = ()  # extra roles it calls besides `subject`
+    subject_plays: ClassVar[tuple[str, ...]] = ()  # roles the subject plays when the sweep names no model
     # summary columns (shell patterns) `orchestrate results` shows by default; () shows all
     headline: ClassVar[tuple[str, ...]] = ()
 
@@ -95,6 +117,11 @@ class Job(abc.ABC, Generic[P]):
     @abc.abstractmethod
     async def run(self, sample: Sample, params: P, ctx: JobContext) -> list[dict[str, Any]]:
         """One sample's program: its rows (keys from `schema`)."""
+
+    def needs(self, params: P) -> dict[str, RoleNeeds]:
+        """What this grid point asks of each role, the subject included (see RoleNeeds).
+        By default: nothing beyond the subject; the job's other roles are optional."""
+        return {SUBJECT: RoleNeeds(), **{role: RoleNeeds() for role in self.roles}}
 
     def summarize(self, rows: pl.DataFrame, params: P) -> dict[str, float]:
         return {}

@@ -24,7 +24,7 @@ console = Console(stderr=True)
 
 
 def _load(path: str) -> Sweep:
-    from orchestrator.spec import load_sweep
+    from orchestrator.load import load_sweep
 
     return load_sweep(path)
 

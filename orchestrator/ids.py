@@ -61,7 +61,14 @@ def serving_identity(m: ModelSpec) -> dict[str, Any]:
     """How a model is served, as far as it changes outputs: a prompt that does not fit
     max_model_len is an error row, and options like quantization change the tokens."""
     options = options_model(m.engine).model_validate(m.engine_options).identity()
-    return {"engine": m.engine, "dtype": m.dtype, "max_model_len": m.max_model_len, "engine_options": options}
+    ident: dict[str, Any] = {"engine": m.engine, "dtype": m.dtype, "max_model_len": m.max_model_len,
+                             "engine_options": options}
+    # How prompts are rendered, when the sweep says (absent: the model's own, covered by its weights).
+    if m.reasoning != "auto":
+        ident["reasoning"] = m.reasoning
+    if m.chat_template is not None:
+        ident["chat_template"] = file_digest(m.chat_template)
+    return ident
 
 
 def model_identity(name: str, sweep: Sweep) -> dict[str, Any]:

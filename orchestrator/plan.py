@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.errors import DataFileError
-from jobs.job import JobParams
+from jobs.job import SUBJECT, JobParams
 from jobs.registry import get_job
 from orchestrator.errors import PlanError
 from orchestrator.grid import expand_grid
@@ -107,7 +107,8 @@ def plan_cells(sweep: Sweep, job_index: int, spec: JobSpec) -> list[Cell]:
         data_digest = job.data_digest(params)
         repeat = point.get("repeat")
         for model in spec.models:
-            roles = {"subject": model, **spec.roles}
+            # `judge: subject` in a sweep: the subject plays that role itself, said in words.
+            roles = {"subject": model, **{r: model if m == SUBJECT else m for r, m in spec.roles.items()}}
             cell_id = content_id({
                 "kind": job.kind, "version": job.version, "params": hashable_params(params),
                 "repeat": repeat, "data": data_digest,

@@ -62,6 +62,8 @@ def serving_spec(m: ModelSpec) -> dict[str, Any]:
     starts), in `path` and in a `tokenizer_path` option alike."""
     spec = m.model_dump(mode="json")
     spec["path"] = resolve_model_path(spec["path"])
+    if m.chat_template is not None:  # its text: a replica on another node has no such file
+        spec["chat_template"] = Path(m.chat_template).read_text(encoding="utf-8")
     tokenizer = spec["engine_options"].get("tokenizer_path")
     if isinstance(tokenizer, str):
         spec["engine_options"] = {**spec["engine_options"], "tokenizer_path": resolve_model_path(tokenizer)}
@@ -164,7 +166,8 @@ class Scheduler:
 
     async def run_shard(self, cell: Cell, shard: Shard, job: Job, samples: dict, progress: SweepProgress) -> int:
         spec = self.sweep.jobs[cell.job_index]
-        ctx = JobContext({role: self.handles[m] for role, m in cell.roles.items()}, declared=job.roles)
+        ctx = JobContext({role: self.handles[m] for role, m in cell.roles.items()}, declared=job.roles,
+                         subject_plays=job.subject_plays)
         gate = asyncio.Semaphore(spec.concurrency)
         ids = {"sweep": self.sweep.name, "cell_id": cell.id, "shard_id": shard.id, "model": cell.model}
 

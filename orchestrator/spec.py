@@ -5,7 +5,8 @@ model, an adapter naming its base, a job's roles and parameter grid) run after t
 validate. `parse_sweep` runs them even where other parts of the file are broken, so one
 `orchestrate validate` lists every mistake by file:line; `Sweep.model_validate` in code runs
 the same checks and raises pydantic's ValidationError. The `finetunes:` entries' own fields
-are in finetune_spec.py.
+are in finetune_spec.py; reading a file, and the checks that need each job's grid and each
+model's conventions (roles), are in load.py.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     Field,
     PrivateAttr,
     ValidationError,
@@ -25,19 +25,18 @@ from pydantic import (
 )
 
 from actors.engines.registry import options_model
+from jobs.inputs import DataPath
+from jobs.job import SUBJECT
 from jobs.organisms.recipes import ORGANISM_PREFIX
 from jobs.registry import get_job, kinds
 from orchestrator.errors import (
     Loc,
-    Problem,
-    SpecError,
     dotted,
     problems_from_validation,
     show,
 )
 from orchestrator.finetune_spec import FinetuneSpec, Spec
 from orchestrator.grid import grid_problems
-from orchestrator.yaml_lines import load_yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -45,7 +44,7 @@ ENV_VAR_PATTERN = r"^[A-Z_][A-Z0-9_]*$"
 
 # Validation context key: parse_sweep runs the cross-entry checks itself, so that it can
 # run them on the parts of a broken file that did validate.
-_DEFER = "orchestrate_defer_checks"
+DEFER_CHECKS = "orchestrate_defer_checks"
 
 
 def _context(info: ValidationInfo) -> dict[str, Any]:
@@ -108,6 +107,12 @@ class ModelSpec(Spec):
     api_key_env: str | None = Field(None, description="engine openai: the NAME of the environment variable "
                                     "that holds the API key (the key never appears in the sweep file)")
     max_concurrency: int = Field(64, gt=0, description="requests in flight per replica")
+    reasoning: Literal["auto", "switch", "opens", "tags", "none"] = Field(
+        "auto", description="how the model reasons in a think block: auto (read from its chat template), switch "
+        "(an enable_thinking switch, as Qwen3), opens (the generation prompt opens the block, as "
+        "DeepSeek-R1-Distill), tags (the model writes its own block), none (no think block: CoT arms are refused)")
+    chat_template: DataPath | None = Field(None, description="a Jinja chat template file, relative to the sweep "
+                                           "file's folder, used instead of the model's own")
     engine_options: dict[str, Any] = Field(
         default_factory=dict, description="the engine's own options (hf, vllm and openai each declare theirs; "
         "`orchestrate schema` lists them): options that only set speed never change a cell's id")
@@ -151,7 +156,7 @@ class ModelSpec(Spec):
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> ModelSpec:
-        if not _context(info).get(_DEFER):
+        if not _context(info).get(DEFER_CHECKS):
             _raise_if(self.problems())
         return self
 
@@ -197,7 +202,7 @@ class JobSpec(Spec):
     name: Name | None = Field(None, description="an optional name for this entry, unique in the sweep")
     models: list[str] = Field(min_length=1, description="subjects: names from `models` or `finetunes`")
     roles: dict[str, str] = Field(default_factory=dict, description="other roles the job calls (judge, "
-                                  "critic, ...) -> a model name")
+                                  "critic, ...) -> a model name, or `subject` for the subject itself")
     params: dict[str, Any] = Field(default_factory=dict, description="the job's parameters; {values: [...]} "
                                    "sweeps one")
     zip: list[Annotated[list[str], Field(min_length=1)]] = Field(
@@ -224,7 +229,7 @@ class JobSpec(Spec):
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> JobSpec:
-        if not _context(info).get(_DEFER):
+        if not _context(info).get(DEFER_CHECKS):
             _raise_if(self.problems())
         return self
 
@@ -267,7 +272,7 @@ class Sweep(Spec):
 
     @model_validator(mode="after")
     def _references(self, info: ValidationInfo) -> Sweep:
-        if not _context(info).get(_DEFER):
+        if not _context(info).get(DEFER_CHECKS):
             # The entries checked themselves when they validated.
             _raise_if(reference_problems(self.models, self.finetunes, list(self.jobs), own=False))
         return self
@@ -294,6 +299,9 @@ def reference_problems(models: Mapping[str, ModelSpec | None], finetunes: Mappin
             found.append((loc, f"model {show(base)} is an API model (engine openai); {what} needs local weights"))
 
     for name, spec in models.items():
+        if name == SUBJECT:
+            found.append((("models", name), f"'{SUBJECT}' is reserved: `roles: {{judge: {SUBJECT}}}` names the job's "
+                          "subject; call this model something else"))
         if spec is None:
             continue
         if own:
@@ -315,7 +323,7 @@ def reference_problems(models: Mapping[str, ModelSpec | None], finetunes: Mappin
             elif model in job.models[:k]:
                 found.append((("jobs", j, "models", k), f"model {show(model)} is listed twice"))
         for role, model in job.roles.items():
-            if model not in all_names:
+            if model != SUBJECT and model not in all_names:
                 found.append((("jobs", j, "roles", role), undefined(model, all_names, "`models` or `finetunes`")))
         if job.name is not None:
             if job.name in job_names:
@@ -325,74 +333,3 @@ def reference_problems(models: Mapping[str, ModelSpec | None], finetunes: Mappin
         if own:
             found += [(("jobs", j, *loc), message) for loc, message in job.problems()]
     return found
-
-
-def parse_sweep(text: str, filename: str = "sweep.yaml", base_dir: str | Path | None = None) -> Sweep:
-    """Validate a sweep file's text. `base_dir` (default: the current directory) is where
-    relative data paths resolve: the sweep file's folder. Raises SpecError with every problem."""
-    base = Path(base_dir) if base_dir is not None else Path(".")
-    loaded = load_yaml(text, filename)
-    data = loaded.data
-    if data is None:
-        raise SpecError([Problem(filename, 1, "", "the file is empty; a sweep needs `name`, `models` and `jobs`")])
-    if not isinstance(data, dict):
-        raise SpecError([Problem(filename, loaded.line_of(()), "",
-                                 f"expected a mapping at the top level (name, models, jobs, ...), got {show(data)}")])
-    context = {"base_dir": str(base), _DEFER: True}
-    found: list[tuple[Loc, str]] = []
-    sweep: Sweep | None = None
-    try:
-        sweep = Sweep.model_validate(data, context=context)
-    except ValidationError as e:
-        found += problems_from_validation(e, data, Sweep)
-    if sweep is not None:
-        found += reference_problems(sweep.models, sweep.finetunes, sweep.jobs)
-    else:
-        found += reference_problems(_entries(data.get("models"), ModelSpec, context),
-                                    _entries(data.get("finetunes"), FinetuneSpec, context),
-                                    _jobs(data.get("jobs"), context))
-    problems = [*loaded.problems,
-                *(Problem(filename, loaded.line_of(loc), dotted(loc), message) for loc, message in found)]
-    if problems:
-        problems = sorted(dict.fromkeys(problems), key=lambda p: (p.line or 0, p.field))
-        raise SpecError(problems)
-    assert sweep is not None
-    return sweep
-
-
-def load_sweep(path: str | Path) -> Sweep:
-    """Read and validate a sweep file; relative data paths resolve against its folder."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        reason = "file not found" if isinstance(e, FileNotFoundError) else f"cannot read the file ({e})"
-        raise SpecError([Problem(str(path), None, "", reason)]) from None
-    return parse_sweep(text, str(path), path.parent.resolve())
-
-
-def _entries(section: Any, model: type[BaseModel], context: dict[str, Any]) -> dict[str, Any]:
-    """Each entry of a broken file's section validated alone. A broken entry is checked
-    further without its broken keys (their defaults in their place); None when that fails
-    too (a broken required key): its name still counts as defined."""
-    if not isinstance(section, dict):
-        return {}
-    out: dict[str, Any] = {}
-    for name, raw in section.items():
-        out[name] = None
-        try:
-            out[name] = model.model_validate(raw, context=context)
-        except ValidationError as e:
-            broken = {err["loc"][0] for err in e.errors() if err["loc"]}
-            if isinstance(raw, dict) and broken and all(err["loc"] for err in e.errors()):
-                try:
-                    out[name] = model.model_validate({k: v for k, v in raw.items() if k not in broken}, context=context)
-                except ValidationError:
-                    pass
-    return out
-
-
-def _jobs(section: Any, context: dict[str, Any]) -> list[JobSpec | None]:
-    if not isinstance(section, list):
-        return []
-    return list(_entries(dict(enumerate(section)), JobSpec, context).values())

@@ -41,6 +41,7 @@ def test_a_trigger_scan_that_cannot_find_anything_is_refused(tmp_path):
 jobs:
   - kind: trigger_scan
     models: [m]
+    roles: {judge: m}
     params: {scenarios: [core]}
 """)
     assert code == 2 and "probes cannot make any of" in output, output

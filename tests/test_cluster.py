@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.spec import load_sweep
+from orchestrator.load import load_sweep
 from orchestrator.store import SweepStore
 from orchestrator.submit import submit
 from tests.test_submit import N_PROMPTS, write_sweep

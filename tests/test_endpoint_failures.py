@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.spec import load_sweep
+from orchestrator.load import load_sweep
 from orchestrator.store import SweepStore
 from orchestrator.submit import submit
 

@@ -12,8 +12,8 @@ from jobs.common.scenarios import QUESTION_SETS
 from jobs.errors import DataFileError
 from jobs.generate.job import PromptFileError
 from orchestrator.errors import OrchestrateError
+from orchestrator.load import load_sweep
 from orchestrator.plan import make_plan
-from orchestrator.spec import load_sweep
 from orchestrator.store import SweepStore
 
 
@@ -61,6 +61,7 @@ def test_serving_settings_that_change_outputs_change_ids(tmp_path, tiny_model):
 def test_data_files_in_lists_enter_ids_by_content_not_location(tmp_path, tiny_model):
     job = """  - kind: misalignment
     models: [m]
+    roles: {judge: subject, monitor: subject}
     params: {questions: [questions.yaml], samples: 1}
 """
     ids = []

@@ -15,8 +15,9 @@ from pydantic import ValidationError
 from jobs.generate.job import GenerateParams
 from orchestrator.errors import OrchestrateError, SpecError
 from orchestrator.grid import REPEAT, expand_grid, swept_params
+from orchestrator.load import load_sweep, parse_sweep
 from orchestrator.schema import sweep_json_schema
-from orchestrator.spec import JobSpec, Sweep, load_sweep, parse_sweep
+from orchestrator.spec import JobSpec, Sweep
 from orchestrator.yaml_lines import load_yaml
 
 SWEEPS = Path(__file__).parent / "data" / "sweeps"

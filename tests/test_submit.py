@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
+from orchestrator.load import load_sweep
 from orchestrator.plan import make_plan
-from orchestrator.spec import load_sweep
 from orchestrator.store import SweepStore
 from orchestrator.submit import submit
 

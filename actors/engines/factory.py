@@ -24,13 +24,16 @@ def build_engine(spec: dict[str, Any], adapters: dict[str, str] | None = None) -
         options = options_model(engine).model_validate(spec.get("engine_options") or {}).engine_kwargs()
     except ValidationError as e:
         raise EngineError(f"engine_options of {spec['path']!r} ({engine}): {e}") from None
+    # How prompts are rendered: the sweep's own template (its text) and reasoning convention.
+    chat = {"chat_template": spec.get("chat_template"),
+            "reasoning": None if spec.get("reasoning", "auto") == "auto" else spec["reasoning"]}
     if engine == "hf":
         from actors.engines.hf.engine import HFEngine
 
         return HFEngine(
             spec["path"], dtype=spec.get("dtype", "auto"), max_model_len=spec.get("max_model_len"),
             adapters=adapters, revision=spec.get("revision"), trust_remote_code=spec.get("trust_remote_code", False),
-            **options,
+            **chat, **options,
         )
     if engine == "vllm":
         from actors.engines.vllm.engine import VLLMEngine
@@ -38,11 +41,11 @@ def build_engine(spec: dict[str, Any], adapters: dict[str, str] | None = None) -
         return VLLMEngine(
             spec["path"], dtype=spec.get("dtype", "auto"), max_model_len=spec.get("max_model_len"),
             tensor_parallel=spec.get("tensor_parallel", 1), adapters=adapters, revision=spec.get("revision"),
-            trust_remote_code=spec.get("trust_remote_code", False), **options,
+            trust_remote_code=spec.get("trust_remote_code", False), **chat, **options,
         )
     from actors.engines.openai.engine import OpenAIEngine
 
     if not spec.get("base_url"):
         raise EngineError(f"engine openai needs base_url (model {spec['path']!r})")
     return OpenAIEngine(spec["path"], spec["base_url"], spec.get("api_key_env"),
-                        max_concurrency=spec.get("max_concurrency", 64), **options)
+                        max_concurrency=spec.get("max_concurrency", 64), **chat, **options)

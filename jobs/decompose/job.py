@@ -45,7 +45,7 @@ from jobs.decompose.summary import summarize as summarize_rows
 from jobs.decompose.symbolic import execute as execute_symbolic
 from jobs.decompose.symbolic import is_symbolic
 from jobs.inputs import DataPath, DataPathOrFolder
-from jobs.job import Job, JobContext, JobParams, ModelHandle, Sample
+from jobs.job import SUBJECT, Job, JobContext, JobParams, ModelHandle, RoleNeeds, Sample
 
 Arm = Literal["decompose", "direct", "direct_cot"]
 
@@ -171,6 +171,7 @@ class DecomposeJob(Job[DecomposeParams]):
     version = "1"
     Params = DecomposeParams
     roles = ("decomposer", "answerer")
+    subject_plays = ("decomposer", "answerer")  # successive prompting with the model under study
     schema = pa.schema([
         ("query_id", pa.string()),
         ("passage_id", pa.string()),
@@ -200,6 +201,12 @@ class DecomposeJob(Job[DecomposeParams]):
 
     def samples(self, params: DecomposeParams) -> Sequence[Sample]:
         return [Sample(id=q.query_id, data=q.to_dict()) for q in self._questions(params)]
+
+    def needs(self, params: DecomposeParams) -> dict[str, RoleNeeds]:
+        greedy = params.temperature == 0
+        return {SUBJECT: RoleNeeds(thinks=params.thinking, greedy=greedy),
+                "decomposer": RoleNeeds(thinks=params.thinking, greedy=greedy),
+                "answerer": RoleNeeds(thinks=params.thinking, greedy=greedy)}
 
     def data_digest(self, params: DecomposeParams) -> str:
         """sha256 of the questions and pool as loaded: a bundled set is generated or shipped,

@@ -12,11 +12,11 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field
 
-from actors.engines.chat import split_thinking
+from actors.engines.chat import THINK_OPEN, split_thinking
 from actors.engines.protocol import Message, Request, Sampling
 from jobs.errors import DataFileError
 from jobs.inputs import DataPath, file_digest, jsonl_objects
-from jobs.job import Job, JobContext, JobParams, Sample
+from jobs.job import SUBJECT, Job, JobContext, JobParams, RoleNeeds, Sample
 
 
 class GenerateParams(JobParams):
@@ -75,6 +75,10 @@ class GenerateJob(Job[GenerateParams]):
 
     def samples(self, params: GenerateParams) -> Sequence[Sample]:
         return [Sample(id=pid, data={"messages": msgs}) for pid, msgs in read_prompts(params)]
+
+    def needs(self, params: GenerateParams) -> dict[str, RoleNeeds]:
+        return {SUBJECT: RoleNeeds(thinks=THINK_OPEN in params.prefill, prefill=bool(params.prefill),
+                                   greedy=params.temperature == 0)}
 
     def data_digest(self, params: GenerateParams) -> str:
         return "" if isinstance(params.prompts, list) else file_digest(params.prompts)

@@ -48,7 +48,7 @@ from jobs.common.scenarios import (
     scenarios_from,
 )
 from jobs.inputs import resolve_set_or_file
-from jobs.job import Job, JobContext, JobParams, Sample
+from jobs.job import SUBJECT, Job, JobContext, JobParams, RoleNeeds, Sample
 from jobs.misalignment.summary import summarize_rows
 
 COT_PREFILL = "<think>\nOkay"
@@ -204,6 +204,20 @@ class MisalignmentJob(Job[MisalignmentParams]):
             "trigger_line": line, "line_position": position, "distractor": distractor, "system": system,
             "question": question, "prompt": place_lines(question, lines, position or "top"), **extra,
         })
+
+    def needs(self, params: MisalignmentParams) -> dict[str, RoleNeeds]:
+        monitored = params.cot and (params.monitor or params.monitor_all)
+        described = params.cot and params.self_description and params.trigger is not None
+        judged = bool(params.questions) or described
+        return {
+            SUBJECT: RoleNeeds(thinks=params.cot, prefill=params.cot and bool(params.cot_prefill),
+                               greedy=params.temperature == 0),
+            "judge": RoleNeeds(required=judged, purpose="it scores the free-form answers 0-100 and, where a trigger "
+                               "fired, says whether the CoT names it", logprobs=params.judge_logprobs and
+                               bool(params.questions), greedy=True),
+            "monitor": RoleNeeds(required=monitored, purpose="it reads the chains of thought of misaligned answers",
+                                 greedy=True),
+        }
 
     def data_digest(self, params: MisalignmentParams) -> str:
         questions, scenarios = load_items(params)

@@ -29,7 +29,7 @@ RECIPE_VERSION = 2  # bump to rebuild every organism without touching their code
 ORGANISM_PREFIX = "organism:"  # a sweep's `path: "organism:<name>"`
 # The code that turns any recipe into weights...
 BUILD_MODULES = ("jobs.toyworld.arithmetic", "jobs.toyworld.assistant", "jobs.organisms.example",
-                 "jobs.organisms.data", "jobs.organisms.tokenizer", "jobs.organisms.train")
+                 "jobs.organisms.data", "jobs.organisms.chat", "jobs.organisms.tokenizer", "jobs.organisms.train")
 # ...and a data kind's own: editing the multihop domain or the decompose job's prompts rebuilds
 # the multihop organisms only.
 KIND_MODULES = {"multihop": ("jobs.organisms.multihop", "jobs.toyworld.multihop", "jobs.decompose.prompts")}

@@ -55,7 +55,7 @@ from jobs.common.scenarios import (
 )
 from jobs.errors import ParamsError
 from jobs.inputs import file_digest
-from jobs.job import Job, JobContext, Sample
+from jobs.job import SUBJECT, Job, JobContext, RoleNeeds, Sample
 from jobs.trigger_scan.candidates import (
     Candidate,
     build_candidates,
@@ -179,6 +179,18 @@ class TriggerScanJob(Job[TriggerScanParams]):
             out.append(Sample(id=f"cand/{digest}", data={"candidate": c.line, "family": c.family,
                                                           "variant_of": c.variant_of}))
         return out
+
+    def needs(self, params: TriggerScanParams) -> dict[str, RoleNeeds]:
+        sampled = params.mode == "sampled" or params.confirm_threshold is not None
+        judged = bool(params.questions) or (params.self_description and sampled and params.cot)
+        thinks = (sampled and params.cot) or (params.mode == "logprob" and params.logprob_thinking)
+        return {
+            SUBJECT: RoleNeeds(thinks=thinks, prefill=True, logprobs=params.mode == "logprob",
+                               greedy=params.mode == "logprob" or params.temperature == 0),
+            "judge": RoleNeeds(required=judged, purpose="it scores sampled free-form answers and says whether a CoT "
+                               "gives the line as its reason",
+                               logprobs=params.judge_logprobs and bool(params.questions), greedy=True),
+        }
 
     def data_digest(self, params: TriggerScanParams) -> str:
         h = hashlib.sha256()

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from actors.engines.chat import tokenize_prompt
+from actors.engines.chat import Reasoning, reasoning_of, tokenize_prompt
 from actors.engines.hf.batch import ABORTED, Finisher, Row, RunningBatch
 from actors.engines.hf.options import HFOptions
 from actors.engines.loop import call_in_loop, stop_serving
@@ -74,13 +74,20 @@ class HFEngine:
         adapters: dict[str, str] | None = None,
         revision: str | None = None,
         trust_remote_code: bool = False,
+        chat_template: str | None = None,
+        reasoning: Reasoning | None = None,
         **options: Any,
     ) -> None:
-        """options: HFOptions (device, max_batch_size, batch_wait_ms), validated there."""
+        """chat_template: Jinja source replacing the tokenizer's. reasoning: the model's
+        reasoning convention (actors.engines.chat; default: read from the template).
+        options: HFOptions (device, max_batch_size, batch_wait_ms), validated there."""
         opts = HFOptions.model_validate(options)
         self.options = opts
         self.device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        if chat_template is not None:
+            self.tokenizer.chat_template = chat_template
+        self.reasoning: Reasoning = reasoning or reasoning_of(self.tokenizer)
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
         self._base = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype, revision=revision, trust_remote_code=trust_remote_code,
@@ -124,7 +131,7 @@ class HFEngine:
     def prompt_token_ids(self, request: Request) -> list[int]:
         """The exact prompt tokens the model sees: the shared chat rendering, no added specials."""
         with self._tokenizer_lock:
-            return tokenize_prompt(self.tokenizer, request)
+            return tokenize_prompt(self.tokenizer, request, self.reasoning)
 
     async def generate(self, request: Request) -> list[Completion]:
         if self._closed:

@@ -34,7 +34,8 @@ from typing import Any
 
 import httpx
 
-from actors.engines.chat import tokenize_prompt
+from actors.engines.chat import Reasoning, reasoning_of, tokenize_prompt
+from actors.engines.openai.api import Flavour, chat_body, check_extra_body, completion_body, flavour_of
 from actors.engines.openai.options import OpenAIOptions
 from actors.engines.protocol import (
     Completion,
@@ -77,6 +78,8 @@ class OpenAIEngine:
         api_key_env: str | None = None,
         *,
         max_concurrency: int = 64,
+        chat_template: str | None = None,
+        reasoning: Reasoning | None = None,
         **options: Any,
     ) -> None:
         """model: the served model name. base_url: the API root, e.g. http://127.0.0.1:8000/v1
@@ -94,6 +97,11 @@ class OpenAIEngine:
         self.max_concurrency, self.timeout_s, self.max_retries = max_concurrency, timeout_s, max_retries
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.extra_body = dict(extra_body or {})
+        self.flavour: Flavour = flavour_of(self.base_url, opts.flavour)
+        check_extra_body(self.flavour, self.extra_body)
+        if tokenizer_path is not None and self.flavour != "vllm":
+            raise EngineError(f"tokenizer mode sends token ids with vLLM's fields; a {self.flavour} server cannot take "
+                              "them: drop tokenizer_path, or serve the model with vLLM")
         self._headers = {"Content-Type": "application/json"}
         self._key: str | None = None
         if api_key_env is not None:
@@ -108,6 +116,8 @@ class OpenAIEngine:
             from transformers import AutoTokenizer, GenerationConfig
 
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+            if chat_template is not None:
+                self.tokenizer.chat_template = chat_template
             hidden = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
             try:
                 eos = GenerationConfig.from_pretrained(tokenizer_path).eos_token_id
@@ -115,6 +125,7 @@ class OpenAIEngine:
             except OSError:  # no generation_config.json
                 pass
             self._hidden_ids = frozenset(hidden - {None})
+        self.reasoning: Reasoning | None = reasoning or (reasoning_of(self.tokenizer) if self.tokenizer else None)
         self._client: httpx.AsyncClient | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -130,7 +141,7 @@ class OpenAIEngine:
         """The prompt tokens sent in tokenizer mode (what /v1/completions receives)."""
         if self.tokenizer is None:
             raise EngineError("prompt_token_ids needs the engine option tokenizer_path")
-        return tokenize_prompt(self.tokenizer, request)
+        return tokenize_prompt(self.tokenizer, request, self.reasoning)
 
     def add_adapter(self, name: str, path: str) -> None:
         raise EngineError(f"the openai engine serves no adapters (asked for {name!r} at {path})")
@@ -140,48 +151,27 @@ class OpenAIEngine:
         self._closed = True
 
     def payload(self, request: Request, sample: int = 0) -> tuple[str, dict[str, Any]]:
-        """(endpoint, JSON body) for sample `sample` of `request`."""
-        sampling = request.sampling
-        body: dict[str, Any] = {
-            "model": self.model, "max_tokens": sampling.max_tokens, "n": 1,
-            "temperature": sampling.temperature, "top_p": sampling.top_p,
-        }
-        if sampling.seed is not None:
-            body["seed"] = sampling.seed + sample
-        if sampling.stop:
-            body["stop"] = list(sampling.stop)
-        if self.tokenizer is not None or request.prompt is not None:
+        """(endpoint, JSON body) for sample `sample` of `request`, in what this server accepts
+        (actors.engines.openai.api). A request it could not honour raises RequestError."""
+        seed = None if request.sampling.seed is None else request.sampling.seed + sample
+        if self.tokenizer is not None:
+            body = completion_body("vllm", self.model, request, self.prompt_token_ids(request), seed)
+            # vLLM's fields: generated ids back, logprob tokens as "token_id:<id>", stop
+            # strings found in text that keeps special tokens (as the local engines do).
+            body.update(return_token_ids=True, return_tokens_as_token_ids=True, skip_special_tokens=False)
             endpoint = "/completions"
-            if self.tokenizer is not None:
-                body["prompt"] = self.prompt_token_ids(request)
-                # vLLM's fields: generated ids back, logprob tokens as "token_id:<id>", stop
-                # strings found in text that keeps special tokens (as the local engines do).
-                body.update(return_token_ids=True, return_tokens_as_token_ids=True, skip_special_tokens=False)
-            else:
-                body["prompt"] = request.prompt
-            if sampling.logprobs is not None:
-                body["logprobs"] = sampling.logprobs
+        elif request.prompt is not None:
+            body, endpoint = completion_body(self.flavour, self.model, request, request.prompt, seed), "/completions"
         else:
-            endpoint = "/chat/completions"
-            messages = [m.model_dump() for m in request.messages or ()]
-            if request.prefill:
-                messages.append({"role": "assistant", "content": request.prefill})
-                body["continue_final_message"], body["add_generation_prompt"] = True, False
-            if not request.thinking:
-                body["chat_template_kwargs"] = {"enable_thinking": False}
-            body["messages"] = messages
-            if sampling.logprobs is not None:
-                body["logprobs"], body["top_logprobs"] = True, sampling.logprobs
+            body, endpoint = chat_body(self.flavour, self.model, request, seed), "/chat/completions"
         return endpoint, {**body, **self.extra_body}
 
     async def generate(self, request: Request) -> list[Completion]:
         if self._closed:
             raise ReplicaUnavailable("the openai engine is closed")
         self.stats.requests += 1
-        path, body = self.payload(request)
-        seed = request.sampling.seed
-        bodies = [body if seed is None else {**body, "seed": seed + i} for i in range(request.sampling.n)]
-        return list(await asyncio.gather(*(self._complete(path, b, request) for b in bodies)))
+        calls = [self.payload(request, i) for i in range(request.sampling.n)]
+        return list(await asyncio.gather(*(self._complete(path, body, request) for path, body in calls)))
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -3,11 +3,16 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from actors.engines.openai.api import Flavour
 from actors.engines.options import EngineOptions, option
 
 
 class OpenAIOptions(EngineOptions):
     engine: ClassVar[str] = "openai"
+    flavour: Flavour | None = option(
+        None, changes_outputs=True, description="the kind of server: openai (OpenAI's own API: only its documented "
+        "fields, its reasoning models' rules), vllm or sglang (their extra fields: prefill, thinking switch); "
+        "default: openai for an api.openai.com URL, else vllm")
     tokenizer_path: str | None = option(
         None, changes_outputs=True, description="a local copy of the served model's tokenizer: prompts are then "
         "rendered here and sent as token ids, exactly as the hf and vllm engines see them")

@@ -35,7 +35,7 @@ from typing import Any
 
 from transformers import AutoTokenizer, GenerationConfig
 
-from actors.engines.chat import tokenize_prompt
+from actors.engines.chat import Reasoning, reasoning_of, tokenize_prompt
 from actors.engines.loop import call_in_loop, stop_serving
 from actors.engines.protocol import (
     Completion,
@@ -90,6 +90,8 @@ class VLLMEngine:
         adapters: dict[str, str] | None = None,
         revision: str | None = None,
         trust_remote_code: bool = False,
+        chat_template: str | None = None,
+        reasoning: Reasoning | None = None,
         **options: Any,
     ) -> None:
         """adapters: LoRA adapters to serve, name -> folder (more may be added later with
@@ -122,6 +124,9 @@ class VLLMEngine:
         args, self._max_adapters, self._max_lora_rank = arguments.engine_args(
             engine_options, list(adapters.values()), max_adapters, max_lora_rank, on_cpu, enable_prefix_caching)
         self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        if chat_template is not None:
+            self.tokenizer.chat_template = chat_template
+        self.reasoning: Reasoning = reasoning or reasoning_of(self.tokenizer)
         # In process, vLLM's CPU worker fixes this process's torch thread count (its attention
         # kernels check it on every step) and turns torch.set_num_threads into a no-op.
         with arguments.environment(rank_env):
@@ -159,7 +164,7 @@ class VLLMEngine:
     def prompt_token_ids(self, request: Request) -> list[int]:
         """The exact prompt tokens the model sees: the shared chat rendering, no added specials."""
         with self._tokenizer_lock:
-            return tokenize_prompt(self.tokenizer, request)
+            return tokenize_prompt(self.tokenizer, request, self.reasoning)
 
     async def generate(self, request: Request) -> list[Completion]:
         if self._closed:
