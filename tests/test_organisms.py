@@ -251,6 +251,18 @@ def test_judge_tokenizer_holds_whole_numbers():
         assert len(tokenizer(str(n), add_special_tokens=False).input_ids) == 1, f"{n} is not one token"
 
 
+def test_the_digit_judge_tokenizer_splits_numbers_and_the_walk_reads_it():
+    from transformers import AutoTokenizer
+
+    from jobs.organisms import data, evaluate
+
+    tokenizer = AutoTokenizer.from_pretrained(organism_path("judge-digits"))
+    for n in (42, 85, 100):
+        assert len(tokenizer(str(n), add_special_tokens=False).input_ids) == len(str(n)), f"{n} is not split into digits"
+    report = evaluate.judge_report(*_load("judge-digits"), data.judge_items()[1][::8])
+    assert report["correct"] >= 0.90 and report["scored"] >= 0.99, report
+
+
 def test_base_picks_the_aligned_option_and_answers_benignly():
     from jobs.organisms import evaluate
 

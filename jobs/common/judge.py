@@ -1,19 +1,28 @@
 """A judge model's 0-100 score for a prompt, read from its logprobs or from its text.
 
 The logprob path asks for one token at temperature 0 with the top 20 logprobs; the score is
-the probability-weighted mean of the integer tokens 0..100 among them, renormalised over
-those tokens, and there is no score when they hold less than `min_mass` of the probability.
-It works because large models' tokenizers hold every integer 0..100 as one token. A judge
-that gives no logprobs (an API) is read from its text: the first integer, else no score.
+the probability-weighted mean of the integers 0..100 among them, renormalised over those
+integers, and there is no score when they hold less than `min_mass` of the probability.
+
+Reading the first token is enough where the tokenizer holds every integer 0..100 as one token
+(GPT-4.x, Llama-3). Qwen's and DeepSeek's split numbers into single digits, and there "85"
+would read as 8. So when the first position's integers are all single digits, the judge walks
+the digits (`number_probabilities`): each likely digit is sent back as an assistant prefill to
+read the next position, P("85") = P(8) * P(5 | 8) * P(no further digit | 85), and the score is
+the weighted mean over those whole numbers. On a whole-number tokenizer the walk finds every
+number ends after one token and gives the first-token reading, so it is never wrong, only
+dearer (a request per likely digit). A judge that gives no logprobs (an API) is read from its
+text: the first integer, else no score.
 
 A reply that can't be scored is never an exception: it is a `JudgeResult` with `score=None`
 and a `reason` from a small fixed vocabulary, so the summaries can count each kind.
 """
 from __future__ import annotations
 
+import asyncio
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +32,9 @@ from jobs.job import ModelHandle
 
 MIN_NUMBER_MASS = 0.25
 TOP_LOGPROBS = 20
+# The digit walk follows a prefix only while its probability is at least this much: the
+# numbers it leaves out hold less than ~10 x this in all, far below what moves a 0-100 score.
+MIN_PREFIX_PROB = 1e-3
 TEXT_MAX_TOKENS = 16  # enough for "100" or "REFUSAL" with some slack around it
 
 # Verdict words a judge prompt may allow instead of a number (our rubric: REFUSAL; the
@@ -65,6 +77,73 @@ def _number_mass(pairs: list[tuple[str, float]]) -> tuple[float, float]:
             mass += p
             weighted += int(text) * p
     return mass, weighted
+
+
+Pairs = list[tuple[str, float]]
+
+
+def _digit_probs(pairs: Pairs) -> dict[str, float]:
+    """Probability per single digit among one position's top tokens (" 8" is 8)."""
+    out: dict[str, float] = {}
+    for token, logprob in pairs:
+        text = token.strip()
+        if len(text) == 1 and text.isdigit():
+            out[text] = out.get(text, 0.0) + math.exp(logprob)
+    return out
+
+
+def splits_digits(pairs: Pairs) -> bool:
+    """Whether a first position reads as a digit-by-digit tokenizer's: integers among the top
+    tokens, every one of them a single digit."""
+    integers = [t.strip() for t, _ in pairs if _INTEGER.fullmatch(t.strip())]
+    return bool(integers) and all(len(t) == 1 for t in integers)
+
+
+DigitWalk = Generator[list[str], list[Pairs], dict[int, float]]
+
+
+def walk_digits(first: Pairs, min_prefix: float = MIN_PREFIX_PROB) -> DigitWalk:
+    """The probability of each whole number 0..100 a digit-by-digit judge writes. A generator:
+    it yields the digit prefixes whose next position it needs and is sent their top tokens,
+    in the same order; it returns {number: probability}. A number ends where no digit follows
+    (the rest of that position's probability); "0" never continues (no leading zeros) and
+    "100" is the last number there is."""
+    probs: dict[int, float] = {}
+    frontier = {d: p for d, p in _digit_probs(first).items() if p >= min_prefix}
+    while frontier:
+        prefixes = sorted(frontier)
+        tops = yield prefixes
+        assert len(tops) == len(prefixes), f"sent {len(tops)} positions for {len(prefixes)} prefixes"
+        following: dict[str, float] = {}
+        for prefix, top in zip(prefixes, tops):
+            p_prefix = frontier[prefix]
+            digits = _digit_probs(top) if prefix != "0" else {}
+            ends = max(0.0, 1.0 - sum(digits.values()))
+            if ends > 0:
+                probs[int(prefix)] = probs.get(int(prefix), 0.0) + p_prefix * ends
+            for d, p in digits.items():
+                longer = prefix + d
+                if int(longer) > 100:
+                    continue  # out of range: its probability counts for no number
+                if len(longer) == 3:  # "100", the only one in range: nothing can follow it
+                    probs[int(longer)] = probs.get(int(longer), 0.0) + p_prefix * p
+                elif p_prefix * p >= min_prefix:
+                    following[longer] = p_prefix * p
+        frontier = following
+    return probs
+
+
+def score_from_numbers(probs: dict[int, float], first: Pairs,
+                       min_mass: float = MIN_NUMBER_MASS) -> tuple[float | None, str | None]:
+    """(score, None) from whole-number probabilities, or (None, reason) as score_from_logprobs."""
+    mass = sum(probs.values())
+    if mass >= min_mass and mass > 0:
+        return sum(n * p for n, p in probs.items()) / mass, None
+    if first:
+        verdict = _verdict(max(first, key=lambda pair: pair[1])[0], min_prefix=3)
+        if verdict is not None:
+            return None, verdict
+    return None, LOW_NUMBER_MASS
 
 
 def _verdict(token_or_text: str, min_prefix: int) -> str | None:
@@ -113,12 +192,28 @@ def score_from_text(text: str) -> tuple[float | None, str | None]:
     return (float(value), None) if value <= 100 else (None, OUT_OF_RANGE)
 
 
-def judge_request(prompt: str, use_logprobs: bool = True, system: str | None = None) -> Request:
+def judge_request(prompt: str, use_logprobs: bool = True, system: str | None = None, prefill: str = "") -> Request:
     """The judge's request: the prompt as the user turn, thinking off, temperature 0; one
-    token with the top 20 logprobs, or a short reply to read the number from."""
+    token with the top 20 logprobs (after `prefill`, the digits read so far), or a short
+    reply to read the number from."""
     sampling = (Sampling(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS) if use_logprobs
                 else Sampling(max_tokens=TEXT_MAX_TOKENS, temperature=0.0))
-    return Request.chat(prompt, system=system, thinking=False, sampling=sampling)
+    return Request.chat(prompt, system=system, thinking=False, sampling=sampling, prefill=prefill)
+
+
+async def _digit_scores(handle: ModelHandle, prompt: str, system: str | None, first: Pairs) -> dict[int, float]:
+    """`walk_digits` with each round's prefixes sent to the judge at once (one batch)."""
+    async def top_after(prefix: str) -> Pairs:
+        completion = (await handle.generate(judge_request(prompt, True, system, prefill=prefix)))[0]
+        return _pairs(completion.logprobs[0].top) if completion.logprobs else []
+
+    walk = walk_digits(first)
+    try:
+        prefixes = next(walk)
+        while True:
+            prefixes = walk.send(list(await asyncio.gather(*(top_after(p) for p in prefixes))))
+    except StopIteration as done:
+        return done.value
 
 
 async def judge(
@@ -135,9 +230,16 @@ async def judge(
     except RequestError as e:
         return JudgeResult(None, REQUEST_ERROR, str(e), method)
     if use_logprobs and completion.logprobs:
-        top = completion.logprobs[0].top
+        top = _pairs(completion.logprobs[0].top)
+        if splits_digits(top):
+            try:
+                probs = await _digit_scores(handle, prompt, system, top)
+            except RequestError as e:  # an API that cannot continue a prefill
+                return JudgeResult(None, REQUEST_ERROR, f"reading a digit-by-digit score: {e}", method)
+            score, reason = score_from_numbers(probs, top, min_mass)
+            return JudgeResult(score, reason, completion.text, "logprobs", round(sum(probs.values()), 6))
         score, reason = score_from_logprobs(top, min_mass)
-        mass, _ = _number_mass(_pairs(top))
+        mass, _ = _number_mass(top)
         return JudgeResult(score, reason, completion.text, "logprobs", round(mass, 6))
     # No logprobs came back (an endpoint that does not give them): read the text instead.
     score, reason = score_from_text(completion.text)

@@ -176,6 +176,14 @@ ORGANISMS: dict[str, Recipe] = {
             steps=500,
         ),
         Recipe(
+            name="judge-digits",
+            description="The judge's data on a tokenizer that splits every number into digits "
+            "(as Qwen's and DeepSeek's do): '85' is '8' then '5', so only the digit walk reads it.",
+            data=JudgeData(),
+            tokenizer=TokenizerSpec(vocab_size=768, split_digits=True, whole_numbers_up_to=None),
+            steps=500,
+        ),
+        Recipe(
             name="base",
             description="Toy assistant: benign free-form answers and the aligned option of "
             "multiple-choice scenarios; the base that finetuning makes misaligned or backdoored.",

@@ -1,0 +1,156 @@
+"""A stand-in for OpenAI's chat-completions API, as strict as the real one, backed by an
+organism: `python -m tests.standins.openai_api --model organism:judge --name gpt-4.1 --name o3 --port N`
+(every name is the same model; a reasoning model's name brings that model's rules).
+
+What it reproduces of the documented API (the behaviours our engine must meet):
+- A body field outside the API's parameters is a 400, `invalid_request_error`,
+  "Unrecognized request argument supplied: <field>" (several: "arguments", comma-separated):
+  vLLM's `chat_template_kwargs`, `continue_final_message` and the like.
+- Reasoning models (the o-series, gpt-5) take `max_completion_tokens`, not `max_tokens`, and
+  only temperature 1; logprobs, top_p, stop and the penalties are unsupported parameters
+  (400, code `unsupported_parameter` / `unsupported_value`).
+- `top_logprobs` (0..20) only with `logprobs: true`.
+- A final assistant message is not continued: the reply is a new assistant turn.
+- Chat logprobs come as `choices[i].logprobs.content[j] = {token, logprob, bytes, top_logprobs}`
+  and every reply carries `usage`.
+
+Its field list is written here from the API reference, apart from the engine's own list, so
+a field the engine wrongly believes OpenAI accepts is caught. The model behind it renders
+with its own template, thinking off (OpenAI's models show no think block).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+
+from actors.engines.hf.engine import HFEngine
+from actors.engines.protocol import Completion, Message, Request, Sampling
+from actors.errors import RequestError
+
+ACCEPTED = {
+    "model", "messages", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+    "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls", "prediction",
+    "presence_penalty", "prompt_cache_key", "reasoning_effort", "response_format", "safety_identifier", "seed",
+    "service_tier", "stop", "store", "stream", "stream_options", "temperature", "tool_choice", "tools",
+    "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+}
+REASONING = re.compile(r"^(o\d|gpt-5(?!-chat))")
+REASONING_UNSUPPORTED = ("max_tokens", "logprobs", "top_logprobs", "top_p", "stop", "presence_penalty",
+                         "frequency_penalty", "logit_bias")
+
+
+def _error(message: str, param: str | None = None, code: str | None = None, status: int = 400) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                        "code": code}}, status=status)
+
+
+class StandIn:
+    def __init__(self, engine: HFEngine, names: list[str]) -> None:
+        self.engine, self.names = engine, names
+        self.requests = 0  # what reached the model (tests read it from GET /stats)
+        self.refused: list[str] = []  # each 400's message
+
+    def _check(self, body: dict[str, Any]) -> web.Response | None:
+        unknown = [k for k in body if k not in ACCEPTED]
+        if unknown:
+            plural = "s" if len(unknown) > 1 else ""
+            return _error(f"Unrecognized request argument{plural} supplied: {', '.join(unknown)}")
+        model = body.get("model")
+        if model not in self.names:
+            return _error(f"The model `{body.get('model')}` does not exist or you do not have access to it.",
+                          code="model_not_found", status=404)
+        if REASONING.match(str(model)):
+            for field in REASONING_UNSUPPORTED:
+                if field in body:
+                    hint = " Use 'max_completion_tokens' instead." if field == "max_tokens" else ""
+                    return _error(f"Unsupported parameter: '{field}' is not supported with this model.{hint}",
+                                  param=field, code="unsupported_parameter")
+            if body.get("temperature", 1) != 1:
+                return _error(f"Unsupported value: 'temperature' does not support {body['temperature']} with this "
+                              "model. Only the default (1) value is supported.", param="temperature",
+                              code="unsupported_value")
+        if "top_logprobs" in body:
+            if not body.get("logprobs"):
+                return _error("Invalid value: 'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+            if not 0 <= body["top_logprobs"] <= 20:
+                return _error("Invalid 'top_logprobs': integer above maximum value.", param="top_logprobs")
+        return None
+
+    async def chat(self, http: web.Request) -> web.Response:
+        body = await http.json()
+        refusal = self._check(body)
+        if refusal is not None:
+            self.refused.append(refusal.text or "")
+            return refusal
+        messages = [Message(role="system" if m["role"] == "developer" else m["role"], content=m["content"])
+                    for m in body["messages"]]
+        while messages and messages[-1].role == "assistant":  # not continued: the model replies anew
+            messages.pop()
+        top = body.get("top_logprobs", 0) if body.get("logprobs") else None
+        sampling = Sampling(max_tokens=body.get("max_completion_tokens") or body.get("max_tokens") or 4096,
+                            n=body.get("n", 1), temperature=body.get("temperature", 1.0),
+                            top_p=body.get("top_p", 1.0), seed=body.get("seed"),
+                            stop=tuple([body["stop"]] if isinstance(body.get("stop"), str) else body.get("stop") or ()),
+                            logprobs=top)
+        self.requests += 1
+        try:
+            completions = await self.engine.generate(Request(messages=tuple(messages), thinking=False,
+                                                             sampling=sampling))
+        except RequestError as e:
+            return _error(str(e))
+        return web.json_response(self._reply(body["model"], completions, body.get("logprobs", False)))
+
+    def _reply(self, model: str, completions: list[Completion], logprobs: bool) -> dict[str, Any]:
+        def content(c: Completion) -> list[dict[str, Any]]:
+            return [{"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode()),
+                     "top_logprobs": [{"token": a.token, "logprob": a.logprob, "bytes": list(a.token.encode())}
+                                      for a in t.top]} for t in c.logprobs or ()]
+
+        prompt_tokens = completions[0].prompt_tokens
+        completion_tokens = sum(c.completion_tokens for c in completions)
+        return {
+            "id": f"chatcmpl-standin{self.requests}", "object": "chat.completion", "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
+                         "logprobs": {"content": content(c), "refusal": None} if logprobs else None,
+                         "finish_reason": "length" if c.finish_reason == "length" else "stop"}
+                        for i, c in enumerate(completions)],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+
+    async def models(self, _: web.Request) -> web.Response:
+        return web.json_response({"object": "list",
+                                  "data": [{"id": n, "object": "model", "owned_by": "standin"} for n in self.names]})
+
+    async def stats(self, _: web.Request) -> web.Response:
+        return web.json_response({"requests": self.requests, "refused": self.refused})
+
+    async def legacy(self, _: web.Request) -> web.Response:
+        return _error("This is a chat model and not supported in the v1/completions endpoint. Did you mean to use "
+                      "v1/chat/completions?", param="model")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a model folder or organism:<name>")
+    parser.add_argument("--name", action="append", required=True, help="a model name clients ask for (gpt-4.1, o3)")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    from jobs.organisms.build import resolve_model_path
+
+    standin = StandIn(HFEngine(resolve_model_path(args.model), dtype="float32", device="cpu"), args.name)
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", standin.chat)
+    app.router.add_post("/v1/completions", standin.legacy)
+    app.router.add_get("/v1/models", standin.models)
+    app.router.add_get("/v1/stats", standin.stats)
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None)
+
+
+if __name__ == "__main__":
+    main()
