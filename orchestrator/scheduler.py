@@ -20,6 +20,7 @@ from actors.errors import EngineError, RequestError, TransientError
 from jobs.job import Job, JobContext
 from jobs.organisms.build import resolve_model_path
 from jobs.registry import get_job
+from orchestrator import usage
 from orchestrator.errors import ClusterError
 from orchestrator.plan import Cell, Plan, Shard
 from orchestrator.progress import SweepProgress
@@ -166,8 +167,6 @@ class Scheduler:
 
     async def run_shard(self, cell: Cell, shard: Shard, job: Job, samples: dict, progress: SweepProgress) -> int:
         spec = self.sweep.jobs[cell.job_index]
-        ctx = JobContext({role: self.handles[m] for role, m in cell.roles.items()}, declared=job.roles,
-                         subject_plays=job.subject_plays)
         gate = asyncio.Semaphore(spec.concurrency)
         ids = {"sweep": self.sweep.name, "cell_id": cell.id, "shard_id": shard.id, "model": cell.model}
 
@@ -185,6 +184,8 @@ class Scheduler:
                 return rows
 
         for attempt in range(self.max_retries + 1):
+            handles, used = usage.counted({role: self.handles[m] for role, m in cell.roles.items()})
+            ctx = JobContext(handles, declared=job.roles, subject_plays=job.subject_plays)
             try:
                 async with asyncio.TaskGroup() as tg:
                     tasks = [tg.create_task(one(sid)) for sid in shard.sample_ids]
@@ -202,7 +203,8 @@ class Scheduler:
             except* EngineError as group:  # misconfigured (a wrong key): no row of this shard is kept
                 raise group.exceptions[0] from None
         schema = row_schema(job.schema)
-        await asyncio.to_thread(self.store.write_shard, cell.kind, cell.id, shard.id, rows, schema)
+        await asyncio.to_thread(self.store.write_shard, cell.kind, cell.id, shard.id, rows, schema,
+                                usage.encode(used))
         progress.shard_done()
         return len(rows)
 
@@ -254,6 +256,7 @@ def finish_cell(store: SweepStore, tracker: Tracker | None, cell: Cell, report: 
     summary = {k: float(v) for k, v in job.summarize(rows, cell.params).items()}
     summary["rows"] = float(rows.height)
     summary["error_rows"] = float(rows["error"].is_not_null().sum())
+    summary.update(usage.summary(store.shard_metadata(cell.kind, cell.id)))
     cell_dir = store.cell_dir(cell.kind, cell.id)
     table = job.report(rows, cell.params)
     files: tuple[Path, ...] = ()

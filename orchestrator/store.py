@@ -91,14 +91,19 @@ class SweepStore:
     def has_shard(self, kind: str, cell_id: str, shard_id: str) -> bool:
         return self.shard_path(kind, cell_id, shard_id).exists()
 
-    def write_shard(self, kind: str, cell_id: str, shard_id: str, rows: Iterable[dict], schema: pa.Schema) -> Path:
+    def write_shard(self, kind: str, cell_id: str, shard_id: str, rows: Iterable[dict], schema: pa.Schema,
+                    metadata: dict[str, str] | None = None) -> Path:
         """Validate rows against the schema (a type error fails here, before any file exists)
-        and write them as one file, atomically."""
+        and write them as one file, atomically, with `metadata` (what made them: the token
+        usage) in the file's key-value metadata."""
         rows = list(rows)
         unknown = sorted({key for row in rows for key in row} - set(schema.names))
         if unknown:  # from_pylist would drop them without a word
             raise ValueError(f"{kind} rows carry keys its schema does not declare: {', '.join(unknown)}")
         table = pa.Table.from_pylist(rows, schema=schema)
+        if metadata:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                   **{k.encode(): v.encode() for k, v in metadata.items()}})
         path = self.shard_path(kind, cell_id, shard_id)
         _atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
         return path
@@ -133,6 +138,11 @@ class SweepStore:
         if not files:
             raise StoreError(f"cell {cell_id} has no shards on disk under {self.cell_dir(kind, cell_id)}")
         return pl.read_parquet(files)
+
+    def shard_metadata(self, kind: str, cell_id: str) -> list[dict[str, str]]:
+        """Each shard file's key-value metadata (as write_shard was given it)."""
+        files = sorted((self.cell_dir(kind, cell_id) / "shards").glob("*.parquet"))
+        return [{k.decode(): v.decode() for k, v in (pq.read_schema(f).metadata or {}).items()} for f in files]
 
     def is_complete(self, manifest: dict[str, Any]) -> bool:
         """Every shard of the cell (a cell.json as `cells` returns it) is on disk."""

@@ -99,3 +99,8 @@ def test_a_rejected_key_writes_nothing_and_a_busy_endpoint_is_retried(tmp_path, 
     rows = store.scan_kind("generate").collect()
     assert rows.height == N_PROMPTS and rows["error"].is_null().all()
     assert rows["sample_id"].is_unique().all()
+    # Usage counts the attempt that wrote the rows, not the retried ones: 5 + 1 tokens a prompt.
+    [cell] = store.cells("generate")
+    usage = {k: v for k, v in cell["summary"].items() if k.startswith("usage/")}
+    assert usage == {"usage/subject/requests": N_PROMPTS, "usage/subject/prompt_tokens": 5 * N_PROMPTS,
+                     "usage/subject/completion_tokens": N_PROMPTS}, usage

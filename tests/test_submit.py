@@ -107,6 +107,11 @@ def test_submit_resume_and_mlflow(tmp_path, tiny_model, ray_tmp):
     assert {"sweep", "cell_id", "job", "model", "version.torch"} <= set(child.data.tags)
     assert child.data.params["params.temperature"] == "0.0"
     assert child.data.metrics["rows"] == N_PROMPTS * 2
+    # Token usage per role: one request per prompt (n=2 in it), the prompt read once.
+    cell_rows = rows.filter(pl.col("cell_id") == child.data.tags["cell_id"])
+    assert child.data.metrics["usage/subject/requests"] == N_PROMPTS
+    assert child.data.metrics["usage/subject/completion_tokens"] == cell_rows["completion_tokens"].sum()
+    assert child.data.metrics["usage/subject/prompt_tokens"] == cell_rows["prompt_tokens"].sum() / 2
     assert any(a.path.startswith("tables") for a in client.list_artifacts(child.info.run_id))
 
     # A crash after MLflow logged a cell but before mlflow.json was written: the next submit
