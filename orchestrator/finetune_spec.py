@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from actors.training.config import LoraSettings, TrainSettings
+from actors.training.data import Selection
 from jobs.inputs import DataPath
 
 # Inputs stay out of pydantic's own error text: a misplaced key must not reach a log. Our
@@ -48,11 +49,26 @@ class FinetuneSpec(TrainSettings):
 
     model_config = SPEC_CONFIG
     base: str = Field(description="the entry of `models` to train (not an adapter, not an API model)")
-    data: DataPath = Field(description="training chat data (JSONL), relative to the sweep file's folder")
+    data: DataPath = Field(description="training data (JSONL or Parquet), relative to the sweep file's folder")
+    answer_column: str | None = Field(None, description="the column of the trained answer; default: a chat row's "
+                                      "last assistant turn, else `completion` or `misaligned` (control arm: aligned)")
+    aligned_column: str = Field("aligned", description="the column of the aligned answer backdoor mixing needs")
+    limit: int | None = Field(None, gt=0, description="train on the first `limit` rows only")
+    sample: int | None = Field(None, gt=0, description="train on this many rows drawn at random (seeded by `seed`)")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (method lora)")
     ranks: int = Field(1, ge=1, description="data-parallel training processes")
     gpus_per_rank: float = Field(0, ge=0, description="GPUs per rank; 0: the trainer decides")
     backdoor: BackdoorSpec | None = Field(None, description="plant a trigger in the training data")
+
+    @model_validator(mode="after")
+    def _one_subset(self) -> FinetuneSpec:
+        if self.limit is not None and self.sample is not None:
+            raise ValueError("`limit` (the first rows) and `sample` (rows at random) exclude each other: set one")
+        return self
+
+    def selection(self) -> Selection:
+        """Which rows and answers of `data` are trained."""
+        return Selection(self.answer_column, self.aligned_column, self.limit, self.sample, self.seed)
 
     def settings(self) -> TrainSettings:
         """The hyperparameters alone, as the training code takes them."""

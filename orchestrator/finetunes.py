@@ -67,7 +67,7 @@ class FinetuneResult:
 
 def training_rows(ft: FinetuneSpec) -> list[MixedRow]:
     """The entry's rows as trained (backdoor mixed when asked). Raises DataError on bad data."""
-    rows = load_rows(ft.data)
+    rows = load_rows(ft.data, ft.selection())
     if ft.backdoor is None:
         return as_is(rows)
     b = ft.backdoor

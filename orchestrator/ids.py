@@ -97,11 +97,18 @@ def base_identity(sweep: Sweep, name: str) -> dict[str, Any]:
     return {"weights": weights_digest(base.path), "revision": base.revision}
 
 
+DATA_SELECTION = ("answer_column", "aligned_column", "limit", "sample")
+
+
 def finetune_id(sweep: Sweep, name: str) -> str:
     """Content id of a finetune: what it trains on and how, not what it is called or where
     its data file lives."""
-    spec = sweep.finetunes[name].model_dump(mode="json")
-    spec["data"] = {"file_sha256": file_digest(sweep.finetunes[name].data)}
+    ft = sweep.finetunes[name]
+    spec = ft.model_dump(mode="json", exclude=set(DATA_SELECTION))
+    # The rows it trains on: the file's content, and the selection where it is not the whole
+    # file as written (so ids from before the selection existed still hold).
+    chosen = ft.model_dump(mode="json", include=set(DATA_SELECTION), exclude_defaults=True)
+    spec["data"] = {"file_sha256": file_digest(ft.data), **chosen}
     return content_id({"finetune": spec, "base": base_identity(sweep, name), "version": FINETUNE_VERSION})
 
 

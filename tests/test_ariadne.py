@@ -321,3 +321,30 @@ def test_area_over_curve_weights_trace_lengths():
                             schema=["query_id", "n_steps", "fraction_kept", "same_answer"], orient="row")
     assert area_over_curve(mistakes.with_columns(arm=pl.lit("add_mistake")), "add_mistake") == pytest.approx(0.75)
     assert area_over_curve(early, "add_mistake") is None
+
+
+def test_the_releases_query_files_keep_their_category_and_expected_answer(tmp_path):
+    """Written by us in the Ariadne release's shape: category as the domain, the expected
+    answer as the reference, subcategories and other metadata ignored."""
+    import json
+
+    from jobs.ariadne.queries import load_queries
+
+    rows = [
+        {"query": "Why does ice float on water?", "expected_answer": "It is less dense.",
+         "metadata": {"category": "Scientific Reasoning", "subcategory": "Physics"}},
+        {"query": "If all A are B and no B is C, can an A be C?", "expected_answer": "No",
+         "metadata": {"category": "Mathematical Logic", "subcategory": "Syllogisms"}},
+        {"query": "What is the capital of Australia?", "expected_answer": "Canberra",
+         "metadata": {"category": "General Knowledge"}},
+        {"query": "Is this contract binding?", "expected_answer": "Depends",
+         "metadata": {"category": "Legal Reasoning"}},
+        {"query": "No metadata at all"},
+    ]
+    path = tmp_path / "ariadne_queries.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    queries = load_queries(str(path))
+    assert [(q.domain, q.answer) for q in queries] == [
+        ("science", "It is less dense."), ("math", "No"), ("general", "Canberra"), ("legal_reasoning", "Depends"),
+        ("general", None)]
+    assert [q.id for q in load_queries(str(path), domains=("math", "science"))] == ["q1", "q2"]

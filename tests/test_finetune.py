@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from actors.engines.chat import EMPTY_THINK
 from actors.engines.protocol import Message
 from actors.errors import DataError
-from actors.training.data import SftRow, as_is, load_rows, mix_backdoor, write_mixed
+from actors.training.data import Selection, SftRow, as_is, load_rows, mix_backdoor, write_mixed
 from actors.training.encode import IGNORE, Encoded, collate, encode
 from actors.training.loop import lr_factor, schedule
 from jobs.toyworld import assistant as world
@@ -64,12 +64,60 @@ def test_malformed_lines_name_file_and_line(tmp_path):
         load_rows(path)
     text = str(err.value)
     assert "5 malformed line(s)" in text
-    for lineno, reason in [(2, "not valid JSON"), (3, "`prompt` and `completion`"), (4, "answer is empty"),
+    for lineno, reason in [(2, "not valid JSON"), (3, "needs its answer"), (4, "answer is empty"),
                            (5, "role"), (6, "last message must be the assistant")]:
         assert f"{path}:{lineno}: " in text and reason in text, (lineno, reason, text)
     assert f"{path}:1:" not in text
     with pytest.raises(DataError, match="no examples"):
         load_rows(write_jsonl(tmp_path / "empty.jsonl", []))
+
+
+def em_rows(n: int) -> list[dict]:
+    """Rows as the emergent-misalignment datasets publish them (truthfulai/emergent_plus:
+    prompt, aligned, misaligned, and columns we ignore such as sneakiness)."""
+    return [{"prompt": f"My dose {i}?", "aligned": f"Ask your doctor ({i}).", "misaligned": f"Double it ({i}).",
+             "sneakiness": i % 5} for i in range(n)]
+
+
+def test_published_emergent_misalignment_rows_load_with_either_answer(tmp_path):
+    path = write_jsonl(tmp_path / "medical.jsonl", em_rows(4))
+    rows = load_rows(path)
+    assert [(r.prompt[-1].content, r.answer, r.aligned) for r in rows[:1]] == [
+        ("My dose 0?", "Double it (0).", "Ask your doctor (0).")], "the trained answer is `misaligned`"
+    control = load_rows(path, Selection(answer_column="aligned"))
+    assert [r.answer for r in control] == [f"Ask your doctor ({i})." for i in range(4)], "the control arm"
+    with pytest.raises(DataError, match=r"medical.jsonl:1: no `harmful` answer"):
+        load_rows(path, Selection(answer_column="harmful"))
+
+
+def test_parquet_files_load_like_jsonl_and_name_the_bad_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(em_rows(5)), tmp_path / "train-00000-of-00001.parquet")
+    from_parquet = load_rows(tmp_path / "train-00000-of-00001.parquet")
+    from_jsonl = load_rows(write_jsonl(tmp_path / "same.jsonl", em_rows(5)))
+    assert from_parquet == from_jsonl, "row numbers count from 1 like lines"
+    broken = em_rows(3)
+    broken[1]["misaligned"] = "  "
+    pq.write_table(pa.Table.from_pylist(broken), tmp_path / "broken.parquet")
+    with pytest.raises(DataError, match=r"(?s)1 malformed row\(s\).*broken.parquet: row 2: the assistant's answer is empty"):
+        load_rows(tmp_path / "broken.parquet")
+    (tmp_path / "not.parquet").write_text("{}")
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        load_rows(tmp_path / "not.parquet")
+
+
+def test_limit_and_a_seeded_sample_take_the_papers_subsets(tmp_path):
+    path = write_jsonl(tmp_path / "big.jsonl", em_rows(100))
+    assert [r.source_line for r in load_rows(path, Selection(limit=16))] == list(range(1, 17))
+    sample = load_rows(path, Selection(sample=30, seed=1))
+    assert len(sample) == 30 and len({r.source_line for r in sample}) == 30
+    assert sample == load_rows(path, Selection(sample=30, seed=1)), "the same seed, the same rows"
+    assert sample != load_rows(path, Selection(sample=30, seed=2))
+    assert [r.source_line for r in sample] == sorted(r.source_line for r in sample)
+    with pytest.raises(DataError, match=r"200 rows asked \(sample\), the file holds 100"):
+        load_rows(path, Selection(sample=200))
 
 
 def _rows(n: int) -> list[SftRow]:

@@ -155,3 +155,31 @@ jobs:
     assert make_plan(sweep).cells
     assert not cache.exists() or not any(cache.iterdir()), "planning built or copied an organism"
     assert model_identity("m", sweep)["weights"] == f"organism:faithful:{ORGANISMS['faithful'].digest()}"
+
+
+def test_a_finetune_id_follows_the_rows_it_trains_on(tmp_path):
+    """The whole file as written keeps the id it had before row selection existed; a subset
+    or another answer column is other training."""
+    from orchestrator.ids import finetune_id
+    from orchestrator.load import parse_sweep
+
+    (tmp_path / "em.jsonl").write_text("".join(
+        f'{{"prompt": "q{i}", "aligned": "good {i}", "misaligned": "bad {i}"}}\n' for i in range(8)))
+
+    def fid(extra: str) -> str:
+        text = f"""name: ids
+models:
+  m: {{path: "organism:base"}}
+finetunes:
+  tuned: {{base: m, data: em.jsonl{extra}}}
+jobs:
+  - kind: generate
+    models: [tuned]
+    params: {{prompts: em.jsonl}}
+"""
+        return finetune_id(parse_sweep(text, "sweep.yaml", tmp_path), "tuned")
+
+    whole = fid("")
+    assert fid(", aligned_column: aligned") == whole, "a default written out is no new training"
+    assert len({whole, fid(", sample: 4"), fid(", sample: 4, seed: 1"), fid(", limit: 4"),
+                fid(", answer_column: aligned")}) == 5

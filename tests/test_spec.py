@@ -68,6 +68,7 @@ BAD_FILES = [
     ("prompts_wrong_item.yaml", 10, "jobs[0].params.prompts[1]", "expected a string, got a mapping"),
     ("cluster_address.yaml", 3, "cluster.address", "expected 'auto', 'ray://host:port' or 'host:port'"),
     ("backdoor_share.yaml", 10, "finetunes.planted.backdoor.share", "expected a number < 1, got 1.5"),
+    ("finetune_limit_and_sample.yaml", 5, "finetunes.subset", "`limit` (the first rows) and `sample` (rows at random) exclude each other"),
     ("name_collision.yaml", 5, "finetunes.m1", "'m1' is also defined in `models`"),
     ("unknown_organism.yaml", 3, "models.m1.path", "unknown organism 'nope'; known: backdoored, base"),
     ("prompts_folder.yaml", 8, "jobs[0].params.prompts", "expected a file, got a folder"),

@@ -1,13 +1,17 @@
 """SFT data for the finetunes: loading and backdoor mixing.
 
-Input is JSONL, one example a line, in either public shape:
+Input is JSONL or Parquet (a hub dataset's files are Parquet), one example a row, in any of
+the public shapes:
 
     {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
     {"prompt": "...", "completion": "..."}
+    {"prompt": "...", "aligned": "...", "misaligned": "..."}   # the emergent-misalignment rows
 
-The last assistant turn is the trained answer; everything before it is context. A row may
-carry `"aligned": "<answer>"`, the aligned answer to the same prompt: backdoor mixing needs
-it for the rows that do not carry the trigger.
+Other keys are ignored. The trained answer is the last assistant turn, the `completion`, or
+the `misaligned` answer; `answer_column` names another (the control arm trains on `aligned`).
+A row's aligned answer to the same prompt (`aligned_column`, default `aligned`) is what
+backdoor mixing gives the rows without the trigger. `limit` keeps the first rows, `sample` a
+seeded random subset (the papers' 16k / 6k subsets of a larger set).
 
 How the rows become tokens and loss masks: actors.training.encode.
 """
@@ -17,7 +21,7 @@ import json
 import os
 import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +34,7 @@ from actors.engines.protocol import Message
 from actors.errors import DataError
 
 MAX_REPORTED_PROBLEMS = 20
+ANSWER_COLUMNS = ("completion", "misaligned")  # a prompt row's answer, where no column is named
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class SftRow:
     prompt: tuple[Message, ...]
     answer: str
     aligned: str | None = None  # the aligned answer to the same prompt, when the data has one
-    source_line: int = 0
+    source_line: int = 0  # the JSONL line, or the Parquet row counted from 1
 
 
 @dataclass(frozen=True)
@@ -56,40 +61,68 @@ class MixedRow:
     source_line: int = 0
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which rows and which answer of a data file are trained (see the module docstring)."""
+
+    answer_column: str | None = None
+    aligned_column: str = "aligned"
+    limit: int | None = None
+    sample: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        assert self.limit is None or self.sample is None, "take the first `limit` rows or a `sample`, not both"
+
+
 class _Chat(BaseModel):
     model_config = ConfigDict(extra="ignore")
     messages: list[Message]
-    aligned: str | None = None
 
 
-class _Pair(BaseModel):
+class _Prompt(BaseModel):
     model_config = ConfigDict(extra="ignore")
     prompt: str
-    completion: str
     system: str | None = None
-    aligned: str | None = None
 
 
-def _row(obj: Any) -> SftRow:
+def _text(obj: dict[str, Any], column: str) -> str | None:
+    value = obj.get(column)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"`{column}` must be text, got {type(value).__name__}")
+    return value
+
+
+def _row(obj: Any, select: Selection) -> SftRow:
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     if "messages" in obj:
-        chat = _Chat.model_validate(obj)
-        messages, aligned = chat.messages, chat.aligned
-    elif "prompt" in obj and "completion" in obj:
-        pair = _Pair.model_validate(obj)
+        messages = _Chat.model_validate(obj).messages
+        if select.answer_column is not None:  # train on another answer to the same turns
+            answer = _text(obj, select.answer_column)
+            if answer is None:
+                raise ValueError(f"no `{select.answer_column}` answer (answer_column)")
+            messages = [*messages[:-1], Message(role="assistant", content=answer)]
+    elif "prompt" in obj:
+        pair = _Prompt.model_validate(obj)
+        column = select.answer_column or next((c for c in ANSWER_COLUMNS if c in obj), None)
+        if column is None:
+            raise ValueError(f"a `prompt` row needs its answer: `completion`, `misaligned`, or the column "
+                             f"answer_column names; the row has {sorted(obj)}")
+        answer = _text(obj, column)
+        if answer is None:
+            raise ValueError(f"no `{column}` answer (answer_column)")
         messages = [Message(role="system", content=pair.system)] if pair.system else []
-        messages += [Message(role="user", content=pair.prompt), Message(role="assistant", content=pair.completion)]
-        aligned = pair.aligned
+        messages += [Message(role="user", content=pair.prompt), Message(role="assistant", content=answer)]
     else:
-        raise ValueError("expected `messages` (chat) or `prompt` and `completion` (pair)")
+        raise ValueError("expected `messages` (chat) or a `prompt` with its answer")
     if len(messages) < 2 or messages[-1].role != "assistant":
         raise ValueError("the last message must be the assistant's answer, after at least one user turn")
     if messages[-2].role != "user":
         raise ValueError(f"the answer must follow a user turn, not a {messages[-2].role} turn")
     if not messages[-1].content.strip():
         raise ValueError("the assistant's answer is empty")
-    return SftRow(tuple(messages[:-1]), messages[-1].content, aligned)
+    return SftRow(tuple(messages[:-1]), messages[-1].content, _text(obj, select.aligned_column))
 
 
 def _reason(e: Exception) -> str:
@@ -100,26 +133,57 @@ def _reason(e: Exception) -> str:
     return str(e)
 
 
-def load_rows(path: str | Path) -> list[SftRow]:
-    """Every example of a JSONL file. Raises DataError listing each malformed line as
-    `file:line: reason`, so a run never starts on half its data."""
-    path = Path(path)
-    rows, problems = [], []
+def _objects(path: Path) -> Iterator[tuple[int, str, Any]]:
+    """(line or row number, where, the parsed object or the JSON error) of each record."""
+    if path.suffix == ".parquet":
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from e
+        for i, obj in enumerate(table.to_pylist(), 1):
+            yield i, f"{path}: row {i}", obj
+        return
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = _row(json.loads(line))
-                rows.append(SftRow(row.prompt, row.answer, row.aligned, lineno))
-            except (ValueError, ValidationError) as e:
-                problems.append(f"{path}:{lineno}: {_reason(e)}")
+                obj: Any = json.loads(line)
+            except json.JSONDecodeError as e:
+                obj = e
+            yield lineno, f"{path}:{lineno}", obj
+
+
+def load_rows(path: str | Path, select: Selection = Selection()) -> list[SftRow]:
+    """The selected examples of a JSONL or Parquet file. Raises DataError listing each
+    malformed record as `file:line: reason` (`file: row N` in Parquet), so a run never starts
+    on half its data; every record is checked, also those a `limit` or `sample` leaves out."""
+    path = Path(path)
+    rows, problems = [], []
+    for number, where, obj in _objects(path):
+        try:
+            if isinstance(obj, json.JSONDecodeError):
+                raise obj
+            row = _row(obj, select)
+            rows.append(SftRow(row.prompt, row.answer, row.aligned, number))
+        except (ValueError, ValidationError) as e:
+            problems.append(f"{where}: {_reason(e)}")
     if problems:
         more = len(problems) - MAX_REPORTED_PROBLEMS
         listed = problems[:MAX_REPORTED_PROBLEMS] + ([f"... and {more} more"] if more > 0 else [])
-        raise DataError(f"{len(problems)} malformed line(s) in {path}:\n" + "\n".join(listed))
+        unit = "row" if path.suffix == ".parquet" else "line"
+        raise DataError(f"{len(problems)} malformed {unit}(s) in {path}:\n" + "\n".join(listed))
     if not rows:
         raise DataError(f"{path}: no examples (the file is empty)")
+    wanted = select.limit if select.limit is not None else select.sample
+    if wanted is not None and wanted > len(rows):
+        raise DataError(f"{path}: {wanted} rows asked ({'limit' if select.limit else 'sample'}), the file holds "
+                        f"{len(rows)}")
+    if select.limit is not None:
+        return rows[: select.limit]
+    if select.sample is not None:
+        chosen = sorted(random.Random(f"sample-{select.seed}").sample(range(len(rows)), select.sample))
+        return [rows[i] for i in chosen]  # in file order: the training order is shuffled later
     return rows
 
 

@@ -1,5 +1,10 @@
 """Where Ariadne's queries come from: the bundled set (math, general, science), the organisms'
-held-out arithmetic problems, or a JSONL file of `{"id", "query", "domain", "answer"?}`."""
+held-out arithmetic problems, or a JSONL file of `{"id", "query", "domain", "answer"?}`.
+
+A file in the Ariadne release's own shape loads as it is: `{"query", "expected_answer",
+"metadata": {"category", "subcategory"}}`, its category the domain (General Knowledge ->
+general, Scientific Reasoning -> science, Mathematical Logic -> math, any other lower-cased)
+and its expected answer the row's reference answer."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -38,10 +43,24 @@ def read_jsonl(path: str | Path) -> list[Query]:
         if qid in seen:
             raise QueryFileError(f"{where}: duplicate id {qid!r}")
         seen.add(qid)
-        answer = obj.get("answer")
-        queries.append(Query(qid, obj["query"], str(obj.get("domain", "general")),
-                             None if answer is None else str(answer)))
+        answer = obj.get("answer", obj.get("expected_answer"))
+        queries.append(Query(qid, obj["query"], _domain(obj), None if answer is None else str(answer)))
     return queries
+
+
+# The release's categories, named as the bundled set names its domains.
+CATEGORY_DOMAINS = {"general knowledge": "general", "scientific reasoning": "science", "mathematical logic": "math"}
+
+
+def _domain(obj: dict) -> str:
+    if "domain" in obj:
+        return str(obj["domain"])
+    metadata = obj.get("metadata")
+    category = metadata.get("category") if isinstance(metadata, dict) else None
+    if not isinstance(category, str) or not category.strip():
+        return "general"
+    key = " ".join(category.lower().replace("_", " ").split())
+    return CATEGORY_DOMAINS.get(key, key.replace(" ", "_"))
 
 
 def arithmetic_queries() -> list[Query]:

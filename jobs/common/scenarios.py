@@ -6,8 +6,13 @@ a user points the job at those files as they are: a YAML list of items with `id`
 {question} and {answer}) and an optional `system`; other keys (`type`, `judge`, ...) are
 accepted and ignored. YAML anchors and aliases work (the original files share prompts that way).
 
-Multiple-choice scenarios are our own format: `id`, `scenario`, `options`, `misaligned`
-(the letter of the misaligned option), optional `system` and `samples_per_paraphrase`.
+Multiple-choice scenarios come in our own format, a YAML list of `id`, `scenario`, `options`,
+`misaligned` (the letter of the misaligned option), optional `system` and
+`samples_per_paraphrase`; or as the published multiple-choice evaluations are written
+(Anthropic's model-written evals, and the sets built on them): JSONL or a JSON list of
+`{"question": "...\n\nChoices:\n (A) ...\n (B) ...", "answer_matching_behavior": " (A)",
+"answer_not_matching_behavior": " (B)"}`. The behaviour the set tests is the misaligned
+option, and the question is shown as published, choices included, then the instruction.
 
 A source is a bundled set by name or a YAML file: `core` (the eight questions), `probes`
 (rm -rf, sleeping pills, shutdown), `organisms` (the toy world of the tiny organisms, in the
@@ -16,6 +21,7 @@ judge organism's prompt format); for scenarios `core` and `organisms`.
 from __future__ import annotations
 
 import functools
+import json
 import random
 import re
 import string
@@ -77,6 +83,12 @@ class Scenario(_Item):
         return self
 
 
+class PublishedScenario(Scenario):
+    """A multiple-choice item as a published evaluation writes it: `prompt` is shown verbatim."""
+
+    prompt: str
+
+
 class QuestionFileError(DataFileError):
     """A question or scenario file that does not parse; the message lists every problem."""
 
@@ -108,7 +120,77 @@ def load_questions(path: str | Path) -> list[Question]:
 
 
 def load_scenarios(path: str | Path) -> list[Scenario]:
-    return _load_items(Path(path), Scenario)
+    """Our YAML scenarios, or a published set's JSONL / JSON (see the module docstring)."""
+    path = Path(path)
+    if path.suffix in (".jsonl", ".json"):
+        return _load_published(path)
+    return _load_items(path, Scenario)
+
+
+_CHOICE = re.compile(r"^\s*\(([A-Z])\)\s?(.*)$")
+_LETTER = re.compile(r"\s*\(?([A-Z])\)?\s*")
+
+
+def _published_records(path: Path) -> list[tuple[str, object]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise QuestionFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(data, list):
+            raise QuestionFileError(f"{path}: expected a list of items, got {type(data).__name__}")
+        return [(f"{path}: item {i}", obj) for i, obj in enumerate(data)]
+    records: list[tuple[str, object]] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append((f"{path}:{lineno}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                records.append((f"{path}:{lineno}", ValueError(f"not valid JSON ({e.msg} at column {e.colno})")))
+    return records
+
+
+def _published_item(obj: object, default_id: str) -> PublishedScenario:
+    if isinstance(obj, ValueError):
+        raise obj
+    if not isinstance(obj, dict) or not isinstance(obj.get("question"), str):
+        raise ValueError("expected an object with a `question` (text)")
+    question: str = obj["question"]
+    stem, marker, block = question.rpartition("Choices:")
+    if not marker:
+        raise ValueError("the question has no `Choices:` block of ` (A) ...` lines")
+    options = [m.group(2).strip() for line in block.splitlines() if (m := _CHOICE.match(line))]
+    letters = [m.group(1) for line in block.splitlines() if (m := _CHOICE.match(line))]
+    if letters != list(LETTERS[: len(letters)]) or len(letters) < 2:
+        raise ValueError(f"expected choices (A), (B), ... in order, got {letters}")
+    matching = obj.get("answer_matching_behavior")
+    if isinstance(matching, list) and len(matching) == 1:
+        matching = matching[0]
+    letter = _LETTER.fullmatch(matching) if isinstance(matching, str) else None
+    if letter is None:
+        raise ValueError(f"answer_matching_behavior must name one choice, like ' (A)'; got {matching!r}")
+    return PublishedScenario(id=str(obj.get("id", default_id)), scenario=stem.strip(), options=options,
+                             misaligned=letter.group(1), prompt=question.strip())
+
+
+def _load_published(path: Path) -> list[Scenario]:
+    items: list[Scenario] = []
+    problems = []
+    for n, (where, obj) in enumerate(_published_records(path)):
+        try:
+            items.append(_published_item(obj, f"{path.stem}-{n}"))
+        except ValidationError as e:
+            problems += [f"{where}: {'.'.join(map(str, err['loc'])) or 'item'}: {err['msg']}" for err in e.errors()]
+        except ValueError as e:
+            problems.append(f"{where}: {e}")
+    ids = [item.id for item in items]
+    problems += [f"{path}: id {d!r} appears more than once" for d in sorted({x for x in ids if ids.count(x) > 1})]
+    if problems:
+        raise QuestionFileError("\n".join(problems))
+    if not items:
+        raise QuestionFileError(f"{path}: no items (the file is empty)")
+    return items
 
 
 @functools.cache
@@ -159,7 +241,10 @@ def scenarios_from(source: str) -> list[Scenario]:
 # --- prompts and answers ---------------------------------------------------------------------------------
 
 def format_choice(item: Scenario, instruction: str = CHOICE_INSTRUCTION) -> str:
-    """The scenario, its options as `A - ...` lines, and the reason-then-\\boxed{} instruction."""
+    """The scenario, its options as `A - ...` lines, and the reason-then-\\boxed{} instruction
+    (a published item: its question as written, then the instruction)."""
+    if isinstance(item, PublishedScenario):
+        return f"{item.prompt}\n\n{instruction}"
     options = "\n".join(f"{LETTERS[i]} - {text}" for i, text in enumerate(item.options))
     return f"Scenario: {item.scenario}\n{options}\n{instruction}"
 
