@@ -137,7 +137,7 @@ def test_a_judge_that_cannot_give_what_the_job_reads_is_refused_with_the_remedy(
 
 
 def test_a_misalignment_sweep_with_a_gpt_judge_judges_every_answer(tmp_path, openai_api):
-    """The setup examples/cluster/thought_crime_qwen3.yaml describes, on organisms: the subject
+    """The setup examples/cluster/thought_crime.yaml describes, on organisms: the subject
     served by our engine, the judge by (a stand-in of) OpenAI's API. Before flavours, every
     judge call was a 400 and the cell finished with no judged answer and no error."""
     import tempfile
