@@ -155,6 +155,16 @@ def test_every_request_of_a_query_carries_its_affinity(faithful):
         assert request.affinity == ids[request.messages[-1].content], request
 
 
+def test_the_agent_pass_takes_the_thinking_switch(faithful):
+    """A Qwen3 subject with thinking on spends its budget in the think block before the
+    numbered steps: `agent_thinking: false` renders the agent pass and every regeneration
+    with the switch off."""
+    for thinking in (True, False):
+        subject = Recording("faithful", faithful)
+        run(arithmetic(limit=1, lanham=["early_answering"], agent_thinking=thinking), context(subject=subject))
+        assert subject.requests and {r.thinking for r in subject.requests} == {thinking}
+
+
 # ---- sampling: baseline noise, seeds, m samples ------------------------------------------------
 
 def test_samples_per_audit_are_reproducible(faithful):
