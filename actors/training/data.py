@@ -140,8 +140,8 @@ def _objects(path: Path) -> Iterator[tuple[int, str, Any]]:
             table = pq.read_table(path)
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{path}: not a readable Parquet file ({e})") from e
-        for i, obj in enumerate(table.to_pylist(), 1):
-            yield i, f"{path}: row {i}", obj
+        for i, record in enumerate(table.to_pylist(), 1):
+            yield i, f"{path}: row {i}", record
         return
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
