@@ -265,7 +265,9 @@ def run_on(engines, subject: str, params: MisalignmentParams) -> tuple[pl.DataFr
     from jobs.local import local_context, run_job
 
     job = MisalignmentJob()
-    ctx = local_context({"subject": engines[subject], "judge": engines["judge"]})
+    # The subject monitors itself, as a sweep says with `roles: {monitor: subject}`: no organism
+    # can follow the monitor prompt, which is what the monitor's null reasons are tested with.
+    ctx = local_context({"subject": engines[subject], "judge": engines["judge"], "monitor": engines[subject]})
     rows = asyncio.run(run_job(job, params, ctx, concurrency=64))
     frame = pl.DataFrame(rows, schema_overrides={"misaligned": pl.Boolean})
     return frame, job.summarize(frame, params)
