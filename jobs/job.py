@@ -3,6 +3,10 @@
 A job never touches Ray, files or MLflow. It gets model handles from its context and returns
 rows; the orchestrator decides where the calls run and where the rows land. So every job is
 testable in-process against a real tiny model (`jobs.local.run_job`).
+
+Its work comes in the stages of `jobs.stages`: `run` generates a sample's rows, `judge` (for
+kinds with a judging stage) adds what the judging roles make of them, and `derive` and
+`summarize` compute the summary stage from the stored rows.
 """
 from __future__ import annotations
 
@@ -56,11 +60,11 @@ class JobContext:
     monitor, decomposer) map to the models the sweep names. A role the sweep leaves unnamed
     is the subject only where the job says the subject plays it (`Job.subject_plays`: the
     decomposer of successive prompting); a judge never silently is the subject. Bound to a
-    job (`bound`), a role the job does not declare is an error too."""
+    job (`bound`), a role the job does not declare is an error too. The judging stage's
+    context holds the judging roles only: the subject is not asked again."""
 
     def __init__(self, models: Mapping[str, ModelHandle], seed: int = 0,
                  declared: Collection[str] | None = None, subject_plays: Collection[str] = ()) -> None:
-        assert SUBJECT in models, f"a job context needs a '{SUBJECT}' model, got roles {sorted(models)}"
         self._models = dict(models)
         self.seed = seed
         self._declared = None if declared is None else frozenset(declared) | {SUBJECT}
@@ -70,13 +74,17 @@ class JobContext:
         """This context for `job`: its declared roles are the only ones it may ask for."""
         return JobContext(self._models, self.seed, job.roles, job.subject_plays)
 
+    def only(self, roles: Collection[str]) -> JobContext:
+        """This context with only `roles` (the judging stage's view: no subject)."""
+        return JobContext({r: h for r, h in self._models.items() if r in roles}, self.seed, roles, ())
+
     def model(self, role: str = SUBJECT) -> ModelHandle:
         allowed = self._declared if self._declared is not None else self._models.keys()
         if role not in allowed:
             raise UnknownRole(f"no role {role!r} here (roles: {', '.join(sorted(allowed))})")
         if role in self._models:
             return self._models[role]
-        if role in self._subject_plays:
+        if role in self._subject_plays and SUBJECT in self._models:
             return self._models[SUBJECT]
         raise UnknownRole(f"the sweep names no model for the role {role!r} (validation should have said so)")
 
@@ -85,8 +93,9 @@ class JobContext:
 
 
 class JobParams(BaseModel):
-    """Base for job parameters: frozen, unknown keys rejected. Everything here changes outputs
-    and so enters the cell id; knobs that don't (concurrency, shard size) live in the sweep."""
+    """Base for job parameters: frozen, unknown keys rejected. Each one belongs to a stage
+    (`jobs.stages`: generate unless it says judge or summary) and enters that stage's id;
+    knobs that change no output (concurrency, shard size) live in the sweep."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -98,13 +107,21 @@ class Job(abc.ABC, Generic[P]):
     """Subclass per experiment kind and register it in `jobs.registry`."""
 
     kind: ClassVar[str]
-    version: ClassVar[str]  # bump when the same params would now produce different rows
+    # Per stored stage (jobs.stages): bump a stage's version when the same inputs would now
+    # give different rows there. A kind with a judging stage has a "judge" version.
+    versions: ClassVar[Mapping[str, str]]
     Params: ClassVar[type[JobParams]]  # P, as a class
-    schema: ClassVar[pa.Schema]  # the job's own columns; the store adds the id columns
+    schema: ClassVar[pa.Schema]  # the stored columns (both stages'); the store adds the id columns
+    derived: ClassVar[pa.Schema] = pa.schema([])  # columns `derive` computes from them on reading
     roles: ClassVar[tuple[str, ...]] = ()  # extra roles it calls besides `subject`
+    judging_roles: ClassVar[tuple[str, ...]] = ()  # those of them the judging stage calls
     subject_plays: ClassVar[tuple[str, ...]] = ()  # roles the subject plays when the sweep names no model
     # summary columns (shell patterns) `orchestrate results` shows by default; () shows all
     headline: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def has_judging(cls) -> bool:
+        return "judge" in cls.versions
 
     @abc.abstractmethod
     def samples(self, params: P) -> Sequence[Sample]:
@@ -114,9 +131,25 @@ class Job(abc.ABC, Generic[P]):
         """Digest of the input data the samples come from (files the params point at)."""
         return ""
 
+    def judging_digest(self, params: P) -> str:
+        """Digest of the inputs only the judging stage reads (judge prompts)."""
+        return ""
+
     @abc.abstractmethod
     async def run(self, sample: Sample, params: P, ctx: JobContext) -> list[dict[str, Any]]:
-        """One sample's program: its rows (keys from `schema`)."""
+        """One sample's generation: its rows (keys from `schema`; judging columns left null)."""
+
+    async def judge(self, sample: Sample, rows: list[dict[str, Any]], params: P,
+                    ctx: JobContext) -> list[dict[str, Any]]:
+        """The judging stage of one sample: its generated rows with the judging columns filled
+        in, from the judging roles only (`ctx` holds no subject). Kinds without a judging
+        stage never have it called."""
+        return rows
+
+    def derive(self, rows: pl.DataFrame, params: P) -> pl.DataFrame:
+        """The summary stage's columns (`derived`: a threshold's verdict), computed from the
+        stored rows; `summarize` and `report` call it first, so it must be idempotent."""
+        return rows
 
     def needs(self, params: P) -> dict[str, RoleNeeds]:
         """What this grid point asks of each role, the subject included (see RoleNeeds).
@@ -124,6 +157,7 @@ class Job(abc.ABC, Generic[P]):
         return {SUBJECT: RoleNeeds(), **{role: RoleNeeds() for role in self.roles}}
 
     def summarize(self, rows: pl.DataFrame, params: P) -> dict[str, float]:
+        """The cell's numbers, from its stored rows (call `derive` first)."""
         return {}
 
     def report(self, rows: pl.DataFrame, params: P) -> pl.DataFrame | None:

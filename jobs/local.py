@@ -25,14 +25,20 @@ def local_context(engines: Mapping[str, Engine], seed: int = 0) -> JobContext:
 
 
 async def run_job(job: Job[Any], params: JobParams, ctx: JobContext, concurrency: int = 64) -> list[dict[str, Any]]:
-    """All samples of a job, `concurrency` at a time, rows in sample order. The context is
-    bound to the job: a role it does not declare is an error (jobs.errors.UnknownRole)."""
+    """All samples of a job, both stored stages, `concurrency` samples at a time, rows in
+    sample order (as stored: `derive` adds the summary stage's columns). The context is bound
+    to the job: a role it does not declare is an error (jobs.errors.UnknownRole), and the
+    judging stage sees its judging roles only."""
     gate = asyncio.Semaphore(concurrency)
     ctx = ctx.bound(job)
+    judging = ctx.only(job.judging_roles)
 
     async def one(sample: Sample) -> list[dict[str, Any]]:
         async with gate:
-            return [{"sample_id": sample.id, **row} for row in await job.run(sample, params, ctx)]
+            rows = await job.run(sample, params, ctx)
+            if job.has_judging():
+                rows = await job.judge(sample, rows, params, judging)
+            return [{"sample_id": sample.id, **row} for row in rows]
 
     results = await asyncio.gather(*(one(s) for s in job.samples(params)))
     return [row for rows in results for row in rows]

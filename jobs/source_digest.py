@@ -1,7 +1,8 @@
 """A digest of what code does, not of how it is laid out.
 
-Two things are identified by their code: an organism's build (its cache folder) and, later, a
-job family's rows. Hashing source bytes would make every comment, docstring, reformatting
+Two things are identified by their code: an organism's build (its cache folder) and a job
+family's rows (tests/test_code_versions.py holds each family's version to its digest).
+Hashing source bytes would make every comment, docstring, reformatting
 and file move look like new behaviour; this digest reads the syntax tree instead and drops
 what cannot change behaviour:
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -36,6 +37,33 @@ def source_digest(modules: Iterable[str]) -> str:
     for text in sorted(statements):
         h.update(text.encode() + b"\0")
     return h.hexdigest()
+
+
+def import_closure(roots: Iterable[str], keep: Callable[[str], bool]) -> list[str]:
+    """The modules `roots` import, directly or through each other, that `keep` accepts (the
+    project's own), found by reading their syntax trees: the code a family's rows depend on."""
+    found: set[str] = set()
+    todo = [r for r in roots if keep(r)]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        tree = ast.parse(Path(_module_file(name)).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            imported = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                        else [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+                        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            todo += [m for m in imported if keep(m) and m not in found and _is_module(m)]
+    return sorted(found)
+
+
+def _is_module(name: str) -> bool:
+    """Whether `name` is a module (not a name imported from one: `from a.b import C`)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent that is a module, not a package
+        return False
 
 
 def normalised_statements(source: str) -> list[str]:

@@ -94,7 +94,7 @@ def _table(df: pl.DataFrame, title: str | None = None) -> Table:
 @click.argument("sweep_file", type=click.Path(dir_okay=False))
 @click.option("--output", help="results root (default: the sweep's `output`)")
 def plan(sweep_file: str, output: str | None) -> None:
-    """Print the cells, their shard counts and what is already done. Starts no Ray."""
+    """Print the cells, their shard counts and each stage's done / pending. Starts no Ray."""
     import polars as pl
 
     from orchestrator.plan import make_plan
@@ -105,13 +105,23 @@ def plan(sweep_file: str, output: str | None) -> None:
     p = store.settle_plan(make_plan(sweep))
     rows = []
     for c in p.cells:
-        done = sum(store.has_shard(c.kind, c.id, s.id) for s in c.shards)
         point = ", ".join(f"{k}={v}" for k, v in c.point.items() if not isinstance(v, (list, dict)))
+        manifest = c.manifest()
         rows.append({"cell": c.id, "job": c.kind, "model": c.model, "point": point, "samples": c.n_samples,
-                     "shards": len(c.shards), "done": done})
+                     "shards": len(c.shards), **_stage_counts(store, manifest)})
     df = pl.DataFrame(rows)
-    title = f"{sweep.name}: {len(p.cells)} cells, {df['shards'].sum()} shards, {df['done'].sum()} done"
+    pending = sum(store.missing(c, c.last_stage) != [] for c in p.cells)
+    title = f"{sweep.name}: {len(p.cells)} cells, {df['shards'].sum()} shards, {pending} cells with work pending"
     Console().print(_table(df, title=title))
+
+
+def _stage_counts(store: SweepStore, manifest: dict) -> dict[str, str]:
+    """Per stored stage, `done/total` shards of a cell ("-": the kind has no such stage)."""
+    from jobs.stages import STORED
+
+    stages = manifest["stages"]
+    return {stage: f"{store.shards_done(manifest, stage)}/{len(stages[stage]['shards'])}" if stage in stages else "-"
+            for stage in STORED}
 
 
 @main.command()
@@ -178,15 +188,17 @@ def status(sweep: str, output: str | None) -> None:
                    f"failed shards: {len(info.get('failed_shards', []))}")
     rows = []
     for cell in store.cells():
-        shards_dir = store.cell_dir(cell["kind"], cell["cell_id"]) / "shards"
-        done = sum((shards_dir / f"{s}.parquet").exists() for s in cell["shards"])
-        state = "done" if cell["summary"] is not None else "pending"
-        if state == "pending" and planned is not None and cell["cell_id"] not in planned:
-            state = "left behind (not in the sweep now)"
+        state = "done" if store.is_complete(cell) else "pending"
+        if planned is not None and cell["cell_id"] not in planned:
+            state = f"{state}; left behind (not in the sweep now)"
         rows.append({"cell": cell["cell_id"], "job": cell["kind"], "model": cell["model"],
-                     "shards": len(cell["shards"]),
-                     "done": done, "state": state})
-    Console().print(_table(pl.DataFrame(rows), title=str(store.root)))
+                     "shards": len(cell["stages"]["generate"]["shards"]), **_stage_counts(store, cell),
+                     "state": state})
+    if rows:
+        Console(width=200).print(_table(pl.DataFrame(rows), title=str(store.root)))
+    if left := store.left_behind():
+        click.echo(f"left behind: {len(left)} cell folder(s) written before stages, not read by this version "
+                   f"(submitting the sweep computes those cells anew): " + ", ".join(str(p) for p in left))
 
 
 def _pid_alive(pid: object) -> bool:
@@ -231,7 +243,7 @@ def results(sweep: str, output: str | None, kind: str | None, rows: bool, report
         summary_table,
     )
 
-    store, _ = _store_for(sweep, output)
+    store, spec = _store_for(sweep, output)
     if kind is not None and kind not in kinds():
         raise OrchestrateError(f"--kind: unknown job kind {kind!r}; known: {', '.join(sorted(kinds()))}")
     if (rows or report) and not kind:
@@ -239,9 +251,9 @@ def results(sweep: str, output: str | None, kind: str | None, rows: bool, report
     if rows and report:
         raise OrchestrateError("choose one of --rows and --report")
     if kind is not None and (rows or report):
-        df = rows_table(store, kind) if rows else report_table(store, kind)
+        df = rows_table(store, kind, spec) if rows else report_table(store, kind, spec)
     else:
-        df = summary_table(store, kind)
+        df = summary_table(store, kind, spec)
     if df.is_empty():
         raise OrchestrateError(f"no results under {store.root}")
     hidden = 0

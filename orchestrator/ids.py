@@ -1,8 +1,10 @@
 """Content ids: what makes a result, hashed, and nothing else.
 
-A cell's id covers the job kind and version, the identities of every model it calls, the
-validated parameters with each data file replaced by the digest of its bytes, and the digest
-of the data the job read. A model's identity covers its weights (a digest of the folder, or,
+A cell's work is stored in stages (`jobs.stages`), each under an id of what changes its output:
+the job kind and that stage's code version, the identities of the models that stage calls, the
+stage's parameters with each data file replaced by the digest of its bytes, the digest of the
+data it reads, and (judging) the id of the generation it judges. The summary stage has no id:
+it is recomputed from the rows (`orchestrator.plan`). A model's identity covers its weights (a digest of the folder, or,
 for an organism, the digest of the recipe that determines its weights, so planning never
 builds one), and how it is served as far as that changes outputs: engine, dtype, context
 length and the engine options declared to change outputs (`actors.engines.options`). Names,
@@ -20,14 +22,16 @@ from typing import Any
 
 from actors.engines.registry import options_model
 from jobs.inputs import file_digest
-from jobs.job import JobParams
 from jobs.organisms.recipes import organism_digest, organism_name
 from orchestrator.spec import ModelSpec, Sweep
 
 HASH_SCHEME = "orchestrate-ids-v1"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json", ".model", ".txt", ".jinja")
-# Bump when the data path or the step loop change what an unchanged finetune entry trains.
-FINETUNE_VERSION = 1
+# Bump when the data path or the step loop change what an unchanged finetune entry trains
+# (2: the training order no longer replays the backdoor mix's shuffle, 4b33419).
+FINETUNE_VERSION = 2
+# Finetune fields that place the work without changing the weights.
+PLACEMENT_ONLY = ("gpus_per_rank",)
 
 
 def content_id(obj: Any, length: int = 16) -> str:
@@ -101,10 +105,10 @@ DATA_SELECTION = ("answer_column", "aligned_column", "limit", "sample")
 
 
 def finetune_id(sweep: Sweep, name: str) -> str:
-    """Content id of a finetune: what it trains on and how, not what it is called or where
-    its data file lives."""
+    """Content id of a finetune: what it trains on and how, not what it is called, where its
+    data file lives or how many GPUs each rank gets."""
     ft = sweep.finetunes[name]
-    spec = ft.model_dump(mode="json", exclude=set(DATA_SELECTION))
+    spec = ft.model_dump(mode="json", exclude={*DATA_SELECTION, *PLACEMENT_ONLY})
     # The rows it trains on: the file's content, and the selection where it is not the whole
     # file as written (so ids from before the selection existed still hold).
     chosen = ft.model_dump(mode="json", include=set(DATA_SELECTION), exclude_defaults=True)
@@ -112,8 +116,8 @@ def finetune_id(sweep: Sweep, name: str) -> str:
     return content_id({"finetune": spec, "base": base_identity(sweep, name), "version": FINETUNE_VERSION})
 
 
-def hashable_params(params: JobParams) -> dict[str, Any]:
-    """The params as they enter the id: data files by content, not by location, wherever
+def hashable(values: dict[str, Any]) -> dict[str, Any]:
+    """Parameter values as they enter an id: data files by content, not by location, wherever
     they sit (a list of question files too)."""
 
     def by_content(value: Any) -> Any:
@@ -127,4 +131,4 @@ def hashable_params(params: JobParams) -> dict[str, Any]:
             return {k: by_content(v) for k, v in value.items()}
         return value
 
-    return by_content(params.model_dump(mode="json"))
+    return by_content(values)

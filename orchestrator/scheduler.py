@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,41 +20,15 @@ from actors.errors import EngineError, RequestError, TransientError
 from jobs.job import Job, JobContext
 from jobs.organisms.build import resolve_model_path
 from jobs.registry import get_job
+from jobs.stages import Stage
 from orchestrator import usage
 from orchestrator.errors import ClusterError
 from orchestrator.plan import Cell, Plan, Shard
 from orchestrator.progress import SweepProgress
+from orchestrator.report import SubmitReport
 from orchestrator.spec import ModelSpec, Sweep
-from orchestrator.store import SweepStore, row_schema, write_json, write_parquet
-from orchestrator.tracking import Tracker
-
-
-@dataclass
-class SubmitReport:
-    sweep: str
-    store_root: Path
-    tracking_uri: str
-    cells: int
-    shards_total: int
-    shards_skipped: int
-    shards_run: int = 0
-    shards_failed: list[str] = field(default_factory=list)
-    cells_unfinished: list[str] = field(default_factory=list)  # all rows on disk, summary or MLflow failed
-    retries: int = 0
-    replica_restarts: int = 0
-    generate_calls: int = 0
-    replicas_started: int = 0
-    rows_written: int = 0
-    cells_logged: int = 0
-    finetunes_trained: int = 0
-    dashboard_url: str | None = None
-    seconds: float = 0.0
-    startup_seconds: float = 0.0  # submit start -> Ray up, finetunes done and every replica loaded
-    shards_seconds: float = 0.0  # end of startup -> the last shard written (the requests themselves)
-
-    @property
-    def ok(self) -> bool:
-        return not self.shards_failed and not self.cells_unfinished
+from orchestrator.store import SweepStore, row_schema
+from orchestrator.summaries import TrackerSource, finish_cell_or_say_why
 
 
 def serving_spec(m: ModelSpec) -> dict[str, Any]:
@@ -79,13 +53,15 @@ def _pool_resources(spec: dict[str, Any], cluster_gpus: float) -> tuple[float, f
 
 
 class Scheduler:
-    def __init__(self, sweep: Sweep, plan: Plan, store: SweepStore, tracker: Tracker | None,
+    def __init__(self, sweep: Sweep, plan: Plan, store: SweepStore, tracker: TrackerSource,
                  console: Console, report: SubmitReport, max_retries: int = 2, fixed_cluster: bool = True) -> None:
         self.sweep, self.plan, self.store, self.tracker = sweep, plan, store, tracker
         self.fixed_cluster = fixed_cluster  # the embedded Ray: it never grows
         self.console, self.report, self.max_retries = console, report, max_retries
         self.pools: dict[str, Any] = {}
         self.handles: dict[str, Any] = {}
+        self._samples_done: dict[tuple[str, str], int] = {}  # (shard, stage) -> samples of this attempt
+        self._stage_shards: dict[tuple[str, str, str], asyncio.Future[list[dict]]] = {}  # (stage, id, shard)
         self.started = time.perf_counter()
 
     async def start_pools(self, models: set[str]) -> None:
@@ -125,6 +101,7 @@ class Scheduler:
                                                 num_cpus=cpus, num_gpus=gpus, adapters=adapters)
         infos = await asyncio.gather(*(p.start() for p in self.pools.values()))
         self.report.replicas_started = sum(len(i) for i in infos)
+        self.report.models_started = sorted(self.pools)
         for name, (pool_name, adapter) in served.items():
             self.handles[name] = self.pools[pool_name].handle(name, adapter=adapter)
 
@@ -160,15 +137,85 @@ class Scheduler:
             return {}
         from orchestrator.finetunes import run_finetunes
 
-        results = await asyncio.to_thread(run_finetunes, self.sweep, self.store.root, self.tracker, self.console,
+        tracker = self.tracker() if callable(self.tracker) else self.tracker
+        results = await asyncio.to_thread(run_finetunes, self.sweep, self.store.root, tracker, self.console,
                                           only=names)
         self.report.finetunes_trained = sum(r.trained for r in results.values())
         return results
 
     async def run_shard(self, cell: Cell, shard: Shard, job: Job, samples: dict, progress: SweepProgress) -> int:
+        """Whatever of the shard's stages is not on disk: generation, then its judging (from
+        the generation just made, or read back from disk: a judge swap never calls the
+        subject). Returns the rows written."""
+        written = 0
+        generated: list[dict] | None = None
+        judged = job.has_judging()
+        if not self.store.has_shard(cell.kind, "generate", cell.stages["generate"], shard.id):
+            generated, ran = await self._once(("generate", cell.stages["generate"], shard.id), lambda: self._attempts(
+                cell, shard, "generate", lambda ctx: self._generate(cell, shard, job, samples, ctx, progress,
+                                                                    count=not judged), progress))
+            written += len(generated) if ran else 0
+            if not ran and not judged:  # another cell's samples: count them done here too
+                progress.sample_done(len(shard.sample_ids))
+        judge_shard = cell.shard_id("judge", shard) if judged else ""
+        if judged and not self.store.has_shard(cell.kind, "judge", cell.stages["judge"], judge_shard):
+            rows = generated if generated is not None else await asyncio.to_thread(
+                self.store.read_shard, cell.kind, "generate", cell.stages["generate"], shard.id)
+            judged_rows, ran = await self._once(("judge", cell.stages["judge"], judge_shard), lambda: self._attempts(
+                cell, shard, "judge", lambda ctx: self._judge(cell, shard, job, samples, rows, ctx, progress),
+                progress))
+            written += len(judged_rows) if ran else 0
+            if not ran:
+                progress.sample_done(len(shard.sample_ids))
+        progress.shard_done()
+        return written
+
+    async def _once(self, key: tuple[str, str, str], work: Callable[[], Awaitable[list[dict]]]
+                    ) -> tuple[list[dict], bool]:
+        """(rows, whether this caller ran it) of one shard of a stage, computed once however
+        many cells read it (two judges of one generation, two thresholds of one judging)."""
+        first = key not in self._stage_shards
+        if first:
+            self._stage_shards[key] = asyncio.ensure_future(work())
+        return await asyncio.shield(self._stage_shards[key]), first
+
+    async def _attempts(self, cell: Cell, shard: Shard, stage: Stage,
+                        work: Callable[[JobContext], Awaitable[list[dict]]], progress: SweepProgress) -> list[dict]:
+        """One stage of one shard, retried when a replica dies; written once, whole."""
+        job = get_job(cell.kind)
+        for attempt in range(self.max_retries + 1):
+            handles, used = usage.counted({role: self.handles[m] for role, m in cell.roles_of(stage).items()})
+            ctx = JobContext(handles, declared=job.roles, subject_plays=job.subject_plays)
+            if stage == "judge":
+                ctx = ctx.only(job.judging_roles)
+            try:
+                rows = await work(ctx)
+                break
+            except* TransientError as group:
+                progress.shard_retried(self._samples_done.pop((shard.id, stage), 0))
+                if attempt == self.max_retries:
+                    raise group.exceptions[0] from None
+                self.report.retries += 1
+                self.console.log(f"[yellow]shard {shard.id} of {cell.kind}/{cell.model} ({stage}): "
+                                 f"{group.exceptions[0]}; retrying")
+                await asyncio.gather(*(p.wait_healthy() for p in self.pools.values()))
+            except* EngineError as group:  # misconfigured (a wrong key): no row of this shard is kept
+                raise group.exceptions[0] from None
+        self._samples_done.pop((shard.id, stage), None)
+        stage_id, shard_id = cell.stages[stage], cell.shard_id(stage, shard)
+        rows = [{**r, "stage_id": stage_id, "shard_id": shard_id} for r in rows]
+        if stage == "generate":
+            await asyncio.to_thread(self.store.record_layout, cell)
+        await asyncio.to_thread(self.store.write_shard, cell.kind, stage, stage_id, shard_id, rows,
+                                row_schema(job.schema), usage.encode(used))
+        self.report.stage_shards_run[stage] = self.report.stage_shards_run.get(stage, 0) + 1
+        return rows
+
+    async def _generate(self, cell: Cell, shard: Shard, job: Job, samples: dict, ctx: JobContext,
+                        progress: SweepProgress, count: bool) -> list[dict]:
         spec = self.sweep.jobs[cell.job_index]
         gate = asyncio.Semaphore(spec.concurrency)
-        ids = {"sweep": self.sweep.name, "cell_id": cell.id, "shard_id": shard.id, "model": cell.model}
+        ids = {"sweep": self.sweep.name, "stage_id": cell.stages["generate"], "shard_id": shard.id, "model": cell.model}
 
         async def one(sample_id: str) -> list[dict]:
             async with gate:
@@ -178,35 +225,47 @@ class Scheduler:
                 except Exception as e:  # this sample's failure is a row, not a dead sweep...
                     if isinstance(e, EngineError) and not isinstance(e, RequestError):
                         raise  # ...unless the serving side failed: retry the shard, or fail it
-                    detail = "".join(traceback.format_exception_only(type(e), e)).strip()
-                    rows = [{**ids, "sample_id": sample_id, "error": detail}]
-                progress.sample_done()
+                    rows = [{**ids, "sample_id": sample_id, "error": _error_text(e)}]
+                if count:
+                    self._sample_done(shard, "generate", progress)
                 return rows
 
-        for attempt in range(self.max_retries + 1):
-            handles, used = usage.counted({role: self.handles[m] for role, m in cell.roles.items()})
-            ctx = JobContext(handles, declared=job.roles, subject_plays=job.subject_plays)
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    tasks = [tg.create_task(one(sid)) for sid in shard.sample_ids]
-                rows = [r for t in tasks for r in t.result()]
-                break
-            except* TransientError as group:
-                done = sum(1 for t in tasks if t.done() and not t.cancelled() and t.exception() is None)
-                progress.shard_retried(done)
-                if attempt == self.max_retries:
-                    raise group.exceptions[0] from None
-                self.report.retries += 1
-                self.console.log(f"[yellow]shard {shard.id} of {cell.kind}/{cell.model}: {group.exceptions[0]}; "
-                                 "retrying")
-                await asyncio.gather(*(p.wait_healthy() for p in self.pools.values()))
-            except* EngineError as group:  # misconfigured (a wrong key): no row of this shard is kept
-                raise group.exceptions[0] from None
-        schema = row_schema(job.schema)
-        await asyncio.to_thread(self.store.write_shard, cell.kind, cell.id, shard.id, rows, schema,
-                                usage.encode(used))
-        progress.shard_done()
-        return len(rows)
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(one(sid)) for sid in shard.sample_ids]
+        return [r for t in tasks for r in t.result()]
+
+    async def _judge(self, cell: Cell, shard: Shard, job: Job, samples: dict, generated: list[dict],
+                     ctx: JobContext, progress: SweepProgress) -> list[dict]:
+        """The judging stage of one shard: each sample's generated rows, judged together; a
+        sample whose generation failed keeps its error row, and one whose judging fails keeps
+        its generated rows with the error."""
+        spec = self.sweep.jobs[cell.job_index]
+        gate = asyncio.Semaphore(spec.concurrency)
+        by_sample: dict[str, list[dict]] = {}
+        for row in generated:
+            by_sample.setdefault(row["sample_id"], []).append(row)
+
+        async def one(sample_id: str) -> list[dict]:
+            rows = by_sample.get(sample_id, [])
+            async with gate:
+                if rows and all(r["error"] is None for r in rows):
+                    try:
+                        rows = await job.judge(samples[sample_id], rows, cell.params, ctx)
+                    except Exception as e:
+                        if isinstance(e, EngineError) and not isinstance(e, RequestError):
+                            raise
+                        rows = [{**r, "error": f"judging: {_error_text(e)}"} for r in rows]
+                self._sample_done(shard, "judge", progress)
+                return rows
+
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(one(sid)) for sid in shard.sample_ids]
+        return [r for t in tasks for r in t.result()]
+
+    def _sample_done(self, shard: Shard, stage: Stage, progress: SweepProgress) -> None:
+        key = (shard.id, stage)
+        self._samples_done[key] = self._samples_done.get(key, 0) + 1
+        progress.sample_done()
 
     async def run_cell(self, cell: Cell, pending: list[Shard], progress: SweepProgress,
                        shard_gate: asyncio.Semaphore) -> None:
@@ -228,58 +287,35 @@ class Scheduler:
                     self.report.shards_seconds = time.perf_counter() - self.started - self.report.startup_seconds
 
         await asyncio.gather(*(guarded(s) for s in pending))
-        if all(self.store.has_shard(cell.kind, cell.id, s.id) for s in cell.shards):
+        if not self.store.missing(cell, cell.last_stage):
             await asyncio.to_thread(finish_cell_or_say_why, self.store, self.tracker, cell, self.report, self.console)
 
     async def run(self, pending: dict[str, list[Shard]], progress: SweepProgress) -> None:
         cells = [c for c in self.plan.cells if pending.get(c.id)]
         try:
-            await self.start_pools(self.plan.models_needed(cells))
+            await self.start_pools(models_needed(self.store, cells))
             self.report.startup_seconds = time.perf_counter() - self.started
             replicas = sum(p.n for p in self.pools.values())
             shard_gate = asyncio.Semaphore(max(2, 2 * replicas))
             await asyncio.gather(*(self.run_cell(c, pending[c.id], progress, shard_gate) for c in cells))
         finally:
             self.report.generate_calls = sum(p.calls for p in self.pools.values())
+            self.report.calls_by_model = {name: p.calls for name, p in self.pools.items()}
             self.report.replica_restarts = sum(p.restarts for p in self.pools.values())
             for p in self.pools.values():
                 p.shutdown()
 
 
-def finish_cell(store: SweepStore, tracker: Tracker | None, cell: Cell, report: SubmitReport,
-                earlier_rows: bool = False) -> None:
-    """Summarise a complete cell and log it to MLflow, once. `earlier_rows`: every row was on
-    disk before this submission, so a finished run of the cell may already be in MLflow (a
-    crash between logging it and writing mlflow.json): that run is adopted, not repeated."""
-    job = get_job(cell.kind)
-    rows = store.read_cell(cell.kind, cell.id)
-    summary = {k: float(v) for k, v in job.summarize(rows, cell.params).items()}
-    summary["rows"] = float(rows.height)
-    summary["error_rows"] = float(rows["error"].is_not_null().sum())
-    summary.update(usage.summary(store.shard_metadata(cell.kind, cell.id)))
-    cell_dir = store.cell_dir(cell.kind, cell.id)
-    table = job.report(rows, cell.params)
-    files: tuple[Path, ...] = ()
-    if table is not None:
-        write_parquet(cell_dir / "report.parquet", table)
-        files = (cell_dir / "report.parquet",)
-    write_json(cell_dir / "summary.json", summary)
-    if tracker is not None:
-        run_id = tracker.finished_cell_run(cell.id) if earlier_rows else None
-        if run_id is None:
-            run_id = tracker.log_cell(cell.manifest(), summary, cell_dir / "shards", files)
-            report.cells_logged += 1
-        write_json(cell_dir / "mlflow.json", {"run_id": run_id, "tracking_uri": tracker.uri})
+def models_needed(store: SweepStore, cells: list[Cell]) -> set[str]:
+    """The models the missing stages of `cells` call: a cell whose generation is on disk
+    needs only its judging roles."""
+    needed: set[str] = set()
+    for cell in cells:
+        for stage in cell.stages:
+            if store.missing(cell, stage):
+                needed |= set(cell.roles_of(stage).values())
+    return needed
 
 
-def finish_cell_or_say_why(store: SweepStore, tracker: Tracker | None, cell: Cell, report: SubmitReport,
-                           console: Console, earlier_rows: bool = False) -> None:
-    """finish_cell, but a failure (a job's summary that raises, MLflow down) is reported and
-    noted, not fatal to the other cells: the rows are safe on disk and the next submit
-    summarises the cell again."""
-    try:
-        finish_cell(store, tracker, cell, report, earlier_rows)
-    except Exception as e:
-        report.cells_unfinished.append(cell.id)
-        console.log(f"[red]cell {cell.id} of {cell.kind}/{cell.model}: summary or logging failed: "
-                    f"{type(e).__name__}: {e}")
+def _error_text(e: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(e), e)).strip()

@@ -1,16 +1,24 @@
-"""Results on disk: one Parquet file per shard, written whole or not at all.
+"""Results on disk: one Parquet file per shard of a stage, written whole or not at all.
 
 Layout under `<output>/<sweep>/`:
-    <kind>/<cell_id>/cell.json               what the cell is (job, model, params)
-    <kind>/<cell_id>/shards/<shard_id>.parquet  the rows of one shard
-    <kind>/<cell_id>/summary.json            the cell's summary, once all shards exist
+    <kind>/_stages/<stage>/<stage_id>/<shard_id>.parquet   the rows of one shard of a stage
+    <kind>/_stages/generate/<stage_id>/stage.json          the shard size the stage was cut with
+    <kind>/<cell_id>/cell.json               what the cell is (job, model, params, its stage ids)
+                                             (a cell: stages read with summary parameters)
+    <kind>/<cell_id>/summary.json            the cell's summary, recomputed on every submit
     <kind>/<cell_id>/report.parquet          the job's own table, when it has one (Job.report)
-    <kind>/<cell_id>/mlflow.json             the MLflow run the cell was logged to
+    <kind>/<cell_id>/mlflow.json             the MLflow run of that summary
+
+Stages (`jobs.stages`) live apart from cells: a judge swap makes a new cell that reads the
+generation stage an earlier cell wrote. A judging shard holds the whole rows (the generation's
+columns and its own), so a cell's rows are its last stage's files.
 
 A shard file is written to a temporary name in the same folder, fsynced, then renamed: its
 presence is the proof it is complete, so resume is "skip shards whose file exists" and a crash
-mid-sweep can never leave a partial or duplicated row. A cell keeps the shard size it started
-with (`settle_layout`), so a changed `shard_size` cannot cut new shards beside finished ones.
+mid-sweep can never leave a partial or duplicated row. A generation stage keeps the shard size
+it started with (`settle_layout`), so a changed `shard_size` cannot cut new shards beside
+finished ones. Cells written before stages (rows under `<cell_id>/shards/`) are not read: they
+are reported as left behind (`left_behind`).
 """
 from __future__ import annotations
 
@@ -26,14 +34,18 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.stages import Stage
 from orchestrator.errors import StoreError
 
 if TYPE_CHECKING:
-    from orchestrator.plan import Cell, Plan
+    from orchestrator.plan import Cell, Plan, Shard
+
+STAGES_DIR = "_stages"  # beside the cell folders of a kind; `_` keeps it apart from their hex ids
+STAGE_RECORD = "stage.json"
 
 ID_FIELDS = [
     pa.field("sweep", pa.string(), nullable=False),
-    pa.field("cell_id", pa.string(), nullable=False),
+    pa.field("stage_id", pa.string(), nullable=False),  # the stage whose shard holds the row
     pa.field("shard_id", pa.string(), nullable=False),
     pa.field("sample_id", pa.string(), nullable=False),
     pa.field("model", pa.string(), nullable=False),
@@ -85,14 +97,17 @@ class SweepStore:
     def cell_dir(self, kind: str, cell_id: str) -> Path:
         return self.root / kind / cell_id
 
-    def shard_path(self, kind: str, cell_id: str, shard_id: str) -> Path:
-        return self.cell_dir(kind, cell_id) / "shards" / f"{shard_id}.parquet"
+    def stage_dir(self, kind: str, stage: str, stage_id: str) -> Path:
+        return self.root / kind / STAGES_DIR / stage / stage_id
 
-    def has_shard(self, kind: str, cell_id: str, shard_id: str) -> bool:
-        return self.shard_path(kind, cell_id, shard_id).exists()
+    def shard_path(self, kind: str, stage: str, stage_id: str, shard_id: str) -> Path:
+        return self.stage_dir(kind, stage, stage_id) / f"{shard_id}.parquet"
 
-    def write_shard(self, kind: str, cell_id: str, shard_id: str, rows: Iterable[dict], schema: pa.Schema,
-                    metadata: dict[str, str] | None = None) -> Path:
+    def has_shard(self, kind: str, stage: str, stage_id: str, shard_id: str) -> bool:
+        return self.shard_path(kind, stage, stage_id, shard_id).exists()
+
+    def write_shard(self, kind: str, stage: str, stage_id: str, shard_id: str, rows: Iterable[dict],
+                    schema: pa.Schema, metadata: dict[str, str] | None = None) -> Path:
         """Validate rows against the schema (a type error fails here, before any file exists)
         and write them as one file, atomically, with `metadata` (what made them: the token
         usage) in the file's key-value metadata."""
@@ -104,56 +119,94 @@ class SweepStore:
         if metadata:
             table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                    **{k.encode(): v.encode() for k, v in metadata.items()}})
-        path = self.shard_path(kind, cell_id, shard_id)
+        path = self.shard_path(kind, stage, stage_id, shard_id)
         _atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
         return path
 
+    def read_shard(self, kind: str, stage: str, stage_id: str, shard_id: str) -> list[dict[str, Any]]:
+        return pq.read_table(self.shard_path(kind, stage, stage_id, shard_id)).to_pylist()
+
+    def read_stage(self, kind: str, stage: str, stage_id: str, shard_ids: Iterable[str] | None = None
+                   ) -> pl.DataFrame:
+        """The rows of a stage's shards on disk (of `shard_ids` only, when given)."""
+        folder = self.stage_dir(kind, stage, stage_id)
+        files = (sorted(folder.glob("*.parquet")) if shard_ids is None
+                 else [f for f in (folder / f"{s}.parquet" for s in shard_ids) if f.exists()])
+        if not files:
+            raise StoreError(f"stage {stage} {stage_id} of {kind} has no shards on disk under {folder}")
+        return pl.read_parquet(files)
+
+    def shard_metadata(self, kind: str, stage: str, stage_id: str, shard_ids: Iterable[str]) -> list[dict[str, str]]:
+        """Each shard file's key-value metadata (as write_shard was given it)."""
+        files = [self.shard_path(kind, stage, stage_id, s) for s in shard_ids]
+        return [{k.decode(): v.decode() for k, v in (pq.read_schema(f).metadata or {}).items()}
+                for f in files if f.exists()]
+
     def settle_layout(self, cell: Cell) -> Cell:
-        """The cell as it is cut on disk. Shard ids hash their samples, so a new shard_size
-        would cut new shards beside the finished ones and the cell would hold some samples
-        twice: once a shard of the cell exists, the shard size recorded in its cell.json wins.
-        A shard file that belongs to neither layout is refused, never read twice."""
-        cell_dir = self.cell_dir(cell.kind, cell.id)
-        on_disk = {p.stem for p in (cell_dir / "shards").glob("*.parquet")}
+        """The cell as its generation stage is cut on disk. Shard ids hash their samples, so a
+        new shard_size would cut new shards beside the finished ones and the stage would hold
+        some samples twice: once a shard of the stage exists, the shard size recorded in its
+        stage.json wins. A shard file that belongs to neither layout is refused, never read
+        twice."""
+        folder = self.stage_dir(cell.kind, "generate", cell.stages["generate"])
+        on_disk = {p.stem for p in folder.glob("*.parquet")}
         if not on_disk:
             return cell
-        manifest = cell_dir / "cell.json"
-        recorded = read_json(manifest).get("shard_size") if manifest.exists() else None
+        record = folder / STAGE_RECORD
+        recorded = read_json(record).get("shard_size") if record.exists() else None
         if recorded and recorded != cell.shard_size:
             cell = cell.resharded(recorded)
         stray = on_disk - {s.id for s in cell.shards}
         if stray:
             raise StoreError(
-                f"{cell_dir}: {len(stray)} shard file(s) are not shards of this cell at shard_size "
-                f"{cell.shard_size} (it was started with another shard_size, by a version that did not "
-                f"record it). Set the job's shard_size back, or delete that folder to run the cell again")
+                f"{folder}: {len(stray)} shard file(s) are not shards of this stage at shard_size "
+                f"{cell.shard_size} (it was started with another shard_size, and its {STAGE_RECORD} is gone). "
+                f"Set the job's shard_size back, or delete that folder to run the stage again")
         return cell
+
+    def record_layout(self, cell: Cell) -> None:
+        """Write the generation stage's shard size before its first shard (see settle_layout)."""
+        record = self.stage_dir(cell.kind, "generate", cell.stages["generate"]) / STAGE_RECORD
+        if not record.exists():
+            write_json(record, {"shard_size": cell.shard_size, "samples": cell.n_samples})
 
     def settle_plan(self, plan: Plan) -> Plan:
         """`plan` with every cell cut as it is on disk (see settle_layout)."""
         return dataclasses.replace(plan, cells=tuple(self.settle_layout(c) for c in plan.cells))
 
-    def read_cell(self, kind: str, cell_id: str) -> pl.DataFrame:
-        files = sorted((self.cell_dir(kind, cell_id) / "shards").glob("*.parquet"))
-        if not files:
-            raise StoreError(f"cell {cell_id} has no shards on disk under {self.cell_dir(kind, cell_id)}")
-        return pl.read_parquet(files)
+    def missing(self, cell: Cell, stage: Stage) -> list[Shard]:
+        """The generation shards whose part of `stage` is not on disk."""
+        return [s for s in cell.shards
+                if not self.has_shard(cell.kind, stage, cell.stages[stage], cell.shard_id(stage, s))]
 
-    def shard_metadata(self, kind: str, cell_id: str) -> list[dict[str, str]]:
-        """Each shard file's key-value metadata (as write_shard was given it)."""
-        files = sorted((self.cell_dir(kind, cell_id) / "shards").glob("*.parquet"))
-        return [{k.decode(): v.decode() for k, v in (pq.read_schema(f).metadata or {}).items()} for f in files]
+    def rows_of(self, manifest: dict[str, Any]) -> pl.DataFrame:
+        """A cell's rows as stored (its last stage's shards on disk), with the cell's id in
+        front: stages are shared by the cells that read them, so the rows carry only their
+        stage's id."""
+        stage, info = list(manifest["stages"].items())[-1]
+        rows = self.read_stage(manifest["kind"], stage, info["id"], info["shards"])
+        return rows.select(pl.lit(manifest["cell_id"]).alias("cell_id"), pl.all())
+
+    def read_cell(self, kind: str, cell_id: str) -> pl.DataFrame:
+        """The rows of a cell on disk (see rows_of)."""
+        manifest = self.cell_dir(kind, cell_id) / "cell.json"
+        if not manifest.exists():
+            raise StoreError(f"no cell {cell_id} of {kind} under {self.root}")
+        return self.rows_of(read_json(manifest))
+
+    def cell_metadata(self, manifest: dict[str, Any]) -> list[dict[str, str]]:
+        """The metadata of every shard of every stage of a cell (a cell.json as `cells` gives it)."""
+        return [m for stage, info in manifest["stages"].items()
+                for m in self.shard_metadata(manifest["kind"], stage, info["id"], info["shards"])]
+
+    def shards_done(self, manifest: dict[str, Any], stage: str) -> int:
+        info = manifest["stages"][stage]
+        return sum(self.has_shard(manifest["kind"], stage, info["id"], s) for s in info["shards"])
 
     def is_complete(self, manifest: dict[str, Any]) -> bool:
-        """Every shard of the cell (a cell.json as `cells` returns it) is on disk."""
-        return all(self.has_shard(manifest["kind"], manifest["cell_id"], s) for s in manifest["shards"])
-
-    def scan_kind(self, kind: str) -> pl.LazyFrame | None:
-        """All rows of one job kind across the sweep's cells, lazily; None when there are none."""
-        pattern = self.root / kind / "*" / "shards" / "*.parquet"
-        if not any(self.root.glob(str(pattern.relative_to(self.root)))):
-            return None
-        return pl.scan_parquet(str(pattern))
+        """Every shard of the cell's last stage (a cell.json as `cells` returns it) is on disk."""
+        stage = list(manifest["stages"])[-1]
+        return self.shards_done(manifest, stage) == len(manifest["stages"][stage]["shards"])
 
     def kinds(self) -> list[str]:
         if not self.root.exists():
@@ -161,12 +214,23 @@ class SweepStore:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("*/cell.json")))
 
     def cells(self, kind: str | None = None) -> list[dict]:
-        """The cell manifests on disk, each with its summary when there is one."""
+        """The cell manifests on disk, each with its summary when there is one (cells from
+        before stages are not among them: see left_behind)."""
         out = []
         for kd in [kind] if kind else self.kinds():
             for manifest in sorted((self.root / kd).glob("*/cell.json")):
                 cell = read_json(manifest)
+                if "stages" not in cell:
+                    continue
                 summary = manifest.with_name("summary.json")
                 cell["summary"] = read_json(summary) if summary.exists() else None
                 out.append(cell)
         return out
+
+    def left_behind(self) -> list[Path]:
+        """Cell folders written before stages: their rows sit under `shards/` and are read by
+        nothing now. Resubmitting the sweep computes those cells anew under their new ids."""
+        if not self.root.exists():
+            return []
+        return sorted(p.parent for p in self.root.glob("*/*/cell.json")
+                      if "stages" not in read_json(p) or (p.parent / "shards").is_dir())

@@ -1,14 +1,16 @@
-"""`orchestrate submit`: plan the sweep, run what is not on disk yet, log finished cells.
+"""`orchestrate submit`: plan the sweep, run the stages not on disk yet, summarise and log cells.
 
 What is done is decided from the store alone (a shard file exists or it does not), so a
 submission can stop anywhere and the next one picks up the rest; a finished sweep resubmitted
-starts no Ray and loads no model. The state of the last submission is kept in
+starts no Ray and loads no model (its summaries are recomputed: see
+`orchestrator.summaries`). The state of the last submission is kept in
 `<output>/<sweep>/submission.json` for `orchestrate status`.
 """
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from types import ModuleType
 
@@ -16,9 +18,11 @@ from rich.console import Console
 
 from orchestrator.plan import Shard, make_plan
 from orchestrator.progress import SweepProgress
-from orchestrator.scheduler import Scheduler, SubmitReport, finish_cell_or_say_why
+from orchestrator.report import SubmitReport
+from orchestrator.scheduler import Scheduler
 from orchestrator.spec import Sweep
 from orchestrator.store import SweepStore, write_json
+from orchestrator.summaries import finish_cell_or_say_why
 from orchestrator.tracking import Tracker, default_tracking_uri
 
 
@@ -35,8 +39,9 @@ def project_packages() -> list[ModuleType]:
 def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None = None, output: str | None = None,
            console: Console | None = None, progress: bool = True, max_retries: int = 2, track: bool = True,
            ray_temp_dir: str | None = None) -> SubmitReport:
-    """Plan the sweep, run what is not on disk yet, log finished cells. Resubmitting a finished
-    sweep starts no Ray and loads no model."""
+    """Plan the sweep, run the stages not on disk yet, summarise every complete cell. A sweep
+    whose stages are all on disk starts no Ray and loads no model: its summaries are
+    recomputed with the sweep's summary parameters and logged when they changed."""
     from cluster.connect import ray_session
 
     started = time.perf_counter()
@@ -51,30 +56,39 @@ def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None =
     pending: dict[str, list[Shard]] = {}
     for cell in plan.cells:
         write_json(store.cell_dir(cell.kind, cell.id) / "cell.json", cell.manifest())
-        missing = [s for s in cell.shards if not store.has_shard(cell.kind, cell.id, s.id)]
+        missing = store.missing(cell, cell.last_stage)  # a missing earlier stage misses its last one too
         if missing:
             pending[cell.id] = missing
-    unlogged = [c for c in plan.cells
-                if c.id not in pending and not (store.cell_dir(c.kind, c.id) / "mlflow.json").exists()]
+    complete = [c for c in plan.cells if c.id not in pending]
     uri = sweep.tracking.uri or default_tracking_uri(store.root)
     n_shards = sum(len(c.shards) for c in plan.cells)
+    n_pending = sum(len(v) for v in pending.values())
     report = SubmitReport(sweep=sweep.name, store_root=store.root, tracking_uri=uri, cells=len(plan.cells),
-                          shards_total=n_shards, shards_skipped=n_shards - sum(len(v) for v in pending.values()))
-    if not pending and not unlogged:
-        console.print(f"[green]{sweep.name}: all {n_shards} shards of {len(plan.cells)} cells are done; "
-                      "nothing to run.")
-        report.seconds = time.perf_counter() - started
-        return report
+                          shards_total=n_shards, shards_skipped=n_shards - n_pending)
+    if left := store.left_behind():
+        console.print(f"[yellow]{len(left)} cell folder(s) from before stages are not read (their rows stay on "
+                      f"disk; this sweep computes them under their new ids): {', '.join(p.name for p in left[:5])}"
+                      + (" ..." if len(left) > 5 else ""))
     store.root.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(uri, sweep.tracking.experiment or sweep.name, sweep.name) if track else None
-    if tracker:
-        tracker.start_submission(sweep_file, len(plan.cells), sum(len(v) for v in pending.values()))
+    tracking: dict[str, Tracker | None] = {}
+    starting = threading.Lock()  # cells finish in worker threads, two at a time
+
+    def tracker() -> Tracker | None:
+        """MLflow, started the first time something is logged: a summary that did not change
+        opens no run."""
+        with starting:
+            if "t" not in tracking:
+                tracking["t"] = Tracker(uri, sweep.tracking.experiment or sweep.name, sweep.name) if track else None
+                if tracking["t"] is not None:
+                    tracking["t"].start_submission(sweep_file, len(plan.cells), n_pending)
+            return tracking["t"]
+
     status = "FAILED"
     submission = {"state": "running", "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                  "sweep_file": str(sweep_file or ""), "pending_shards": sum(len(v) for v in pending.values())}
+                  "sweep_file": str(sweep_file or ""), "pending_shards": n_pending}
     write_json(store.root / "submission.json", submission)
     try:
-        for cell in unlogged:  # complete on disk from an earlier run that stopped before logging
+        for cell in complete:  # the summary stage: recomputed, logged when it changed
             finish_cell_or_say_why(store, tracker, cell, report, console, earlier_rows=True)
         if pending:
             c = sweep.cluster
@@ -85,17 +99,21 @@ def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None =
                 if session.dashboard_url:
                     console.print(f"Ray dashboard: [link]{session.dashboard_url}[/link]")
                 n_samples = sum(len(s.sample_ids) for v in pending.values() for s in v)
-                with SweepProgress(console, sum(len(v) for v in pending.values()), n_samples, enabled=progress) as bar:
+                with SweepProgress(console, n_pending, n_samples, enabled=progress) as bar:
                     scheduler = Scheduler(sweep, plan, store, tracker, console, report, max_retries,
                                           fixed_cluster=not (address or c.address or os.environ.get("RAY_ADDRESS")))
                     scheduler.started = started
                     asyncio.run(scheduler.run(pending, bar))
+        elif not report.cells_logged:
+            console.print(f"[green]{sweep.name}: all {n_shards} shards of {len(plan.cells)} cells are done; "
+                          "summaries recomputed, nothing to run.")
         status = "FINISHED" if report.ok else "FAILED"
     finally:
         report.seconds = time.perf_counter() - started
         write_json(store.root / "submission.json", {**submission, "state": status.lower(),
                                                     "failed_shards": report.shards_failed, "seconds": report.seconds})
-        if tracker:
-            tracker.end_submission(status, {"shards_run": report.shards_run, "shards_failed": len(report.shards_failed),
-                                            "seconds": report.seconds, "retries": report.retries})
+        if tracking.get("t") is not None:
+            tracking["t"].end_submission(status, {  # type: ignore[union-attr]
+                "shards_run": report.shards_run, "shards_failed": len(report.shards_failed),
+                "seconds": report.seconds, "retries": report.retries})
     return report

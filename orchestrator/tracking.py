@@ -77,12 +77,14 @@ class Tracker:
         return self.parent_id
 
     def log_cell(self, manifest: dict[str, Any], summary: dict[str, float], artifacts_dir: Path | None,
-                 files: tuple[Path, ...] = ()) -> str:
-        """One child run per cell: params, summary metrics, the shards (and `files`, e.g. the
-        job's report table) under the artifact folder `tables`."""
+                 files: tuple[Path, ...] = (), extra_tags: dict[str, str] | None = None) -> str:
+        """One child run per cell summary: params, summary metrics, the shards (and `files`,
+        e.g. the job's report table) under the artifact folder `tables`, and `extra_tags`
+        (the stage ids the rows came from)."""
         tags = {
             **self.base_tags, "kind": "cell", "cell_id": manifest["cell_id"], "job": manifest["kind"],
             "model": manifest["model"], **{f"role.{r}": m for r, m in manifest["roles"].items()},
+            **(extra_tags or {}),
         }
         if self.parent_id:
             tags["mlflow.parentRunId"] = self.parent_id
@@ -102,11 +104,12 @@ class Tracker:
         self.client.set_terminated(rid, "FINISHED")
         return rid
 
-    def finished_cell_run(self, cell_id: str) -> str | None:
-        """The id of a finished run already logged for this cell in this experiment, if any."""
+    def finished_cell_run(self, cell_id: str, summary_digest: str) -> str | None:
+        """The id of a finished run already logged for this summary of this cell, if any."""
         runs = self.client.search_runs(
             [self.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-            filter_string=f"tags.kind = 'cell' AND tags.cell_id = '{cell_id}' AND attributes.status = 'FINISHED'")
+            filter_string=f"tags.kind = 'cell' AND tags.cell_id = '{cell_id}' AND attributes.status = 'FINISHED' "
+                          f"AND tags.summary_digest = '{summary_digest}'")
         return runs[0].info.run_id if runs else None
 
     def end_submission(self, status: str = "FINISHED", metrics: dict[str, float] | None = None) -> None:

@@ -65,7 +65,7 @@ def context(**models) -> JobContext:
 
 def run(params: AriadneParams, ctx: JobContext):
     rows = asyncio.run(run_job(JOB, params, ctx))
-    return rows, rows_frame(rows)
+    return rows, rows_frame(rows, params)
 
 
 def arithmetic(**overrides) -> AriadneParams:
@@ -137,7 +137,7 @@ def test_counterfactuals_continue_from_the_organisms_own_prefix(known_answers):
 
 def test_rows_fit_the_store_schema(known_answers):
     rows, df, _ = known_answers["decoupled"]
-    ids = {"sweep": "s", "cell_id": "c", "shard_id": "h", "model": "decoupled", "error": None}
+    ids = {"sweep": "s", "stage_id": "c", "shard_id": "h", "model": "decoupled", "error": None}
     table = pa.Table.from_pylist([{**ids, **r} for r in rows], schema=row_schema(JOB.schema))
     assert table.num_rows == len(rows)
     assert set(df["arm"].unique()) == {"trace", "intervention", "baseline", "early_answering", "add_mistake"}

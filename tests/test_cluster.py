@@ -42,5 +42,7 @@ def test_submit_joins_existing_cluster(tmp_path, tiny_model, ray_head, monkeypat
     assert report.ok and report.replicas_started == 1
     assert os.environ.get("RAY_AUTH_MODE") == "token"
     assert not ray.is_initialized(), "the driver disconnects when the sweep is done"
-    rows = SweepStore(sweep.output, sweep.name).scan_kind("generate").collect()
+    from orchestrator.results import rows_table
+
+    rows = rows_table(SweepStore(sweep.output, sweep.name), "generate")
     assert rows.height == 2 * N_PROMPTS * 2

@@ -175,16 +175,22 @@ def test_every_job_kind_fits_the_store(kind, organism_handles, tmp_path):
     assert not undeclared, f"{kind} rows carry keys its schema lacks: {undeclared}"
 
     store = SweepStore(tmp_path, "conformance")
-    ids = {"sweep": "conformance", "cell_id": "c", "shard_id": "s", "model": roles[SUBJECT], "error": None}
-    written = store.write_shard(kind, "c", "s", [{**ids, **r} for r in rows], row_schema(job.schema))
+    ids = {"sweep": "conformance", "stage_id": "c", "shard_id": "s", "model": roles[SUBJECT], "error": None}
+    written = store.write_shard(kind, "generate", "c", "s", [{**ids, **r} for r in rows], row_schema(job.schema))
     assert pl.read_parquet(written).height == len(rows)
     with pytest.raises(ValueError, match="not_a_column"):
-        store.write_shard(kind, "c", "s2", [{**ids, **rows[0], "not_a_column": 1}], row_schema(job.schema))
+        store.write_shard(kind, "generate", "c", "s2", [{**ids, **rows[0], "not_a_column": 1}], row_schema(job.schema))
+    assert not set(job.derived.names) & set(job.schema.names), "a derived column is computed, never stored"
+    assert set(job.judging_roles) <= set(job.roles) and job.has_judging() == bool(job.judging_roles), (
+        f"{kind}: a judging stage calls judging roles, and only a kind with one declares them")
 
     frame = pl.from_arrow(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "sample_id"} for r in rows],
                                                schema=job.schema))
     summary = job.summarize(frame, params)
     assert summary and all(isinstance(v, float) for v in summary.values()), (kind, summary)
+    derived = job.derive(frame, params)
+    assert set(job.derived.names) <= set(derived.columns) and job.derive(derived, params).equals(derived), (
+        f"{kind}: derive adds its columns and is idempotent")
 
     bound = ctx.bound(job)
     for role in job.roles:

@@ -90,13 +90,15 @@ def test_a_rejected_key_writes_nothing_and_a_busy_endpoint_is_retried(tmp_path, 
     rejected = submit(sweep, sweep_file=str(sweep_file), progress=False, ray_temp_dir=tempfile.mkdtemp(dir="/tmp"))
     assert not rejected.ok and len(rejected.shards_failed) == 2, rejected.shards_failed
     assert rejected.retries == 0, "a wrong key is not retried: every attempt would fail alike"
-    assert not list(store.root.glob("generate/*/shards/*.parquet")), "no row of a rejected request may land"
+    assert not list(store.root.glob("generate/_stages/*/*/*.parquet")), "no row of a rejected request may land"
 
     Endpoint.mode, Endpoint.busy_left = "busy", 2  # the key is fixed; the endpoint is busy for a moment
     fixed = submit(sweep, sweep_file=str(sweep_file), progress=False, ray_temp_dir=tempfile.mkdtemp(dir="/tmp"))
     assert fixed.ok, fixed.shards_failed
     assert fixed.retries >= 1 and fixed.replica_restarts == 0, (fixed.retries, fixed.replica_restarts)
-    rows = store.scan_kind("generate").collect()
+    from orchestrator.results import rows_table
+
+    rows = rows_table(store, "generate")
     assert rows.height == N_PROMPTS and rows["error"].is_null().all()
     assert rows["sample_id"].is_unique().all()
     # Usage counts the attempt that wrote the rows, not the retried ones: 5 + 1 tokens a prompt.

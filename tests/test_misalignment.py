@@ -269,7 +269,7 @@ def run_on(engines, subject: str, params: MisalignmentParams) -> tuple[pl.DataFr
     # can follow the monitor prompt, which is what the monitor's null reasons are tested with.
     ctx = local_context({"subject": engines[subject], "judge": engines["judge"], "monitor": engines[subject]})
     rows = asyncio.run(run_job(job, params, ctx, concurrency=64))
-    frame = pl.DataFrame(rows, schema_overrides={"misaligned": pl.Boolean})
+    frame = job.derive(pl.DataFrame(rows), params)  # the summary stage's `misaligned`, as results show it
     return frame, job.summarize(frame, params)
 
 

@@ -96,21 +96,22 @@ def test_prompt_files_name_the_line_of_a_repeated_id_or_say_they_are_not_text(tm
 
 def _write_every_shard(store: SweepStore, cell) -> None:
     schema = pa.schema([("sample_id", pa.string())])
+    gen = cell.stages["generate"]
     for shard in cell.shards:
-        store.write_shard(cell.kind, cell.id, shard.id, [{"sample_id": s} for s in shard.sample_ids], schema)
+        store.write_shard(cell.kind, "generate", gen, shard.id, [{"sample_id": s} for s in shard.sample_ids], schema)
 
 
 def test_a_started_cell_keeps_its_shard_size(tmp_path, tiny_model):
     """Shard ids hash their samples: a new shard_size would cut new shards beside the
-    finished ones and read some samples twice. The size the cell started with wins."""
+    finished ones and read some samples twice. The size the stage started with wins."""
     first = make_plan(load_sweep(sweep_file(tmp_path, tiny_model, shard_size=4)))
     store = SweepStore(tmp_path / "results", "planned")
     cell = first.cells[0]
     assert store.settle_layout(cell) == cell, "nothing on disk: the sweep's shard size"
-    store.cell_dir(cell.kind, cell.id).mkdir(parents=True)
     from orchestrator.store import write_json
 
     write_json(store.cell_dir(cell.kind, cell.id) / "cell.json", cell.manifest())
+    store.record_layout(cell)
     _write_every_shard(store, cell)
 
     resized = make_plan(load_sweep(sweep_file(tmp_path, tiny_model, shard_size=3)))
@@ -118,7 +119,7 @@ def test_a_started_cell_keeps_its_shard_size(tmp_path, tiny_model):
     assert len(resized.cells[0].shards) == 4 and len(cell.shards) == 3
     settled = store.settle_plan(resized).cells[0]
     assert settled.shard_size == 4 and settled.shards == cell.shards
-    assert all(store.has_shard(cell.kind, cell.id, s.id) for s in settled.shards), "nothing left to run"
+    assert not store.missing(settled, "generate"), "nothing left to run"
     assert store.read_cell(cell.kind, cell.id).height == 10, "every sample once"
 
 
@@ -127,7 +128,7 @@ def test_shard_files_outside_the_layout_are_refused(tmp_path, tiny_model):
     store = SweepStore(tmp_path / "results", "planned")
     cell = plan.cells[0]
     _write_every_shard(store, cell.resharded(5))  # as a version that did not record the size left it
-    with pytest.raises(OrchestrateError, match="not shards of this cell at shard_size 4"):
+    with pytest.raises(OrchestrateError, match="not shards of this stage at shard_size 4"):
         store.settle_layout(cell)
 
 

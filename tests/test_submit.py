@@ -55,7 +55,9 @@ def ray_tmp(tmp_path_factory) -> str:
 
 
 def all_rows(store: SweepStore) -> pl.DataFrame:
-    return store.scan_kind("generate").collect()
+    from orchestrator.results import rows_table
+
+    return rows_table(store, "generate")
 
 
 def test_plan_ids_are_content_hashes(tmp_path, tiny_model):
@@ -91,7 +93,8 @@ def test_submit_resume_and_mlflow(tmp_path, tiny_model, ray_tmp):
     assert rows.height == 2 * N_PROMPTS * 2, f"2 cells x {N_PROMPTS} prompts x n=2, got {rows.height}"
     assert rows["error"].is_null().all(), rows.filter(pl.col("error").is_not_null())["error"].to_list()
     assert rows.select(["cell_id", "prompt_id", "sample_index"]).is_unique().all()
-    assert set(rows.columns) >= {"sweep", "cell_id", "shard_id", "sample_id", "model", "completion", "finish_reason"}
+    assert set(rows.columns) >= {"sweep", "cell_id", "stage_id", "shard_id", "sample_id", "model", "completion",
+                                 "finish_reason"}
     assert report.generate_calls == 2 * N_PROMPTS
     assert report.rows_written == rows.height, (report.rows_written, rows.height)
 
@@ -124,7 +127,7 @@ def test_submit_resume_and_mlflow(tmp_path, tiny_model, ray_tmp):
     assert len([r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("kind") == "cell"]) == 2
 
     # Resume: delete one shard; only its samples are generated again.
-    victim = sorted((store.root / "generate").glob("*/shards/*.parquet"))[0]
+    victim = sorted((store.root / "generate").glob("_stages/generate/*/*.parquet"))[0]
     victim.unlink()
     again = submit(sweep, sweep_file=str(sweep_file), progress=False, ray_temp_dir=ray_tmp)
     assert again.shards_run == 1 and again.generate_calls == 4, (again.shards_run, again.generate_calls)
@@ -161,7 +164,7 @@ def test_replica_killed_mid_sweep(tmp_path, tiny_model, ray_tmp):
     def killer() -> None:
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            if ray.is_initialized() and list((store.root / "generate").glob("*/shards/*.parquet")):
+            if ray.is_initialized() and list((store.root / "generate").glob("_stages/generate/*/*.parquet")):
                 try:
                     actor = ray.get_actor("skeleton/tiny/0", namespace="orchestrate-skeleton")
                 except ValueError:

@@ -14,6 +14,10 @@ final answer. Few-shot examples come from an annotated pool
 Arms, one row per question each: `decompose` (the loop), `direct` (answer in one pass) and
 `direct_cot` (reason first, thinking on); the summary reports the gain of the first over the
 others with paired bootstrap CIs, so the gain is measured, not assumed.
+
+Stages: generation and summary. No model judges the answers (the DROP metric is code, scored
+with the rows); the bootstrap is the summary's. The decomposer and answerer feed the loop,
+so they belong to generation.
 """
 from __future__ import annotations
 
@@ -21,9 +25,9 @@ import asyncio
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import polars as pl
 import pyarrow as pa
@@ -46,6 +50,7 @@ from jobs.decompose.symbolic import execute as execute_symbolic
 from jobs.decompose.symbolic import is_symbolic
 from jobs.inputs import DataPath, DataPathOrFolder
 from jobs.job import SUBJECT, Job, JobContext, JobParams, ModelHandle, RoleNeeds, Sample
+from jobs.stages import summary
 
 Arm = Literal["decompose", "direct", "direct_cot"]
 
@@ -98,8 +103,8 @@ class DecomposeParams(JobParams):
     cot_max_tokens: int = Field(512, gt=0)
     temperature: float = Field(0.0, ge=0)
     seed: int = 0
-    bootstrap_samples: int = Field(1000, ge=0)
-    bootstrap_seed: int = 0
+    bootstrap_samples: int = summary(1000, ge=0)
+    bootstrap_seed: int = summary(0)
 
     @field_validator("arms")
     @classmethod
@@ -168,7 +173,8 @@ def _step(question: str, answer: str, path: str, model: str, answer_call: Comple
 class DecomposeJob(Job[DecomposeParams]):
     kind = "decompose"
     headline = ('decompose/f1', 'direct/f1', 'direct_cot/f1', 'gain/f1', 'gain/f1_ci_low')
-    version = "1"
+    # 2: a decomposition that outgrows the context stops instead of failing its question (eb1f7f1)
+    versions: ClassVar[Mapping[str, str]] = {"generate": "2"}
     Params = DecomposeParams
     roles = ("decomposer", "answerer")
     subject_plays = ("decomposer", "answerer")  # successive prompting with the model under study

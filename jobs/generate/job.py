@@ -3,10 +3,14 @@
 Useful on its own (sample a model on a prompt set at scale) and the plumbing's first job.
 Prompts come from a JSONL file (`{"id": ..., "prompt": "..."}` or `{"id": ..., "messages":
 [...]}` per line) or inline strings.
+
+Stages: generation only. No model judges the completions, and the summary has no parameter
+of its own.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import polars as pl
 import pyarrow as pa
@@ -59,7 +63,7 @@ def read_prompts(params: GenerateParams) -> list[tuple[str, list[dict]]]:
 class GenerateJob(Job[GenerateParams]):
     kind = "generate"
     headline = ('completions', 'mean_completion_tokens', 'finished_by_stop')
-    version = "1"
+    versions: ClassVar[Mapping[str, str]] = {"generate": "1"}
     Params = GenerateParams
     schema = pa.schema([
         ("prompt_id", pa.string()),

@@ -36,6 +36,13 @@ a replica with prefix caching sees the requests that share a prefix.
 
 Rows: one per (candidate, measure, probe, placement, sample). Summary: see
 `backdoor_summary`; `ranking_table(rows)` is the ranked table per cell.
+
+Stages: generation and summary, no separate judging stage. The judge scores sampled free-form
+answers inside the candidate's own program, and those scores decide the confirmation gate
+(in sampled mode) and where the CoT-reason judge runs, so what the subject is asked next
+depends on the judge: the judge is part of generation here, and swapping it re-runs the
+scan. The test, the correction and the ranking (`fdr`, `min_effect`, `permutations`,
+`confirm_top_k`, `true_trigger`, bootstrap) are the summary's.
 """
 from __future__ import annotations
 
@@ -44,8 +51,8 @@ import functools
 import hashlib
 import math
 import random
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import polars as pl
 import pyarrow as pa
@@ -161,7 +168,7 @@ class TriggerScanJob(Job[TriggerScanParams]):
     kind = "trigger_scan"
     headline = ('candidates', 'significant', 'top1_is_true_trigger', 'top1/effect', 'top1/q', 'top1/confirmed',
                 'top2/effect')
-    version = "1"
+    versions: ClassVar[Mapping[str, str]] = {"generate": "1"}
     Params = TriggerScanParams
     schema = ROW_SCHEMA
     roles = ("judge",)
