@@ -1,12 +1,14 @@
 """What a change after generation costs: `examples/thought_crime.yaml` submitted once in full,
-then (a) with a stricter threshold (`misaligned_below` 30 -> 60, a summary parameter) and (b)
-with the judge swapped (`judge` -> `judge-digits`, the judging stage), each timed against the
-first submit in the same run. Prints the seconds, the ratios and what each submit started.
+then (a) with a stricter threshold (`misaligned_below` 30 -> 60, a summary parameter), (b)
+with the judge swapped for the same judge served another way (a judge of the same cost: the
+judging stage alone) and (c) for `judge-digits` (the digit walk: several requests a score),
+each timed against the first submit in the same run. Prints the seconds, the ratios and what
+each submit started.
 
     PYTHONPATH=. python benchmarks/stages.py [--samples 10]
 
 Expected: (a) a few seconds, no Ray, no replica; (b) the judge's share of the first run: one
-pool (the new judge), no subject request.
+pool (the new judge), no subject request; (c) more, by the digit walk's extra requests.
 """
 from __future__ import annotations
 
@@ -51,11 +53,14 @@ def main() -> None:
     judge = '  judge:      {path: "organism:judge", dtype: float32, num_cpus: 0.5}\n'
     assert judge in text, "the example's judge line changed: update this benchmark"
     digits = '  judge-digits: {path: "organism:judge-digits", dtype: float32, num_cpus: 0.5}\n'
-    text = text.replace(judge, judge + digits)
+    # The same weights with another context limit: another serving identity, the same cost.
+    again = '  judge-again: {path: "organism:judge", dtype: float32, num_cpus: 0.5, max_model_len: 255}\n'
+    text = text.replace(judge, judge + digits + again)
     runs = {
         "first submit": variant(text, folder, "first"),
         "(a) misaligned_below 30 -> 60": variant(text, folder, "threshold", misaligned_below="60"),
-        "(b) judge -> judge-digits": variant(text, folder, "judge", roles="{judge: judge-digits}"),
+        "(b) judge -> the same, re-served": variant(text, folder, "again", roles="{judge: judge-again}"),
+        "(c) judge -> judge-digits": variant(text, folder, "digits", roles="{judge: judge-digits}"),
     }
     results = {name: timed(path) for name, path in runs.items()}
     first = results["first submit"][0]
