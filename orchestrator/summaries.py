@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from rich.console import Console
 
 from jobs.registry import get_job
@@ -25,11 +26,13 @@ from orchestrator.tracking import Tracker
 TrackerSource = Tracker | Callable[[], Tracker | None] | None  # a tracker, or how to start one when needed
 
 
-def cell_summary(store: SweepStore, manifest: dict[str, Any], params: Any) -> dict[str, float]:
+def cell_summary(store: SweepStore, manifest: dict[str, Any], params: Any,
+                 rows: pl.DataFrame | None = None) -> dict[str, float]:
     """The summary of a complete cell on disk (a cell.json as `store.cells` gives it, or
-    `Cell.manifest()`) with `params`: its own, or what the sweep says now."""
+    `Cell.manifest()`) with `params`: its own, or what the sweep says now. `rows`: the cell's
+    rows when the caller has read them already."""
     job = get_job(manifest["kind"])
-    rows = store.rows_of(manifest)
+    rows = store.rows_of(manifest) if rows is None else rows
     summary = {k: float(v) for k, v in job.summarize(rows, params).items()}
     summary["rows"] = float(rows.height)
     summary["error_rows"] = float(rows["error"].is_not_null().sum())
@@ -50,9 +53,10 @@ def finish_cell(store: SweepStore, tracker: TrackerSource, cell: Cell, report: S
     that run is adopted, not repeated."""
     job = get_job(cell.kind)
     manifest = cell.manifest()
-    summary = cell_summary(store, manifest, cell.params)
+    rows = store.rows_of(manifest)  # read once: every submit summarises every complete cell
+    summary = cell_summary(store, manifest, cell.params, rows)
     cell_dir = store.cell_dir(cell.kind, cell.id)
-    table = job.report(store.rows_of(manifest), cell.params)
+    table = job.report(rows, cell.params)
     files: tuple[Path, ...] = ()
     if table is not None:
         write_parquet(cell_dir / "report.parquet", table)
