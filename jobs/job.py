@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from actors.engines.protocol import Completion, Request
 from jobs.errors import UnknownRole
+from jobs.measures import Measure
 
 SUBJECT = "subject"
 
@@ -159,6 +160,11 @@ class Job(abc.ABC, Generic[P]):
     def summarize(self, rows: pl.DataFrame, params: P) -> dict[str, float]:
         """The cell's numbers, from its stored rows (call `derive` first)."""
         return {}
+
+    def measures(self, params: P) -> tuple[Measure, ...]:
+        """What `orchestrate compare` and the report's figures set side by side across cells
+        (`jobs.measures`); the first is the kind's headline. () : nothing comparable."""
+        return ()
 
     def report(self, rows: pl.DataFrame, params: P) -> pl.DataFrame | None:
         """The job's own table of one cell, beyond its summary numbers (a trigger scan's ranked

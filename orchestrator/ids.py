@@ -101,6 +101,16 @@ def base_identity(sweep: Sweep, name: str) -> dict[str, Any]:
     return {"weights": weights_digest(base.path), "revision": base.revision}
 
 
+def replicate_group(name: str, sweep: Sweep) -> str:
+    """Models that differ only in their training seed share a group: finetune replicas, which
+    a comparison pools (their spread is part of the finetune's effect). Any other model is
+    a group of its own."""
+    if name not in sweep.finetunes:
+        return name
+    spec = sweep.finetunes[name].model_dump(mode="json", exclude={"seed"})
+    return "finetune:" + content_id({"base": base_identity(sweep, name), "spec": spec})
+
+
 DATA_SELECTION = ("answer_column", "aligned_column", "limit", "sample")
 
 

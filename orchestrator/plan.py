@@ -26,7 +26,7 @@ from jobs.registry import get_job
 from jobs.stages import Stage, stage_values
 from orchestrator.errors import PlanError
 from orchestrator.grid import expand_grid
-from orchestrator.ids import content_id, hashable, model_identity
+from orchestrator.ids import content_id, hashable, model_identity, replicate_group
 from orchestrator.spec import JobSpec, Sweep
 
 
@@ -52,6 +52,7 @@ class Cell:
     shards: tuple[Shard, ...] = field(default=())  # the generation shards
     shard_size: int = 0
     judging_roles: tuple[str, ...] = ()
+    replicates: str = ""  # the subject's replicate group (`ids.replicate_group`)
 
     @property
     def n_samples(self) -> int:
@@ -82,6 +83,9 @@ class Cell:
             "stages": {stage: {"id": sid, "shards": [self.shard_id(stage, s) for s in self.shards]}
                        for stage, sid in self.stages.items()},
             "shard_size": self.shard_size, "samples": self.n_samples,
+            # what a comparison needs to know of the cell: the job's code versions (in the id,
+            # but not readable from it) and which models are seeds of one finetune
+            "versions": dict(get_job(self.kind).versions), "replicates": self.replicates or self.model,
         }
 
 
@@ -154,7 +158,8 @@ def plan_cells(sweep: Sweep, job_index: int, spec: JobSpec) -> list[Cell]:
             cells.append(Cell(id=cell_id, sweep=sweep.name, job_index=job_index, kind=job.kind, model=model,
                               roles=roles, point=point, params=params, stages=stages,
                               shards=split_shards(stages["generate"], ids, spec.shard_size),
-                              shard_size=spec.shard_size, judging_roles=job.judging_roles))
+                              shard_size=spec.shard_size, judging_roles=job.judging_roles,
+                              replicates=replicate_group(model, sweep)))
     return cells
 
 

@@ -50,6 +50,7 @@ from jobs.decompose.symbolic import execute as execute_symbolic
 from jobs.decompose.symbolic import is_symbolic
 from jobs.inputs import DataPath, DataPathOrFolder
 from jobs.job import SUBJECT, Job, JobContext, JobParams, ModelHandle, RoleNeeds, Sample
+from jobs.measures import Measure
 from jobs.stages import summary
 
 Arm = Literal["decompose", "direct", "direct_cot"]
@@ -332,6 +333,17 @@ class DecomposeJob(Job[DecomposeParams]):
                     "em": em, "f1": f1, "n_steps": len(out["steps"]), **out}
 
         return list(await asyncio.gather(*(arm(a) for a in params.arms)))
+
+    def measures(self, params: DecomposeParams) -> tuple[Measure, ...]:
+        answered = pl.col("arm").is_not_null()
+        return (
+            Measure("f1", pl.col("f1"), unit="query_id", where=answered, split=("arm",),
+                    description="DROP F1 (the official metric), per question"),
+            Measure("em", pl.col("em"), unit="query_id", where=answered, split=("arm",),
+                    description="DROP exact match"),
+            Measure("f1_by_answer_type", pl.col("f1"), unit="query_id", where=answered,
+                    split=("arm", "answer_type"), detail=True, description="DROP F1 by the gold answer's type"),
+        )
 
     def summarize(self, rows: pl.DataFrame, params: DecomposeParams) -> dict[str, float]:
         return summarize_rows(rows, params.bootstrap_samples, params.bootstrap_seed)

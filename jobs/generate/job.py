@@ -21,6 +21,7 @@ from actors.engines.protocol import Message, Request, Sampling
 from jobs.errors import DataFileError
 from jobs.inputs import DataPath, file_digest, jsonl_objects
 from jobs.job import SUBJECT, Job, JobContext, JobParams, RoleNeeds, Sample
+from jobs.measures import Measure
 
 
 class GenerateParams(JobParams):
@@ -106,6 +107,15 @@ class GenerateJob(Job[GenerateParams]):
                 "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason,
             })
         return rows
+
+    def measures(self, params: GenerateParams) -> tuple[Measure, ...]:
+        done = pl.col("finish_reason").is_not_null()
+        return (
+            Measure("completion_tokens", pl.col("completion_tokens"), unit="prompt_id", where=done,
+                    description="tokens per completion"),
+            Measure("finished_by_stop", pl.col("finish_reason") == "stop", unit="prompt_id", where=done, rate=True,
+                    description="completions that ended on their own, not at the token budget"),
+        )
 
     def summarize(self, rows: pl.DataFrame, params: GenerateParams) -> dict[str, float]:
         ok = rows.filter(pl.col("finish_reason").is_not_null())

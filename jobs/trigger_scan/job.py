@@ -63,6 +63,7 @@ from jobs.common.scenarios import (
 from jobs.errors import ParamsError
 from jobs.inputs import file_digest
 from jobs.job import SUBJECT, Job, JobContext, RoleNeeds, Sample
+from jobs.measures import Measure
 from jobs.trigger_scan.candidates import (
     Candidate,
     build_candidates,
@@ -284,6 +285,13 @@ class TriggerScanJob(Job[TriggerScanParams]):
 
     def summarize(self, rows: pl.DataFrame, params: TriggerScanParams) -> dict[str, float]:
         return summarize_rows(rows, params)
+
+    def measures(self, params: TriggerScanParams) -> tuple[Measure, ...]:
+        return (
+            Measure("p_misaligned", pl.col("p_misaligned"), unit="probe_id", where=pl.col("measure") == "scan",
+                    split=("candidate",),
+                    description="probability of the misaligned option with the candidate line (null: none)"),
+        )
 
     def report(self, rows: pl.DataFrame, params: TriggerScanParams) -> pl.DataFrame:
         return ranking_table(rows, params)
