@@ -1,4 +1,4 @@
-"""The `orchestrate` command: validate, schema, plan, submit, status, results, organisms."""
+"""The `orchestrate` command: validate, schema, plan, submit, status, results, compare, report, organisms."""
 from __future__ import annotations
 
 import fnmatch
@@ -276,6 +276,48 @@ def results(sweep: str, output: str | None, kind: str | None, rows: bool, report
         Console(width=200).print(_table(df))
         if hidden:
             click.echo(f"({hidden} more columns: --columns PATTERNS, or --format csv|json|parquet for all)")
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, metavar="SWEEP_OR_FOLDER...")
+@click.option("--output", default="results", show_default=True, help="results root for sources given by name")
+@click.option("--by", help="comma-separated keys to group by (model, cot, sweep, role.judge, any swept parameter; "
+              "default: the keys that differ, seeds and finetune replicas pooled)")
+@click.option("--diff", "diff_key", help="difference between the levels of this key (arm, sweep, model, cot, ...)")
+@click.option("--baseline", help="the level of --diff to subtract (default: none/off/base if present, else the first)")
+@click.option("--measure", "measures", multiple=True, help="only this measure (repeatable); default: all")
+@click.option("--kind", "kinds", multiple=True, help="only this job kind (repeatable)")
+@click.option("--resamples", default=2000, show_default=True, type=click.IntRange(min=100))
+@click.option("--seed", default=0, show_default=True, help="the bootstrap's seed")
+@click.option("--out", "outs", multiple=True, type=click.Path(dir_okay=False),
+              help="also write the table to FILE.csv, FILE.md or FILE.tex (repeatable)")
+def compare(sources: tuple[str, ...], output: str, by: str | None, diff_key: str | None, baseline: str | None,
+            measures: tuple[str, ...], kinds: tuple[str, ...], resamples: int, seed: int,
+            outs: tuple[str, ...]) -> None:
+    """Each job kind's measures side by side, with 95% intervals from the rows (whole
+    questions resampled, and seeds where a condition ran several times), and with --diff the
+    differences between levels, paired where both read the same questions."""
+    from orchestrator.compare import compare as run_compare
+    from orchestrator.compare import read_sources
+    from orchestrator.compare.export import display, write
+
+    for out in outs:
+        if Path(out).suffix not in (".csv", ".md", ".tex"):
+            raise OrchestrateError(f"--out {out}: the suffix says the format: .csv, .md or .tex")
+    found = read_sources(list(sources), output)
+    result = run_compare(found, by=by.split(",") if by else None, diff=diff_key, baseline=baseline,
+                         measures=list(measures) or None, kinds=list(kinds) or None, draws=resamples, seed=seed)
+    if result.means.is_empty():
+        raise OrchestrateError(f"nothing to compare: no finished cells with those measures in {', '.join(sources)}")
+    table = result.differences if diff_key else result.means
+    if diff_key and table.is_empty():
+        raise OrchestrateError(f"--diff {diff_key}: no measure has two levels of {diff_key} to set against each other")
+    Console(width=220).print(_table(display(table), title="differences" if diff_key else "means"))
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    for out in outs:
+        write(table, Path(out))
+        click.echo(f"wrote {out}", err=True)
 
 
 @main.group()

@@ -74,6 +74,11 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
+def write_text(path: Path, text: str) -> None:
+    """A whole text file, written then renamed (a page a browser may be showing)."""
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def write_parquet(path: Path, df: pl.DataFrame) -> None:
     """A whole table, written then renamed: a reader never sees half of it."""
     _atomic_write(path, df.write_parquet)
