@@ -120,3 +120,13 @@ def serving(command: list[str], port: int, log: Path, env: dict[str, str] | None
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+@pytest.fixture(scope="session")
+def every_kind_sweep(tmp_path_factory):
+    """One small sweep of every job kind on the organisms, run once for the comparison and
+    report tests: (the sweep file, its store)."""
+    from tests.report_sweeps import every_kind, run
+
+    sweep_file = every_kind(tmp_path_factory.mktemp("every-kind"))
+    return sweep_file, run(sweep_file)

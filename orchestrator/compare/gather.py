@@ -19,7 +19,7 @@ from jobs.registry import get_job
 from orchestrator.compare.sources import CellRef
 
 FILE = "_file"
-CELL = "cell_id"
+CELL = "cell_id"  # holds CellRef.key: a cell among all the sources compared
 
 
 def _param_groups(cells: list[CellRef]) -> list[list[CellRef]]:
@@ -44,7 +44,7 @@ def unit_sums(kind: str, cells: list[CellRef], names: list[str] | None = None) -
         measures = [m for m in job.measures(group[0].params) if names is None or m.name in names]
         if not measures:
             continue
-        owners = pl.DataFrame([{FILE: str(f), CELL: c.id} for c in group for f in c.files()],
+        owners = pl.DataFrame([{FILE: str(f), CELL: c.key} for c in group for f in c.files()],
                               schema={FILE: pl.String, CELL: pl.String})
         columns = sorted(set().union(*(m.columns() for m in measures)))
         # every file of the group in one scan; a column an old file lacks reads as null
@@ -56,7 +56,8 @@ def unit_sums(kind: str, cells: list[CellRef], names: list[str] | None = None) -
                         .group_by(FILE, *keys).agg(s=m.value.cast(pl.Float64).sum(), n=pl.len()))
             queries[m.name].append(per_file.join(owners.lazy(), on=FILE).group_by(CELL, *keys)
                                    .agg(pl.col("s").sum(), pl.col("n").sum())
-                                   .with_columns(pl.col(keys).cast(pl.String)))  # keys compare as text
+                                   # keys compare as text; a null split value is its own series
+                                   .with_columns(pl.col(keys).cast(pl.String).fill_null("(none)")))
     flat = [(name, q) for name, qs in queries.items() for q in qs]
     frames = pl.collect_all([q for _, q in flat])
     out: dict[str, list[pl.DataFrame]] = defaultdict(list)
@@ -75,6 +76,7 @@ def row_values(kind: str, cells: list[CellRef], names: list[str]) -> pl.DataFram
             for c in group:
                 rows = pl.scan_parquet([str(f) for f in c.files()], missing_columns="insert", extra_columns="ignore")
                 parts.append(rows.filter(m.where & m.value.is_not_null()).select(
-                    pl.lit(c.id).alias(CELL), pl.lit(m.name).alias("measure"),
-                    *[pl.col(k).cast(pl.String) for k in m.split], m.value.cast(pl.Float64).alias("value")))
+                    pl.lit(c.key).alias(CELL), pl.lit(m.name).alias("measure"),
+                    *[pl.col(k).cast(pl.String).fill_null("(none)") for k in m.split],
+                    m.value.cast(pl.Float64).alias("value")))
     return pl.concat(pl.collect_all(parts), how="diagonal_relaxed") if parts else pl.DataFrame()

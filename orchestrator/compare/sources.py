@@ -41,6 +41,11 @@ class CellRef:
     def id(self) -> str:
         return str(self.manifest["cell_id"])
 
+    @property
+    def key(self) -> str:
+        """The cell among all sources: two sweeps with the same jobs share cell ids."""
+        return f"{self.source}/{self.id}"
+
     def files(self) -> list[Path]:
         """The Parquet files of the cell's rows: its last stage's shards."""
         stage, info = list(self.manifest["stages"].items())[-1]
@@ -81,6 +86,10 @@ def read_sources(paths: list[str], output: str = "results") -> Sources:
     """The complete cells of every source (a sweep file, a results folder, or a sweep's name
     under `output`), labelled by sweep name (by folder where two sources share a name)."""
     loaded = [_manifests(Path(p), output) for p in paths]
+    roots = [store.root for store, _ in loaded]
+    if len(set(roots)) < len(roots):
+        twice = sorted({str(r) for r in roots if roots.count(r) > 1})
+        raise SourceError(f"a source is given twice: {', '.join(twice)}")
     names = [store.sweep for store, _ in loaded]
     out = Sources()
     for store, manifests in loaded:

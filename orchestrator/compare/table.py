@@ -36,11 +36,10 @@ def default_by(cells: list[CellRef]) -> list[str]:
     for c in cells:
         for k, v in c.keys.items():
             values[k].add(v)
-    varying = [k for k, v in values.items() if len(v) > 1 and k not in REPLICATE_KEYS]
-    if "model_group" in varying and values["model_group"] != values["model"]:
-        varying.remove("model")  # replicas of one finetune pooled under their group
-    else:
-        varying = [k for k in varying if k != "model_group"]
+    varying = [k for k, v in values.items() if len(v) > 1 and k not in REPLICATE_KEYS + ("model", "model_group")]
+    # the subject always shows (a table without it cannot be read); a finetune's seeds pooled
+    # under their group's name
+    varying.append("model_group" if len(values["model_group"]) < len(values["model"]) else "model")
     order = ["sweep", "model", "model_group"]
     return sorted(varying, key=lambda k: (order.index(k) if k in order else len(order), k))
 
@@ -51,9 +50,9 @@ def _baseline(levels: list[str], asked: str | None) -> str:
     return next((lv for lv in levels if lv.lower() in BASELINE_NAMES), levels[0])
 
 
-def _check_keys(kind: str, cells: list[CellRef], by: list[str], splits: set[str], diff: str | None) -> None:
+def _check_keys(kind: str, cells: list[CellRef], by: list[str], splits: set[str]) -> None:
     known = set().union(*(c.keys for c in cells)) | splits
-    unknown = [k for k in [*by, *([diff] if diff else [])] if k not in known]
+    unknown = [k for k in by if k not in known]
     if unknown:
         raise SourceError(f"{kind}: cannot group by {', '.join(unknown)}: its cells have the keys "
                           f"{', '.join(sorted(known))}")
@@ -80,13 +79,13 @@ def compare(sources: Sources, by: list[str] | None = None, diff: str | None = No
             continue
         splits = {s for n in wanted for s in defined[n].split}
         keys = list(by) if by is not None else default_by(cells)
-        if by is None and diff and diff not in keys and diff not in splits:
-            keys.append(diff)
-        _check_keys(kind, cells, keys, splits, diff)
+        _check_keys(kind, cells, keys, splits)
+        if diff and diff not in keys and any(diff in c.keys for c in cells):
+            keys.append(diff)  # a kind without the key has no differences to show, and is no error
         cell_keys = [k for k in keys if k not in splits]
-        table = pl.DataFrame([{CELL: c.id, **{k: c.keys.get(k) for k in cell_keys}} for c in cells],
+        table = pl.DataFrame([{CELL: c.key, **{k: c.keys.get(k) for k in cell_keys}} for c in cells],
                              schema={CELL: pl.String, **dict.fromkeys(cell_keys, pl.String)})
-        info = {c.id: c for c in cells}
+        info = {c.key: c for c in cells}
         for name, sums in unit_sums(kind, cells, wanted).items():
             m = defined[name]
             series_keys = [*cell_keys, *m.split]
