@@ -4,7 +4,8 @@ What is done is decided from the store alone (a shard file exists or it does not
 submission can stop anywhere and the next one picks up the rest; a finished sweep resubmitted
 starts no Ray and loads no model (its summaries are recomputed: see
 `orchestrator.summaries`). The state of the last submission is kept in
-`<output>/<sweep>/submission.json` for `orchestrate status`.
+`<output>/<sweep>/submission.json` for `orchestrate status`, with the MLflow run that holds its
+cells (`mlflow_run_id`, `tracking_uri`) for `orchestrate report`.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from orchestrator.progress import SweepProgress
 from orchestrator.report import SubmitReport
 from orchestrator.scheduler import Scheduler
 from orchestrator.spec import Sweep
-from orchestrator.store import SweepStore, write_json
+from orchestrator.store import SweepStore, read_json, write_json
 from orchestrator.summaries import finish_cell_or_say_why
 from orchestrator.tracking import Tracker, default_tracking_uri
 
@@ -34,6 +35,16 @@ def project_packages() -> list[ModuleType]:
     import orchestrator
 
     return [actors, cluster, jobs, orchestrator]
+
+
+def last_parent_run(store: SweepStore, uri: str) -> dict[str, str]:
+    """The MLflow parent run the previous submission recorded, when it logged to the same
+    tracking URI: a submission that logs nothing new leaves the cells' runs where they are."""
+    path = store.root / "submission.json"
+    last = read_json(path) if path.exists() else {}
+    if last.get("mlflow_run_id") and last.get("tracking_uri") == uri:
+        return {"mlflow_run_id": last["mlflow_run_id"], "tracking_uri": uri}
+    return {}
 
 
 def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None = None, output: str | None = None,
@@ -73,20 +84,26 @@ def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None =
     tracking: dict[str, Tracker | None] = {}
     starting = threading.Lock()  # cells finish in worker threads, two at a time
 
+    status = "FAILED"
+    submission: dict[str, object] = {
+        "state": "running", "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "sweep_file": str(sweep_file or ""), "pending_shards": n_pending, **last_parent_run(store, uri)}
+    write_json(store.root / "submission.json", submission)
+
     def tracker() -> Tracker | None:
         """MLflow, started the first time something is logged: a summary that did not change
-        opens no run."""
+        opens no run (and the parent run of the last submission that logged stays the one
+        recorded)."""
         with starting:
             if "t" not in tracking:
-                tracking["t"] = Tracker(uri, sweep.tracking.experiment or sweep.name, sweep.name) if track else None
+                tracking["t"] = Tracker(uri, sweep.tracking.experiment or sweep.name, sweep.name,
+                                        store_root=store.root, finetunes=sweep.finetunes) if track else None
                 if tracking["t"] is not None:
-                    tracking["t"].start_submission(sweep_file, len(plan.cells), n_pending)
+                    run_id = tracking["t"].start_submission(sweep_file, len(plan.cells), n_pending)
+                    submission.update(mlflow_run_id=run_id, tracking_uri=uri)  # known even if this run dies
+                    write_json(store.root / "submission.json", submission)
             return tracking["t"]
 
-    status = "FAILED"
-    submission = {"state": "running", "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                  "sweep_file": str(sweep_file or ""), "pending_shards": n_pending}
-    write_json(store.root / "submission.json", submission)
     try:
         for cell in complete:  # the summary stage: recomputed, logged when it changed
             finish_cell_or_say_why(store, tracker, cell, report, console, earlier_rows=True)

@@ -15,13 +15,14 @@ from typing import Any
 import polars as pl
 from rich.console import Console
 
+from jobs.job import SUBJECT
 from jobs.registry import get_job
 from orchestrator import usage
 from orchestrator.ids import content_id
 from orchestrator.plan import Cell
 from orchestrator.report import SubmitReport
 from orchestrator.store import SweepStore, read_json, write_json, write_parquet
-from orchestrator.tracking import Tracker
+from orchestrator.tracking import Tracker, tag_text
 
 TrackerSource = Tracker | Callable[[], Tracker | None] | None  # a tracker, or how to start one when needed
 
@@ -38,6 +39,23 @@ def cell_summary(store: SweepStore, manifest: dict[str, Any], params: Any,
     summary["error_rows"] = float(rows["error"].is_not_null().sum())
     summary.update(usage.summary(store.cell_metadata(manifest)))
     return summary
+
+
+def comparison_tags(cell: Cell) -> dict[str, str]:
+    """The tags a comparison across sweeps filters a cell run on that only the job knows:
+    `cot` (the subject is asked to reason in a think block, in the job's own words),
+    `seed`, and `arms` where the job has arms (comma-separated, in the job's order)."""
+    job = get_job(cell.kind)
+    needs = job.needs(cell.params).get(SUBJECT)
+    tags = {"cot": tag_text(bool(needs and needs.thinks)), "seed": tag_text(getattr(cell.params, "seed", None))}
+    if cell.kind == "misalignment":  # arms formed from the trigger, alternatives and control
+        from jobs.misalignment.job import MisalignmentParams, arms
+
+        assert isinstance(cell.params, MisalignmentParams)
+        tags["arms"] = ",".join(name for name, _ in arms(cell.params))
+    elif declared := getattr(cell.params, "arms", None):  # arms named in the params (decompose)
+        tags["arms"] = ",".join(declared)
+    return tags
 
 
 def summary_digest(cell: Cell, summary: dict[str, float]) -> str:
@@ -72,7 +90,8 @@ def finish_cell(store: SweepStore, tracker: TrackerSource, cell: Cell, report: S
         return
     run_id = tracker.finished_cell_run(cell.id, digest) if earlier_rows else None
     if run_id is None:
-        tags = {**{f"stage.{stage}": sid for stage, sid in cell.stages.items()}, "summary_digest": digest}
+        tags = {**{f"stage.{stage}": sid for stage, sid in cell.stages.items()}, "summary_digest": digest,
+                **comparison_tags(cell)}
         final = store.stage_dir(cell.kind, cell.last_stage, cell.stages[cell.last_stage])
         run_id = tracker.log_cell(manifest, summary, final, files, tags)
         report.cells_logged += 1

