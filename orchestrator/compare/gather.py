@@ -22,10 +22,20 @@ FILE = "_file"
 CELL = "cell_id"  # holds CellRef.key: a cell among all the sources compared
 
 
+def _signature(measures: tuple[Measure, ...]) -> str:
+    """What the measures compute, as text: cells whose measures read their rows the same way
+    (most cells: a threshold is the usual difference) share one scan."""
+    return json.dumps([[m.name, m.unit, list(m.split), m.value.meta.serialize(format="json"),
+                        m.where.meta.serialize(format="json")] for m in measures])
+
+
 def _param_groups(cells: list[CellRef]) -> list[list[CellRef]]:
-    groups: dict[str, list[CellRef]] = defaultdict(list)
+    by_params: dict[str, list[CellRef]] = defaultdict(list)
     for c in cells:
-        groups[json.dumps(c.manifest["params"], sort_keys=True, default=str)].append(c)
+        by_params[json.dumps(c.manifest["params"], sort_keys=True, default=str)].append(c)
+    groups: dict[str, list[CellRef]] = defaultdict(list)
+    for same in by_params.values():
+        groups[_signature(get_job(same[0].kind).measures(same[0].params))] += same
     return list(groups.values())
 
 
@@ -49,17 +59,19 @@ def unit_sums(kind: str, cells: list[CellRef], names: list[str] | None = None) -
         columns = sorted(set().union(*(m.columns() for m in measures)))
         # every file of the group in one scan; a column an old file lacks reads as null
         rows = pl.scan_parquet(owners[FILE].unique().to_list(), include_file_paths=FILE,
-                               missing_columns="insert", extra_columns="ignore").select(FILE, *columns)
+                               missing_columns="insert", extra_columns="ignore").select(
+            pl.col(FILE).cast(pl.Categorical), *columns)  # a path per row as text: a third of the memory
         for m in measures:
             keys = [*m.split, m.unit]
             per_file = (rows.filter(m.where & m.value.is_not_null())
                         .group_by(FILE, *keys).agg(s=m.value.cast(pl.Float64).sum(), n=pl.len()))
-            queries[m.name].append(per_file.join(owners.lazy(), on=FILE).group_by(CELL, *keys)
+            queries[m.name].append(per_file.with_columns(pl.col(FILE).cast(pl.String))
+                                   .join(owners.lazy(), on=FILE).group_by(CELL, *keys)
                                    .agg(pl.col("s").sum(), pl.col("n").sum())
                                    # keys compare as text; a null split value is its own series
                                    .with_columns(pl.col(keys).cast(pl.String).fill_null("(none)")))
     flat = [(name, q) for name, qs in queries.items() for q in qs]
-    frames = pl.collect_all([q for _, q in flat])
+    frames = pl.collect_all([q for _, q in flat], engine="streaming")  # rows pass through, never all held
     out: dict[str, list[pl.DataFrame]] = defaultdict(list)
     for (name, _), frame in zip(flat, frames):
         out[name].append(frame)

@@ -44,10 +44,15 @@ def default_by(cells: list[CellRef]) -> list[str]:
     return sorted(varying, key=lambda k: (order.index(k) if k in order else len(order), k))
 
 
-def _baseline(levels: list[str], asked: str | None) -> str:
+def _baseline(levels: list[str], asked: str | None, sources: list[str]) -> str:
+    """The level asked for; else a level named like a control (none, off, base); else, for
+    sweeps, the first source given; else the first in sorted order."""
     if asked is not None:
         return asked
-    return next((lv for lv in levels if lv.lower() in BASELINE_NAMES), levels[0])
+    if named := [lv for lv in levels if lv.lower() in BASELINE_NAMES]:
+        return named[0]
+    given = [s for s in sources if s in levels]
+    return given[0] if given else sorted(levels)[0]
 
 
 def _check_keys(kind: str, cells: list[CellRef], by: list[str], splits: set[str]) -> None:
@@ -143,7 +148,7 @@ def _differences(kind: str, name: str, series_keys: list[str], series: dict[tupl
     others = [k for k in series_keys if k != diff]
     out = []
     for rest, levels in groups.items():
-        base_level = _baseline(list(levels), baseline)
+        base_level = _baseline(list(levels), baseline, list(dict.fromkeys(c.source for c in info.values())))
         if base_level not in levels:
             continue
         b = levels[base_level]
