@@ -320,6 +320,24 @@ def compare(sources: tuple[str, ...], output: str, by: str | None, diff_key: str
         click.echo(f"wrote {out}", err=True)
 
 
+@main.command()
+@click.argument("sweep", metavar="SWEEP_FILE_OR_FOLDER")
+@click.option("--output", default="results", show_default=True, help="results root for a sweep given by name")
+@click.option("-o", "--out", "html", type=click.Path(dir_okay=False),
+              help="the page's file (default: <output>/<sweep>/report.html)")
+@click.option("--no-mlflow", is_flag=True, help="do not log the page to the sweep's MLflow run")
+def report(sweep: str, output: str, html: str | None, no_mlflow: bool) -> None:
+    """One self-contained HTML page of a sweep: each job kind's figures and tables, the sweep
+    file, versions, when and where it ran; also logged to the sweep's MLflow parent run."""
+    from orchestrator.report_page import build_page, log_page
+
+    page = build_page(sweep, output, Path(html) if html else None)
+    click.echo(f"wrote {page.html} ({len(page.figures)} figures, {page.tables} tables)")
+    if not no_mlflow:
+        run = log_page(page)
+        click.echo(f"logged to MLflow run {run}" if run else "no MLflow run of this sweep to log to (submit logs one)")
+
+
 @main.group()
 def organisms() -> None:
     """Tiny model organisms trained on CPU (known faithfulness, backdoors, judge)."""
