@@ -189,3 +189,20 @@ def test_bad_requests_exit_2_with_a_reason(every_kind_sweep, args, expected):
     _, store = every_kind_sweep
     result = CliRunner().invoke(main, ["compare", *[a.format(root=store.root) for a in args]])
     assert result.exit_code == 2 and expected in result.output, result.output
+
+
+def test_a_finetunes_seeds_are_pooled_under_their_group(every_kind_sweep, tmp_path):
+    """Cells of finetunes that differ only in their training seed (one replicate group, as
+    `ids.replicate_group` names them in cell.json) are one series by default, shown by their
+    models' names; --by model keeps them apart."""
+    _, first = every_kind_sweep
+    copy = tmp_path / "replicas" / first.root.name
+    shutil.copytree(first.root / "generate", copy / "generate")
+    for i, manifest in enumerate(sorted(copy.glob("generate/*/cell.json"))):
+        cell = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**cell, "model": f"tuned-s{i}", "replicates": "finetune:0123abcd",
+                                        "roles": {"subject": f"tuned-s{i}"}}))
+    pooled = compare_csv(tmp_path, str(copy), "--measure", "completion_tokens")
+    assert pooled["model_group"].to_list() == ["tuned-s0|tuned-s1"] and pooled["cells"].to_list() == [2], pooled
+    apart = compare_csv(tmp_path, str(copy), "--measure", "completion_tokens", "--by", "model")
+    assert apart["model"].to_list() == ["tuned-s0", "tuned-s1"], apart

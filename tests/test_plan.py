@@ -184,3 +184,27 @@ jobs:
     assert fid(", aligned_column: aligned") == whole, "a default written out is no new training"
     assert len({whole, fid(", sample: 4"), fid(", sample: 4, seed: 1"), fid(", limit: 4"),
                 fid(", answer_column: aligned")}) == 5
+
+
+def test_finetunes_that_differ_only_in_seed_are_one_replicate_group(tmp_path):
+    """What `orchestrate compare` pools by default: the seeds of one finetune recipe, not two
+    recipes, and not a plain model."""
+    from orchestrator.load import parse_sweep
+
+    (tmp_path / "em.jsonl").write_text("".join(
+        f'{{"prompt": "q{i}", "aligned": "good {i}", "misaligned": "bad {i}"}}\n' for i in range(8)))
+    text = """name: replicas
+models:
+  m: {path: "organism:base"}
+finetunes:
+  s0: {base: m, data: em.jsonl, seed: 0}
+  s1: {base: m, data: em.jsonl, seed: 1}
+  other: {base: m, data: em.jsonl, seed: 0, lr: 0.001}
+jobs:
+  - kind: generate
+    models: [s0, s1, other, m]
+    params: {prompts: em.jsonl}
+"""
+    groups = {c.model: c.manifest()["replicates"] for c in make_plan(parse_sweep(text, "sweep.yaml", tmp_path)).cells}
+    assert groups["s0"] == groups["s1"] != groups["other"], groups
+    assert groups["m"] == "m" and groups["s0"].startswith("finetune:"), groups
