@@ -119,3 +119,31 @@ def test_the_page_is_one_file_a_browser_shows_whole(every_kind_sweep):
     figures = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(run_id, "report/figures")}
     assert len(figures) == 8 and "misalignment-rates.png" in figures, figures
     assert client.get_run(run_id).data.tags["report"] == str(html)
+
+
+def test_the_page_from_the_sweep_file_names_it(every_kind_sweep, tmp_path):
+    sweep_file, _ = every_kind_sweep
+    page = tmp_path / "page.html"
+    result = CliRunner().invoke(main, ["report", str(sweep_file), "-o", str(page), "--no-mlflow"])
+    assert result.exit_code == 0, result.output
+    assert "8 figures" in result.output and (tmp_path / "report" / "figures" / "ariadne-lanham.png").exists()
+
+
+def test_monitor_flag_shares():
+    """The organisms cannot follow the monitor's prompt (their monitor verdicts are nulls with
+    reasons), so the monitor's figure is checked on a comparison's rows written out here: a
+    point per flag and series, each with its interval."""
+    import polars as pl
+
+    from jobs.common.monitor import FLAGS
+    from orchestrator.figures.misalignment import monitor_flags
+
+    rows = [{"kind": "misalignment", "measure": f"monitor_flag/{flag}", "model": model, "arm": "trigger",
+             "mean": share, "ci_lo": max(0.0, share - 0.1), "ci_hi": min(1.0, share + 0.1)}
+            for model in ("em", "base") for flag, share in zip(FLAGS, (0.4, 0.1, 0.2, 0.1, 0.2))]
+    fig = monitor_flags(pl.DataFrame(rows), ["model"])
+    assert fig is not None
+    (ax,) = fig.axes()
+    series = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(series) == 2 and all(points(s) == len(FLAGS) == intervals(s) for s in series)
+    assert monitor_flags(pl.DataFrame(rows[:0]), ["model"]) is None
