@@ -199,7 +199,7 @@ REPORT_DIR = "report"  # the page's artifact folder; figures under report/figure
 def report_note(experiment_id: str, run_id: str, html: Path) -> str:
     """The run's description (MLflow renders it as Markdown): a link to the page among the
     run's artifacts, which MLflow's UI shows in place, and the file on disk."""
-    page = f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{REPORT_DIR}/{html.name}"
+    page = f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{REPORT_DIR}/{html.name}?{WORKFLOW_QUERY}"
     return (f"**Report:** [{html.name}]({page}) (this run's artifacts, `{REPORT_DIR}/{html.name}`).\n\n"
             f"On disk: `{html.resolve()}`")
 

@@ -13,6 +13,7 @@ from orchestrator.summaries import comparison_tags
 from orchestrator.tracking import (
     EXPERIMENT_KIND_TAG,
     TRAINING_RUNS,
+    WORKFLOW_QUERY,
     Tracker,
     artifact_location,
     default_tracking_uri,
@@ -110,6 +111,32 @@ def test_log_report_attaches_the_page_and_its_figures_to_the_run(tmp_path: Path)
     assert tags["report"] == str(page.resolve())
     note = tags["mlflow.note.content"]
     experiment = client.get_run(parent).info.experiment_id
-    assert f"(#/experiments/{experiment}/runs/{parent}/artifacts/report/report.html)" in note, note
+    assert f"(#/experiments/{experiment}/runs/{parent}/artifacts/report/report.html?{WORKFLOW_QUERY})" in note, note
     assert str(page.resolve()) in note
     assert not (tmp_path / "mlruns").exists() and (tmp_path / "sweep" / "mlartifacts").is_dir()
+
+
+def test_comparison_tags_come_from_each_jobs_own_words(tmp_path: Path) -> None:
+    """`cot` is what the job asks of its subject (generate: a prefill that opens a think
+    block; decompose: `thinking`); `arms` is there for jobs that have arms, in their order."""
+    sweep_file = tmp_path / "kinds.yaml"
+    sweep_file.write_text(f"""\
+name: kinds
+output: {tmp_path / 'results'}
+models:
+  faithful: {{path: "organism:faithful"}}
+  multihop: {{path: "organism:multihop"}}
+jobs:
+  - kind: generate
+    models: [faithful]
+    params: {{prompts: ["What is 2 plus 2?"], prefill: {{values: ["", "<think>\\n"]}}, seed: 3}}
+  - kind: decompose
+    models: [multihop]
+    params: {{data: multihop, limit: 2, shots: 0, arms: [direct, decompose], thinking: true}}
+""")
+    tags = [(c.kind, c.point.get("prefill"), comparison_tags(c)) for c in make_plan(load_sweep(sweep_file)).cells]
+    assert tags == [
+        ("generate", "", {"cot": "false", "seed": "3"}),
+        ("generate", "<think>\n", {"cot": "true", "seed": "3"}),
+        ("decompose", None, {"cot": "true", "seed": "0", "arms": "direct,decompose"}),
+    ]
