@@ -95,19 +95,21 @@ def vllm_server(served_model: Path, tmp_path_factory):
 
 @contextlib.contextmanager
 def serving(command: list[str], port: int, log: Path, env: dict[str, str] | None = None,
-            ready_s: float = SERVER_READY_S) -> Iterator[str]:
-    """Run an OpenAI-compatible server (`command`, listening on 127.0.0.1:`port`) until the
-    block ends; yields its base URL once GET /models answers. Stopped by process group."""
+            ready_s: float = SERVER_READY_S, base_path: str = "/v1", ready_path: str = "/models") -> Iterator[str]:
+    """Run a server (`command`, listening on 127.0.0.1:`port`; by default an OpenAI-compatible
+    one) until the block ends; yields its base URL once GET `ready_path` under it answers 200.
+    Stopped by process group."""
     with open(log, "wb") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    base_url = f"http://127.0.0.1:{port}/v1"
+    base_url = f"http://127.0.0.1:{port}{base_path}"
+    name = Path(command[0]).name if len(command) < 3 else command[2]
     try:
         deadline = time.monotonic() + ready_s
         while True:
-            assert server.poll() is None, f"{command[2]} exited with {server.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"{command[2]} not ready in {ready_s} s:\n{log.read_text()[-3000:]}"
+            assert server.poll() is None, f"{name} exited with {server.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{name} not ready in {ready_s} s:\n{log.read_text()[-3000:]}"
             try:
-                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
+                if httpx.get(f"{base_url}{ready_path}", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -37,7 +33,7 @@ from orchestrator.tracking import (
     log_report,
 )
 from tests.browser import chromium, console_messages, page_problems, wait_for
-from tests.conftest import free_port
+from tests.conftest import free_port, serving
 
 PROMPTS = Path(__file__).resolve().parents[1] / "examples" / "data" / "arithmetic_prompts.jsonl"
 SERVER_READY_S = 180.0  # ~20 s on an idle 2-core machine
@@ -159,30 +155,12 @@ def test_cell_runs_carry_the_same_tags_and_metrics_in_both_sweeps(two_sweeps: Sw
 @contextlib.contextmanager
 def mlflow_server(db: Path, log: Path) -> Iterator[str]:
     """`mlflow server` over the sweeps' sqlite store on 127.0.0.1, one worker; yields its URL
-    once /health answers. Stopped by process group."""
+    once /health answers."""
     port = free_port()
     command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{db}",
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with open(log, "wb") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_READY_S
-        while True:
-            assert server.poll() is None, f"mlflow server exited with {server.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"mlflow server not ready in {SERVER_READY_S} s:\n{log.read_text()}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
+    with serving(command, port, log, ready_s=SERVER_READY_S, base_path="", ready_path="/health") as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def the_pages_own(messages: list[str]) -> list[str]:
