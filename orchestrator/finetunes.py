@@ -103,6 +103,11 @@ def run_finetunes(sweep: Sweep, store_root: Path, tracker: Tracker | None, conso
     return results
 
 
+def trained(sweep: Sweep, store_root: Path, name: str) -> bool:
+    """Whether the finetune `name` is on disk already (a submit will not train it)."""
+    return _finished(Path(store_root) / "finetunes", name, finetune_id(sweep, name)) is not None
+
+
 def _finished(root: Path, name: str, fid: str) -> FinetuneResult | None:
     folder = root / f"{name}-{fid}"
     if not (folder / MANIFEST).exists():

@@ -71,8 +71,9 @@ class Scheduler:
 
         from actors.pool import ReplicaPool
 
-        finetuned = await self.run_finetunes({m for m in models if m in self.sweep.finetunes})
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        self.check_capacity(models, cluster_gpus)
+        finetuned = await self.run_finetunes({m for m in models if m in self.sweep.finetunes})
         pools: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}  # pool name -> (model spec, adapters)
         served: dict[str, tuple[str, str | None]] = {}  # model name -> (pool name, adapter)
         for name in sorted(models):
@@ -94,7 +95,6 @@ class Scheduler:
             else:
                 pools.setdefault(name, (serving_spec(m), {}))
                 served[name] = (name, None)
-        self.check_resources({name: spec for name, (spec, _) in pools.items()}, cluster_gpus)
         for pool_name, (spec, adapters) in pools.items():
             cpus, gpus = _pool_resources(spec, cluster_gpus)
             self.pools[pool_name] = ReplicaPool(pool_name, spec, replicas=spec["replicas"], name_prefix=self.sweep.name,
@@ -105,30 +105,54 @@ class Scheduler:
         for name, (pool_name, adapter) in served.items():
             self.handles[name] = self.pools[pool_name].handle(name, adapter=adapter)
 
-    def check_resources(self, specs: dict[str, dict[str, Any]], cluster_gpus: float) -> None:
-        """All replicas run at once: on a cluster that cannot hold them, the last ones would
-        wait for resources forever and the sweep would hang without a word. A fixed cluster
-        (the embedded one) is an error; a joined one may autoscale, so only a warning."""
-        import ray
+    def check_capacity(self, models: set[str], cluster_gpus: float) -> None:
+        """Before anything starts: the finetunes still to train (one at a time, each with its
+        ranks at once), then every replica at once, placed on the cluster's nodes
+        (`orchestrator.capacity`). What cannot fit is named. A fixed cluster (the embedded
+        one) or one without an autoscaler cannot grow: an error; an autoscaling one may add
+        nodes this check cannot see: a warning."""
+        from orchestrator.capacity import Need, autoscaling, cluster_nodes, describe, place
+        from orchestrator.finetunes import trained
 
-        need = {"CPU": 0.0, "GPU": 0.0}
-        for spec in specs.values():
+        nodes = cluster_nodes()
+        problems = []
+        for name in sorted(m for m in models if m in self.sweep.finetunes):
+            ft = self.sweep.finetunes[name]
+            if trained(self.sweep, self.store.root, name):
+                continue
+            gpus = ft.gpus_per_rank or (1.0 if cluster_gpus else 0.0)
+            _, missing = place([Need(f"rank {r} of finetune `{name}`", 1.0, gpus) for r in range(ft.ranks)], nodes)
+            problems += missing
+        needs = []
+        for pool, spec in self.pool_specs(models).items():
             cpus, gpus = _pool_resources(spec, cluster_gpus)
-            need["CPU"] += cpus * spec["replicas"]
-            need["GPU"] += gpus * spec["replicas"]
-        have = ray.cluster_resources()
-        short = [f"{need[r]:g} {r}s (the cluster has {have.get(r, 0):g})"
-                 for r in need if need[r] > have.get(r, 0) + 1e-9]
-        if not short:
+            needs += [Need(f"replica {i + 1} of `{pool}`", cpus, gpus, int(spec.get("tensor_parallel", 1)))
+                      for i in range(spec["replicas"])]
+        _, missing = place(needs, nodes)
+        problems += missing
+        if not problems:
             return
-        each = ", ".join(f"{n}: {s['replicas']} x {_pool_resources(s, cluster_gpus)[0]:g} CPU"
-                         for n, s in specs.items())
-        message = (f"the sweep's replicas need {' and '.join(short)} at once ({each}). Lower `num_cpus` "
-                   f"(fractions are fine for small models) or `replicas` per model, or give the cluster more "
-                   f"(`cluster.num_cpus` for the embedded one)")
-        if self.fixed_cluster:
+        message = (f"the cluster cannot hold what the sweep needs at once: {'; '.join(problems)}. Its nodes: "
+                   f"{describe(nodes)}. Lower `num_cpus` (fractions are fine for small models), `replicas`, "
+                   f"`tensor_parallel` or a finetune's `ranks`, or give the cluster more (`cluster.num_cpus` "
+                   f"for the embedded one)")
+        if self.fixed_cluster or autoscaling() is False:
             raise ClusterError(message)
-        self.console.print(f"[yellow]warning: {message}; waiting for the cluster to grow")
+        self.console.print(f"[yellow]warning: {message}; waiting for the autoscaler to add nodes")
+
+    def pool_specs(self, models: set[str]) -> dict[str, dict[str, Any]]:
+        """The replica pools `models` will need, by pool name: a LoRA finetune or an adapter
+        rides on its base's pool, a full finetune gets its own (known before training)."""
+        pools: dict[str, dict[str, Any]] = {}
+        for name in sorted(models):
+            if name in self.sweep.finetunes:
+                ft = self.sweep.finetunes[name]
+                pools.setdefault(ft.base if ft.method == "lora" else name, serving_spec(self.sweep.models[ft.base]))
+                continue
+            m = self.sweep.models[name]
+            pool = m.base if m.adapter and m.base else name
+            pools.setdefault(pool, serving_spec(self.sweep.models[pool]))
+        return pools
 
     async def run_finetunes(self, names: set[str]) -> dict[str, Any]:
         """The sweep's DAG: finetunes first, then the cells that evaluate them. Finished

@@ -245,7 +245,8 @@ def test_replicas_the_cluster_cannot_hold_are_an_error_not_a_hang(tmp_path, tiny
     text = sweep_file.read_text().replace("num_cpus: 0.5}", "num_cpus: 1}")
     sweep_file.write_text(text)
     sweep = load_sweep(sweep_file)
-    with pytest.raises(OrchestrateError, match=r"need 3 CPUs \(the cluster has 2\).*tiny: 3 x 1 CPU") as err:
+    with pytest.raises(OrchestrateError, match=r"replica \d of `tiny` needs 0 GPU\(s\) on one node and 1 CPU\(s\)"
+                       r".*Its nodes: \w+: 0 GPU, 2 CPU") as err:
         submit(sweep, sweep_file=str(sweep_file), progress=False, ray_temp_dir=ray_tmp)
     assert err.value.exit_code == 2
 
