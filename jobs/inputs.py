@@ -16,7 +16,12 @@ def _resolve(value: str, info: ValidationInfo, folders: bool) -> str:
     base = Path((info.context or {}).get("base_dir", "."))
     path = Path(value).expanduser()
     path = path if path.is_absolute() else (base / path)
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as e:  # a name too long for the file system, say; the path itself may be huge
+        shown = str(path) if len(str(path)) <= 200 else f"{str(path)[:100]}... ({len(str(path))} characters)"
+        raise ValueError(f"cannot use this path ({e.strerror}): {shown}") from None
+    if not found:
         raise ValueError(f"file not found: {path}")
     if not folders and not path.is_file():
         raise ValueError(f"expected a file, got a folder: {path.resolve()}")
@@ -42,15 +47,39 @@ DataPathOrFolder = Annotated[str, AfterValidator(functools.partial(_resolve, fol
 that takes one covers what it read from it in `Job.data_digest`."""
 
 
+class NotUtf8(ValueError):
+    """Bytes that are not UTF-8 text; `line` is where the first bad byte sits (1-based)."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def decode_utf8(raw: bytes) -> str:
+    """`raw` as UTF-8 text. Raises NotUtf8 saying the line and column of the first bad byte,
+    so the user can find it (an editor that saved Latin-1 or UTF-16, a pasted binary)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise NotUtf8(line, f"{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {column}: {e.reason}); "
+                      "save the file as UTF-8") from None
+
+
+def read_text(path: str | Path, error: type[Exception]) -> str:
+    """A data file's text; a file that is not UTF-8 raises `error` naming file and line."""
+    try:
+        return decode_utf8(Path(path).read_bytes())
+    except NotUtf8 as e:
+        raise error(f"{path}:{e}") from None
+
+
 def jsonl_objects(path: str | Path, error: type[Exception]) -> Iterator[tuple[str, int, Any]]:
     """(`file:line`, line number, parsed JSON) for each non-blank line of a JSONL file. A file
     that is not UTF-8 or a line that is not JSON raises `error` (a DataFileError) naming the
     file and line, never a traceback."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().split("\n")  # not splitlines(): JSON strings may hold U+2028
-    except UnicodeDecodeError as e:
-        raise error(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    lines = read_text(path, error).split("\n")  # not splitlines(): JSON strings may hold U+2028
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue

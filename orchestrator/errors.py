@@ -124,6 +124,9 @@ def expected(err: ErrorDetails) -> str | None:
     if kind in ("too_short", "too_long"):
         bound = ctx["min_length"] if kind == "too_short" else ctx["max_length"]
         return f"{'at least' if kind == 'too_short' else 'at most'} {bound} item{'s' * (bound != 1)}"
+    if kind in ("string_too_short", "string_too_long"):
+        bound = ctx["min_length"] if kind == "string_too_short" else ctx["max_length"]
+        return f"a string of {'at least' if kind == 'string_too_short' else 'at most'} {bound} characters"
     return None
 
 
@@ -143,7 +146,12 @@ def describe(err: ErrorDetails, allowed_keys: Sequence[str] = ()) -> str:
     want = expected(err)
     if want is None:
         return err["msg"]
-    got = ctx.get("actual_length") if kind in ("too_short", "too_long") else show(err["input"])
+    if kind in ("too_short", "too_long"):
+        got = ctx.get("actual_length")
+    elif kind in ("string_too_short", "string_too_long") and isinstance(err["input"], str):
+        got = f"{len(err['input'])} characters"
+    else:
+        got = show(err["input"])
     return f"expected {want}, got {got}"
 
 

@@ -8,6 +8,7 @@ which is no job parameter: it stays in the point and is stripped before validati
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from orchestrator.spec import JobSpec
 
 REPEAT = "repeat"
+# Grid points of one job. Each is a cell per model with its own MLflow run; a grid past this is
+# a typo (a list pasted as {values: ...} six times over), and expanding it would exhaust memory.
+MAX_GRID_POINTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,13 @@ def _expand(job: JobSpec, base_dir: str | Path | None) -> tuple[list[Point], lis
         return [], problems + found
     points = []
     axes = _axes(values, group_of)
+    size = math.prod(len(axis.rows) for axis in axes) * job.repeats
+    if size > MAX_GRID_POINTS:
+        factors = [f"{'+'.join(axis.names)}: {len(axis.rows)}" for axis in axes if len(axis.rows) > 1]
+        factors += [f"repeats: {job.repeats}"] if job.repeats > 1 else []
+        where: Loc = ("repeats",) if job.repeats > MAX_GRID_POINTS else ("params",)
+        return [], [(where, f"the grid has {size:,} points ({' x '.join(factors)}); at most "
+                     f"{MAX_GRID_POINTS:,} per job: sweep fewer values, or split the job")]
     for combo in itertools.product(*(range(len(axis.rows)) for axis in axes)):
         chosen: dict[str, tuple[Any, int]] = {}
         for axis, row in zip(axes, combo):

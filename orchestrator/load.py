@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from jobs.inputs import NotUtf8, decode_utf8
 from orchestrator.errors import Loc, Problem, SpecError, dotted, problems_from_validation, show
 from orchestrator.finetune_spec import FinetuneSpec
 from orchestrator.roles import role_problems
@@ -53,9 +54,11 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep file; relative data paths resolve against its folder."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        reason = "file not found" if isinstance(e, FileNotFoundError) else f"cannot read the file ({e})"
+        text = decode_utf8(path.read_bytes())
+    except NotUtf8 as e:
+        raise SpecError([Problem(str(path), e.line, "", str(e).split(": ", 1)[1])]) from None
+    except OSError as e:
+        reason = "file not found" if isinstance(e, FileNotFoundError) else f"cannot read the file ({e.strerror})"
         raise SpecError([Problem(str(path), None, "", reason)]) from None
     return parse_sweep(text, str(path), path.parent.resolve())
 

@@ -39,7 +39,11 @@ from orchestrator.finetune_spec import FinetuneSpec, Spec
 from orchestrator.grid import grid_problems
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+# Names become folder and file names (<output>/<sweep>/, finetunes/<name>-<id>/, .work-<name>-<id>)
+# and Ray actor names: one path component each (no separator, no leading dot, so never `..`),
+# short enough for a 255-byte file name with the prefixes and ids around it.
+NAME_MAX_LENGTH = 100
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)]
 ENV_VAR_PATTERN = r"^[A-Z_][A-Z0-9_]*$"
 
 # Validation context key: parse_sweep runs the cross-entry checks itself, so that it can
@@ -290,7 +294,10 @@ def reference_problems(models: Mapping[str, ModelSpec | None], finetunes: Mappin
         return f"model {show(name)} is not defined in {where} (defined: {', '.join(map(str, names)) or 'none'})"
 
     def servable_base(loc: Loc, base: str, what: str) -> None:
-        if base not in models:
+        if base == loc[1]:
+            found.append((loc, f"{show(base)} names itself as its base; the base of {what} must be another "
+                          f"entry of `models`, a plain model (defined: {', '.join(n for n in model_names if n != base)})"))
+        elif base not in models:
             hint = " (a finetune cannot be the base of another)" if base in finetunes else ""
             found.append((loc, undefined(base, model_names, "`models`") + hint))
         elif (spec := models[base]) is not None and spec.is_adapter:

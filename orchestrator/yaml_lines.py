@@ -6,6 +6,10 @@ Why not plain `yaml.safe_load`:
   core schema: only true/false are booleans, `4e-5` is a number, dates stay strings.
 - A duplicated key silently keeps the last value; here it is an error.
 - Validation errors must name a line, so every node's line is kept, by data path.
+- Values no sweep needs are refused where they are written, before anything reads them: an
+  integer beyond 64 bits (Parquet, Ray and the engines store int64 at most), a float literal
+  that overflows to infinity, a string longer than MAX_STRING (long text belongs in a data
+  file), and characters YAML does not allow (NUL, other control characters).
 """
 from __future__ import annotations
 
@@ -24,6 +28,11 @@ _MERGE = "tag:yaml.org,2002:merge"
 # Nodes a sweep may expand to. Aliases of aliases grow exponentially (a few lines can stand
 # for billions of nodes); a real sweep has hundreds.
 MAX_NODES = 200_000
+MAX_STRING = 64 * 1024  # characters in one value; a prompt or a judge template fits many times over
+INT64_MAX = 2**63 - 1
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_STR = "tag:yaml.org,2002:str"
 
 
 class SweepLoader(yaml.SafeLoader):
@@ -48,7 +57,18 @@ SweepLoader.add_implicit_resolver(
 def _construct_int(loader: SweepLoader, node: ScalarNode) -> int:
     # YAML 1.2: a leading zero is decimal (010 is ten, not eight) and there is no 1:30 form.
     text = loader.construct_scalar(node)
+    if _beyond_int64(text):  # reported by the walk; Python refuses to parse over 4300 digits
+        return INT64_MAX + 1
     return int(text, 16) if text.lower().startswith("0x") else int(text, 10)
+
+
+def _beyond_int64(text: str) -> bool:
+    hexadecimal = text.lower().startswith("0x")
+    digits = (text[2:] if hexadecimal else text.lstrip("+-")).lstrip("0")
+    if len(digits) > (16 if hexadecimal else 19):
+        return True
+    value = int(text, 16) if hexadecimal else int(text, 10)
+    return not -INT64_MAX - 1 <= value <= INT64_MAX
 
 
 SweepLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
@@ -76,7 +96,14 @@ class LoadedYaml:
 
 def load_yaml(text: str, filename: str) -> LoadedYaml:
     """Parse one YAML document. Raises SpecError for a syntax error (at the parser's line)."""
-    loader = SweepLoader(text)
+    try:
+        loader = SweepLoader(text)  # the reader checks every character here
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        raise SpecError([Problem(filename, line, "", f"character U+{code:04X} at column {column} is not allowed "
+                                 "in YAML (a NUL or control character; remove it)")]) from None
     try:
         node = loader.get_single_node()
         loaded = LoadedYaml(data=None)
@@ -111,6 +138,10 @@ def _walk(loader: SweepLoader, node: Node, loc: Loc, out: LoadedYaml, filename: 
         raise SpecError([Problem(filename, out.lines.get(top, node.start_mark.line + 1), dotted(top),
                                  f"the file expands to over {MAX_NODES} values through its aliases")])
     open_nodes = open_nodes | {id(node)}
+    if isinstance(node, ScalarNode):
+        if (problem := _scalar_problem(node)) is not None:
+            out.problems.append(Problem(filename, node.start_mark.line + 1, dotted(loc), problem))
+        return
     if isinstance(node, SequenceNode):
         for i, item in enumerate(node.value):
             out.lines.setdefault((*loc, i), item.start_mark.line + 1)
@@ -142,3 +173,19 @@ def _walk(loader: SweepLoader, node: Node, loc: Loc, out: LoadedYaml, filename: 
         _walk(loader, value_node, (*loc, key), out, filename, open_nodes, merged)
     for m in merges:  # after the explicit keys, which override merged ones
         _walk(loader, m, loc, out, filename, open_nodes, merged=True)
+
+
+def _scalar_problem(node: ScalarNode) -> str | None:
+    """What is wrong with a value no sweep can mean, or None. The value itself is not echoed
+    in full: it is huge."""
+    text = node.value
+    if node.tag == _INT:
+        if _beyond_int64(text):
+            return f"an integer of {len(text)} digits is beyond 64 bits; expected at most {INT64_MAX}"
+    elif node.tag == _FLOAT and "inf" not in text.lower() and "nan" not in text.lower():
+        if float(text) in (float("inf"), float("-inf")):
+            return f"the number {text[:40]} is beyond the range of a float (about 1.8e308)"
+    elif node.tag == _STR and len(text) > MAX_STRING:
+        return (f"a string of {len(text)} characters ({show(text[:20])}...); at most {MAX_STRING}: "
+                "put long text in a data file")
+    return None
