@@ -50,7 +50,13 @@ class ReplicaUnavailable(TransientError):
 
 class EndpointUnavailable(TransientError):
     """A remote endpoint kept answering 429/5xx or timing out: retry the shard later. The
-    replica that called it is fine, so the pool keeps it."""
+    replica that called it is fine, so the pool keeps it. `reason` names how the last attempt
+    failed (the openai engine's vocabulary: rate_limited, server_error, timeout, ...), for a
+    caller that records a null with its reason instead (a judge)."""
+
+    def __init__(self, message: str, reason: str = "endpoint_unavailable") -> None:
+        super().__init__(message)
+        self.reason = reason  # pickled with the error (an exception's __dict__ is)
 
 
 class BatchFailed(TransientError):

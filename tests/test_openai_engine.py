@@ -113,6 +113,8 @@ def test_server_refusals_are_request_errors(vllm_server):
 
 OK_BODY = {"choices": [{"index": 0, "text": "42", "finish_reason": "stop"}],
            "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+OK_CHAT = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "42"}, "finish_reason": "stop"}],
+           "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
 
 
 class Script:
@@ -134,7 +136,9 @@ class Script:
         self.bodies.append(await request.json())
         try:
             await asyncio.sleep(self.delay_s(attempt))
-            return self.respond(attempt, request) or web.json_response(OK_BODY)
+            # A chat reply's choice carries a message, a completion's a text (without: malformed).
+            ok = OK_CHAT if request.path.endswith("/chat/completions") else OK_BODY
+            return self.respond(attempt, request) or web.json_response(ok)
         finally:
             self.inflight -= 1
 

@@ -16,10 +16,17 @@ Two ways to send a request:
 A request for n samples is sent as n requests for one, sample i with seed+i: every API then
 returns exact per-sample token counts, and seeded samples line up with the local engines'
 (which draw sample i from seed+i too). Requests run under a semaphore (max_concurrency
-attempts in flight); 429, 5xx, timeouts and connection errors are retried with exponential
-backoff and jitter, waiting at least what Retry-After asks; still failing, the request raises
-EndpointUnavailable (the scheduler retries the shard later). The API key is read from the
-environment variable the sweep names, once, and lives only in the client's headers.
+attempts in flight). What another attempt may fix is retried, at most max_retries times, with
+exponential backoff and jitter, waiting at least what Retry-After asks: 408, 429, 5xx but 501,
+timeouts, dropped connections and bodies cut short, and 200s that are not a completion (a body
+that is not JSON, no choices list, an empty `choices`: a gateway's glitch as far as we can
+tell, and n=1 always has one choice). Still failing, the request raises EndpointUnavailable
+with the last failure's `reason` (rate_limited, server_error, timeout, connection_error,
+malformed_response, empty_choices): a judge records it as the reason of a null score, any
+other caller's shard is retried later. What will never succeed is not retried: 400 is a
+RequestError (that sample's error row, or a judge's null), 401/403/404/501 an EngineError (a
+wrong key, model, URL or server: the shard fails and writes nothing). The API key is read from
+the environment variable the sweep names, once, and lives only in the client's headers.
 """
 from __future__ import annotations
 
@@ -58,6 +65,24 @@ RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600)) - {501}  # 501
 # prompt does not fit
 CONTEXT_LENGTH = re.compile(r"context_length_exceeded|maximum context length|max_model_len", re.IGNORECASE)
 MAX_RETRY_AFTER_S = 300.0  # a server asking for longer is treated as down: the shard retries elsewhere
+
+# Why a request failed after its retries (EndpointUnavailable.reason): a judge records it as
+# the reason its score is null.
+RATE_LIMITED = "rate_limited"  # 429
+SERVER_ERROR = "server_error"  # 5xx but 501
+TIMEOUT = "timeout"  # no reply within timeout_s, or 408
+CONNECTION_ERROR = "connection_error"  # refused, reset, dropped, or a body cut short
+MALFORMED_RESPONSE = "malformed_response"  # a 200 whose body is not JSON, or not a completion
+EMPTY_CHOICES = "empty_choices"  # a 200 with `choices: []`
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """An attempt that failed in a way the next one may not."""
+
+    reason: str
+    detail: str
+    retry_after: float | None = None
 
 
 @dataclass
@@ -194,15 +219,11 @@ class OpenAIEngine:
         return self._client, self._semaphore
 
     async def _complete(self, path: str, body: dict[str, Any], request: Request) -> Completion:
-        data = await self._post(path, body)
-        choices = data.get("choices") or []
-        if len(choices) != 1:
-            raise EngineError(f"{self.model}: expected one choice from {path}, got {len(choices)}")
-        usage = data.get("usage") or {}
+        choice, usage = await self._post(path, body)
         if "prompt" in body and self.tokenizer is not None:
-            completion = self._from_token_ids(choices[0], usage, request.sampling)
+            completion = self._from_token_ids(choice, usage, request.sampling)
         else:
-            completion = _completion(choices[0], usage, request.sampling, chat=path == "/chat/completions")
+            completion = _completion(choice, usage, request.sampling, chat=path == "/chat/completions")
         self.stats.completion_tokens += completion.completion_tokens
         return completion
 
@@ -237,36 +258,64 @@ class OpenAIEngine:
             text = self._token_text[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
         return text
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the one choice, usage) of a POST, after at most max_retries retries of failures
+        another attempt may not meet; then EndpointUnavailable with the last one's reason."""
         client, semaphore = self._session()
-        for attempt in range(self.max_retries + 1):
-            retry_after: float | None = None
+        attempts = 0
+        while True:
             async with semaphore:
+                attempts += 1
                 self.stats.attempts += 1
                 try:
                     response = await client.post(path, json=body)
-                except (httpx.TimeoutException, httpx.TransportError) as exc:
-                    failure = f"{type(exc).__name__}"
+                except httpx.TimeoutException:
+                    outcome: _Failure | tuple[dict[str, Any], dict[str, Any]] = _Failure(
+                        TIMEOUT, f"no reply within timeout_s={self.timeout_s:g}")
+                except httpx.TransportError as exc:  # refused, reset, dropped, a body cut short
+                    outcome = _Failure(CONNECTION_ERROR, f"{type(exc).__name__}: {exc}")
                 else:
-                    if response.status_code < 300:
-                        return response.json()
-                    failure = f"HTTP {response.status_code}: {self._redact(_error_message(response))}"
-                    if response.status_code not in RETRY_STATUS:
-                        if response.status_code in (401, 403, 404):
-                            # A wrong key, model or URL fails every request alike: not a row error.
-                            raise EngineError(f"{self.model} at {self.base_url}{path}: {failure}")
-                        error = ContextLengthError if CONTEXT_LENGTH.search(failure) else RequestError
-                        raise error(f"{self.model}: {failure}")
-                    retry_after = _retry_after_s(response)
-            if attempt == self.max_retries:
-                break
-            if retry_after is not None and retry_after > MAX_RETRY_AFTER_S:
-                break
+                    outcome = self._read(response, path)
+            if not isinstance(outcome, _Failure):
+                return outcome
+            if attempts > self.max_retries or (outcome.retry_after or 0.0) > MAX_RETRY_AFTER_S:
+                raise EndpointUnavailable(f"{self.model} at {self.base_url}{path}: {outcome.detail} after {attempts} "
+                                          f"attempts", reason=outcome.reason)
             self.stats.retries += 1
-            backoff = min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
-            await asyncio.sleep(max(backoff, retry_after or 0.0))
-        raise EndpointUnavailable(f"{self.model} at {self.base_url}{path}: {failure} after {attempt + 1} attempts")
+            # Exponential backoff with jitter (each wait in [1/2, 1] of its step, so many
+            # clients refused at once do not come back at once); never less than Retry-After.
+            step = min(self.max_backoff_s, self.backoff_s * 2 ** (attempts - 1))
+            await asyncio.sleep(max(step * random.uniform(0.5, 1.0), outcome.retry_after or 0.0))
 
+    def _read(self, response: httpx.Response, path: str) -> _Failure | tuple[dict[str, Any], dict[str, Any]]:
+        """(the one choice, usage) of a reply; a _Failure another attempt may not meet; or,
+        for a refusal that every attempt would meet alike, the error to raise."""
+        status = response.status_code
+        if status >= 300:
+            failure = f"HTTP {status}: {self._redact(_error_message(response))}"
+            if status not in RETRY_STATUS:
+                if status in (401, 403, 404, 501):
+                    # A wrong key, model, URL or server fails every request alike: not a row error.
+                    raise EngineError(f"{self.model} at {self.base_url}{path}: {failure}")
+                error = ContextLengthError if CONTEXT_LENGTH.search(failure) else RequestError
+                raise error(f"{self.model}: {failure}")
+            reason = RATE_LIMITED if status == 429 else TIMEOUT if status == 408 else SERVER_ERROR
+            return _Failure(reason, failure, _retry_after_s(response))
+        try:
+            data = response.json()
+        except ValueError:  # a proxy's error page, a body garbled on the way
+            return _Failure(MALFORMED_RESPONSE, f"HTTP {status} with a body that is not JSON: {response.text[:80]!r}")
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list):
+            return _Failure(MALFORMED_RESPONSE, f"HTTP {status} without a choices list: {response.text[:80]!r}")
+        if not choices:
+            return _Failure(EMPTY_CHOICES, f"HTTP {status} with an empty choices list")
+        content = "message" if path == "/chat/completions" else "text"
+        if len(choices) != 1 or not isinstance(choices[0], dict) or content not in choices[0]:
+            return _Failure(MALFORMED_RESPONSE, f"HTTP {status}: expected one choice with a {content}, got "
+                            f"{response.text[:80]!r}")
+        usage = data.get("usage")
+        return choices[0], usage if isinstance(usage, dict) else {}
 
     def _redact(self, text: str) -> str:
         # Some APIs quote the key they were sent in their 401 message.
