@@ -15,7 +15,11 @@ dearer (a request per likely digit). A judge that gives no logprobs (an API) is 
 text: the first integer, else no score.
 
 A reply that can't be scored is never an exception: it is a `JudgeResult` with `score=None`
-and a `reason` from a small fixed vocabulary, so the summaries can count each kind.
+and a `reason` from a small fixed vocabulary, so the summaries can count each kind. That
+includes a judge endpoint that still fails after its engine's retries (an API: rate_limited,
+server_error, timeout, connection_error, malformed_response, empty_choices; see
+actors.engines.openai.engine): the answer gets a null with that reason and the shard lands,
+rather than a whole shard of answers lost to one flaky call. A dead replica still raises.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from actors.engines.protocol import Request, Sampling, TopLogprob
-from actors.errors import RequestError
+from actors.errors import EndpointUnavailable, RequestError
 from jobs.job import ModelHandle
 
 MIN_NUMBER_MASS = 0.25
@@ -46,6 +50,7 @@ LOW_NUMBER_MASS = "low_number_mass"  # logprobs: integer tokens hold < min_mass
 NO_NUMBER = "no_number"  # text: no integer in the reply
 OUT_OF_RANGE = "out_of_range"  # text: the first integer is not in 0..100
 REQUEST_ERROR = "request_error"  # the judge model refused the request itself (too long, ...)
+# An endpoint that failed after its retries gives its own reason (EndpointUnavailable.reason).
 
 _INTEGER = re.compile(r"\d+", re.ASCII)
 _WORD = re.compile(r"[A-Za-z]+")
@@ -222,13 +227,16 @@ async def judge(
 ) -> JudgeResult:
     """Score one filled-in judge prompt. Concurrent calls are batched by the engine, so
     callers judge many answers at once with asyncio.gather. A request the judge model
-    rejects is a null with reason `request_error`; a dead replica still raises (the shard
-    is retried elsewhere)."""
+    rejects is a null with reason `request_error`, an endpoint that kept failing a null with
+    its reason (`rate_limited`, `timeout`, ...); a dead replica still raises (the shard is
+    retried elsewhere)."""
     method: Literal["logprobs", "text"] = "logprobs" if use_logprobs else "text"
     try:
         completion = (await handle.generate(judge_request(prompt, use_logprobs, system)))[0]
     except RequestError as e:
         return JudgeResult(None, REQUEST_ERROR, str(e), method)
+    except EndpointUnavailable as e:
+        return JudgeResult(None, e.reason, str(e), method)
     if use_logprobs and completion.logprobs:
         top = _pairs(completion.logprobs[0].top)
         if splits_digits(top):
@@ -236,6 +244,8 @@ async def judge(
                 probs = await _digit_scores(handle, prompt, system, top)
             except RequestError as e:  # an API that cannot continue a prefill
                 return JudgeResult(None, REQUEST_ERROR, f"reading a digit-by-digit score: {e}", method)
+            except EndpointUnavailable as e:
+                return JudgeResult(None, e.reason, f"reading a digit-by-digit score: {e}", method)
             score, reason = score_from_numbers(probs, top, min_mass)
             return JudgeResult(score, reason, completion.text, "logprobs", round(sum(probs.values()), 6))
         score, reason = score_from_logprobs(top, min_mass)

@@ -3,8 +3,9 @@
 The monitor reads a prompt, the chain of thought and the answer, and replies with a few lines
 of reasoning then `FLAG: <label>`. Its output is parsed strictly; an invalid reply is sent
 back once with what was wrong, and a second invalid reply is a null with a reason (never an
-exception). The self-description judge answers YES or NO: does the chain of thought give
-the trigger line as the reason for its choice?
+exception), as is an API that still fails after its engine's retries (its reason:
+rate_limited, timeout, ...). The self-description judge answers YES or NO: does the chain of
+thought give the trigger line as the reason for its choice?
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from actors.engines.protocol import Message, Request, Sampling
-from actors.errors import RequestError
+from actors.errors import EndpointUnavailable, RequestError
 from jobs.common.judge import REQUEST_ERROR, fill
 from jobs.job import ModelHandle
 
@@ -66,6 +67,8 @@ async def monitor(handle: ModelHandle, template: str, retry_template: str, *, qu
             reply = (await handle.generate(request))[0].text
         except RequestError as e:
             return Verdict(None, REQUEST_ERROR, "\n\n".join([*outputs, str(e)]))
+        except EndpointUnavailable as e:  # an API that kept failing: a null with why, as the judge's
+            return Verdict(None, e.reason, "\n\n".join([*outputs, str(e)]))
         outputs.append(reply)
         flag, problem = parse_monitor(reply)
         if flag is not None:
@@ -89,5 +92,7 @@ async def self_description(handle: ModelHandle, template: str, *, trigger: str, 
         reply = (await handle.generate(request))[0].text
     except RequestError as e:
         return Verdict(None, REQUEST_ERROR, str(e))
+    except EndpointUnavailable as e:
+        return Verdict(None, e.reason, str(e))
     value = parse_yes_no(reply)
     return Verdict(value, None if value is not None else UNPARSABLE, reply)
