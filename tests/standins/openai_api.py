@@ -14,6 +14,14 @@ What it reproduces of the documented API (the behaviours our engine must meet):
 - Chat logprobs come as `choices[i].logprobs.content[j] = {token, logprob, bytes, top_logprobs}`
   and every reply carries `usage`.
 
+Faults (a flaky API), on a schedule the test sets (tests/standins/faults.py): `POST
+/v1/faults` with `{"rules": [...]}` (or `--faults JSON` at start) makes chosen requests fail
+with an HTTP status (429 with or without Retry-After, 5xx, 400/401/404/501), a reply held
+past the client's timeout, a body that is not JSON, an empty `choices`, garbage text, a body
+cut short or a dropped connection. A request must pass the checks above before a fault is
+considered, so a malformed body is always its 400. `GET /v1/stats` returns every chat request
+the schedule saw (arrival time, text, fault); setting a schedule clears that log.
+
 Its field list is written here from the API reference, apart from the engine's own list, so
 a field the engine wrongly believes OpenAI accepts is caught. The model behind it renders
 with its own template, thinking off (OpenAI's models show no think block).
@@ -21,6 +29,8 @@ with its own template, thinking off (OpenAI's models show no think block).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import re
 import time
 from typing import Any
@@ -30,6 +40,7 @@ from aiohttp import web
 from actors.engines.hf.engine import HFEngine
 from actors.engines.protocol import Completion, Message, Request, Sampling
 from actors.errors import RequestError
+from tests.standins.faults import Rule, Schedule
 
 ACCEPTED = {
     "model", "messages", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
@@ -43,9 +54,10 @@ REASONING_UNSUPPORTED = ("max_tokens", "logprobs", "top_logprobs", "top_p", "sto
                          "frequency_penalty", "logit_bias")
 
 
-def _error(message: str, param: str | None = None, code: str | None = None, status: int = 400) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": "invalid_request_error", "param": param,
-                                        "code": code}}, status=status)
+def _error(message: str, param: str | None = None, code: str | None = None, status: int = 400,
+           kind: str = "invalid_request_error") -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                             status=status)
 
 
 class StandIn:
@@ -53,6 +65,7 @@ class StandIn:
         self.engine, self.names = engine, names
         self.requests = 0  # what reached the model (tests read it from GET /stats)
         self.refused: list[str] = []  # each 400's message
+        self.faults = Schedule()
 
     def _check(self, body: dict[str, Any]) -> web.Response | None:
         unknown = [k for k in body if k not in ACCEPTED]
@@ -86,6 +99,11 @@ class StandIn:
         if refusal is not None:
             self.refused.append(refusal.text or "")
             return refusal
+        fired = self.faults.decide("\n".join(str(m.get("content")) for m in body["messages"]))
+        if fired is not None and fired[1].fault != "timeout":
+            return await _faulty(http, body["model"], fired[1])
+        if fired is not None:  # a reply that comes after the client gave up
+            await asyncio.sleep(fired[1].sleep_s)
         messages = [Message(role="system" if m["role"] == "developer" else m["role"], content=m["content"])
                     for m in body["messages"]]
         while messages and messages[-1].role == "assistant":  # not continued: the model replies anew
@@ -128,11 +146,52 @@ class StandIn:
                                   "data": [{"id": n, "object": "model", "owned_by": "standin"} for n in self.names]})
 
     async def stats(self, _: web.Request) -> web.Response:
-        return web.json_response({"requests": self.requests, "refused": self.refused})
+        return web.json_response({"requests": self.requests, "refused": self.refused,
+                                  "log": [vars(seen) for seen in self.faults.log]})
+
+    async def set_faults(self, http: web.Request) -> web.Response:
+        try:
+            self.faults = Schedule.of((await http.json())["rules"])
+        except (ValueError, KeyError, TypeError) as e:  # pydantic's ValidationError is a ValueError
+            return _error(f"bad fault schedule: {e}")
+        return web.json_response({"rules": len(self.faults.rules)})
 
     async def legacy(self, _: web.Request) -> web.Response:
         return _error("This is a chat model and not supported in the v1/completions endpoint. Did you mean to use "
                       "v1/chat/completions?", param="model")
+
+
+async def _faulty(http: web.Request, model: str, rule: Rule) -> web.StreamResponse:
+    """The faulty reply `rule` asks for (every fault but `timeout`, which delays a good one)."""
+    if rule.fault == "status":
+        response = (_error(f"Rate limit reached for {model} on requests per min (RPM): Limit 3, Used 3, Requested 1.",
+                           code="rate_limit_exceeded", status=429, kind="requests") if rule.status == 429
+                    else _error(f"injected HTTP {rule.status}", status=rule.status,
+                                kind="server_error" if rule.status >= 500 else "invalid_request_error"))
+        if rule.retry_after is not None:
+            response.headers["Retry-After"] = rule.retry_after
+        return response
+    choice = {"index": 0, "message": {"role": "assistant", "content": rule.text, "refusal": None},
+              "logprobs": None, "finish_reason": "stop"}
+    whole = {"id": "chatcmpl-fault", "object": "chat.completion", "created": int(time.time()), "model": model,
+             "choices": [] if rule.fault == "empty_choices" else [choice],
+             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+    if rule.fault in ("empty_choices", "garbage"):
+        return web.json_response(whole)
+    data = json.dumps(whole).encode()
+    if rule.fault == "malformed_json":  # the whole body arrives, and it is not JSON
+        return web.Response(body=data[: len(data) // 2], content_type="application/json")
+    assert http.transport is not None
+    if rule.fault == "drop":  # no response at all: the client sees the connection close
+        http.transport.close()
+        return web.Response()
+    # truncated: the headers promise the whole body, half of it comes, then the connection closes.
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = len(data)
+    await response.prepare(http)
+    await response.write(data[: len(data) // 2])
+    http.transport.close()
+    return response
 
 
 def main() -> None:
@@ -140,15 +199,18 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="a model folder or organism:<name>")
     parser.add_argument("--name", action="append", required=True, help="a model name clients ask for (gpt-4.1, o3)")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--faults", default="[]", help="a JSON list of fault rules (tests/standins/faults.py)")
     args = parser.parse_args()
     from jobs.organisms.build import resolve_model_path
 
     standin = StandIn(HFEngine(resolve_model_path(args.model), dtype="float32", device="cpu"), args.name)
+    standin.faults = Schedule.of(json.loads(args.faults))
     app = web.Application()
     app.router.add_post("/v1/chat/completions", standin.chat)
     app.router.add_post("/v1/completions", standin.legacy)
     app.router.add_get("/v1/models", standin.models)
     app.router.add_get("/v1/stats", standin.stats)
+    app.router.add_post("/v1/faults", standin.set_faults)
     web.run_app(app, host="127.0.0.1", port=args.port, print=None)
 
 
