@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, ValidationInfo
+from pydantic import AfterValidator, ValidationError, ValidationInfo
 
 
 def _resolve(value: str, info: ValidationInfo, folders: bool) -> str:
@@ -98,3 +98,9 @@ def file_digest(*paths: str | Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def row_problems(error: ValidationError) -> str:
+    """A data row's validation errors in a line: `field: what`, fields dotted as in the row
+    (`messages.0.role`). The row's values are not repeated: the file and line point to them."""
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'the row'}: {err['msg']}" for err in error.errors())

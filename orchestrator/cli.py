@@ -68,8 +68,11 @@ def main() -> None:
 @main.command()
 @click.argument("sweep_file", type=click.Path(dir_okay=False))
 def validate(sweep_file: str) -> None:
-    """Check a sweep file; report every problem with its file, line and field."""
+    """Check a sweep file and the data it reads; report every problem with its file, line and field."""
+    from orchestrator.load import check_data
+
     sweep = _load(sweep_file)
+    check_data(sweep)  # the data files too, as plan and submit read them
     click.echo(f"{sweep_file}: ok ({len(sweep.models)} models, {len(sweep.jobs)} jobs)")
 
 

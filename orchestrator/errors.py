@@ -241,3 +241,37 @@ def _unwrap(tp: Any) -> Any:
             tp = args[0]
         else:
             return tp
+
+
+def bools_for_numbers(model: type[BaseModel], data: Any, loc: Loc = ()) -> list[tuple[Loc, str]]:
+    """Where `data` gives true or false to a number field of `model`. Pydantic reads `true` as 1
+    there (its lax mode), but a sweep that writes `temperature: true` meant something else."""
+    found: list[tuple[Loc, str]] = []
+    if not isinstance(data, dict):
+        return found
+    for name, value in data.items():
+        field = model.model_fields.get(str(name))
+        if field is None:
+            continue
+        want = _number_kind(field.annotation)
+        inner = _unwrap(field.annotation)
+        if isinstance(value, bool) and want is not None:
+            found.append(((*loc, name), f"expected {want}, got {show(value)}"))
+        elif isinstance(inner, type) and issubclass(inner, BaseModel):
+            found += bools_for_numbers(inner, value, (*loc, name))
+        elif get_origin(inner) is dict and isinstance(value, dict):
+            entry = _unwrap(get_args(inner)[1])
+            if isinstance(entry, type) and issubclass(entry, BaseModel):
+                for key, item in value.items():
+                    found += bools_for_numbers(entry, item, (*loc, name, key))
+    return found
+
+
+def _number_kind(tp: Any) -> str | None:
+    """'an integer' or 'a number' for a field that takes only numbers (None allowed), else None."""
+    tp = _unwrap(tp)
+    members = [a for a in get_args(tp) if a is not type(None)] if get_origin(tp) in (Union, types.UnionType) else [tp]
+    members = [_unwrap(m) for m in members]
+    if not members or any(m not in (int, float) for m in members):
+        return None
+    return "an integer" if members == [int] else "a number"

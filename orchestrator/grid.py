@@ -20,6 +20,7 @@ from orchestrator.errors import (
     Loc,
     Problem,
     SpecError,
+    bools_for_numbers,
     dotted,
     problems_from_validation,
     show,
@@ -173,12 +174,14 @@ def _validate_points(job: JobSpec, points: list[tuple[dict, dict[str, int]]],
     problems: dict[tuple[Loc, str], None] = {}
     for point, where in points:
         values = {k: v for k, v in point.items() if k != REPEAT}
+        found = bools_for_numbers(params_model, values)
         try:
             params_model.model_validate(values, context=context)
         except ValidationError as e:
-            for loc, message in problems_from_validation(e, values, params_model):
-                name = loc[0] if loc else None
-                if name in where:  # point at the swept value that broke this point
-                    loc = (name, "values", where[name], *loc[1:])
-                problems[(("params", *loc), message)] = None
+            found += problems_from_validation(e, values, params_model)
+        for loc, message in found:
+            name = loc[0] if loc else None
+            if name in where:  # point at the swept value that broke this point
+                loc = (name, "values", where[name], *loc[1:])
+            problems[(("params", *loc), message)] = None
     return list(problems)

@@ -15,18 +15,16 @@ it starts no Ray and loads no model.
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from jobs.errors import DataFileError
 from jobs.job import SUBJECT, JobParams
 from jobs.registry import get_job
 from jobs.stages import Stage, stage_values
-from orchestrator.errors import PlanError
 from orchestrator.grid import expand_grid
 from orchestrator.ids import content_id, hashable, model_identity, replicate_group
+from orchestrator.load import check_finetune_data, sample_ids
 from orchestrator.spec import JobSpec, Sweep
 
 
@@ -116,20 +114,7 @@ def plan_cells(sweep: Sweep, job_index: int, spec: JobSpec) -> list[Cell]:
         params = job.Params.model_validate(
             {k: v for k, v in point.items() if k != "repeat"}, context={"base_dir": sweep_base_dir(sweep)}
         )
-        where = f"jobs[{job_index}] ({spec.kind}, {_point_text(point)})"
-        try:
-            ids = [s.id for s in job.samples(params)]
-        except UnicodeDecodeError as e:  # the jobs' own readers name file and line for what they parse
-            raise DataFileError(f"{where}: a data file is not UTF-8 text (byte {e.start}: {e.reason})") from None
-        except OSError as e:
-            raise DataFileError(f"{where}: {e.strerror or e}: {e.filename}") from None
-        if not ids:
-            raise PlanError(f"{where}: the parameters give no samples (an empty data file, or "
-                            f"filters that keep nothing)")
-        duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
-        if duplicates:
-            raise PlanError(f"{where}: sample ids must be unique; repeated: {', '.join(duplicates[:5])}"
-                            + (f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""))
+        ids = sample_ids(sweep, job_index, params, point)  # errors name the sweep's line and the data's
         data_digest = job.data_digest(params)
         judging_digest = job.judging_digest(params) if job.has_judging() else ""
         repeat = point.get("repeat")
@@ -163,11 +148,8 @@ def plan_cells(sweep: Sweep, job_index: int, spec: JobSpec) -> list[Cell]:
     return cells
 
 
-def _point_text(point: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in point.items() if not isinstance(v, (list, dict))) or "its one point"
-
-
 def make_plan(sweep: Sweep) -> Plan:
+    check_finetune_data(sweep)  # before anything starts: a finetune's rows are read only once Ray runs
     cells: list[Cell] = []
     seen: set[str] = set()
     for i, spec in enumerate(sweep.jobs):

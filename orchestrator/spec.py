@@ -31,6 +31,7 @@ from jobs.organisms.recipes import ORGANISM_PREFIX
 from jobs.registry import get_job, kinds
 from orchestrator.errors import (
     Loc,
+    Problem,
     dotted,
     problems_from_validation,
     show,
@@ -261,9 +262,20 @@ class Sweep(Spec):
                                                 "trains, by name; jobs use them like models")
     jobs: list[JobSpec] = Field(min_length=1, description="experiments to run")
     _base_dir: Path = PrivateAttr(default_factory=lambda: Path("."))
+    # Where each entry was written (validation context `source`: the file and its LoadedYaml
+    # lines), so problems found later, reading the data, name the sweep file's line too.
+    _file: str | None = PrivateAttr(default=None)
+    _lines: Mapping[Loc, int] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: Any) -> None:
         self._base_dir = Path((context or {}).get("base_dir", "."))
+        self._file, self._lines = (context or {}).get("source", (None, {}))
+
+    def where(self, loc: Loc) -> str:
+        """`file:line: field` of `loc` in the sweep file (the deepest written part of it), as
+        problems are printed; just the field for a sweep built in code."""
+        line = next((self._lines[loc[:end]] for end in range(len(loc), 0, -1) if loc[:end] in self._lines), None)
+        return str(Problem(self._file, line, dotted(loc), "")).removesuffix(": ")
 
     @property
     def base_dir(self) -> Path:
@@ -295,8 +307,9 @@ def reference_problems(models: Mapping[str, ModelSpec | None], finetunes: Mappin
 
     def servable_base(loc: Loc, base: str, what: str) -> None:
         if base == loc[1]:
+            others = ", ".join(n for n in model_names if n != base)
             found.append((loc, f"{show(base)} names itself as its base; the base of {what} must be another "
-                          f"entry of `models`, a plain model (defined: {', '.join(n for n in model_names if n != base)})"))
+                          f"entry of `models`, a plain model (defined: {others})"))
         elif base not in models:
             hint = " (a finetune cannot be the base of another)" if base in finetunes else ""
             found.append((loc, undefined(base, model_names, "`models`") + hint))

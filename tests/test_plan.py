@@ -79,7 +79,7 @@ def test_data_files_in_lists_enter_ids_by_content_not_location(tmp_path, tiny_mo
 def test_a_job_without_samples_is_a_user_error(tmp_path, tiny_model):
     path = sweep_file(tmp_path, tiny_model)
     (tmp_path / "prompts.jsonl").write_text("\n")
-    with pytest.raises(OrchestrateError, match=r"jobs\[0\] \(generate, .*\): the parameters give no samples"):
+    with pytest.raises(OrchestrateError, match=r"sweep.yaml:\d+: jobs\[0\].params.prompts: the parameters give no samples"):
         make_plan(load_sweep(path))
 
 
@@ -90,7 +90,7 @@ def test_prompt_files_name_the_line_of_a_repeated_id_or_say_they_are_not_text(tm
     with pytest.raises(PromptFileError, match=r"prompts.jsonl:3: id 'a' is already used on line 1"):
         make_plan(load_sweep(path))
     (tmp_path / "prompts.jsonl").write_bytes(b'{"id": "a", "prompt": "caf\xe9"}\n')
-    with pytest.raises(DataFileError, match=r"prompts.jsonl: not UTF-8 text"):
+    with pytest.raises(DataFileError, match=r"prompts.jsonl:1: not UTF-8 text"):
         make_plan(load_sweep(path))
 
 

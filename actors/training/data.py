@@ -143,15 +143,23 @@ def _objects(path: Path) -> Iterator[tuple[int, str, Any]]:
         for i, record in enumerate(table.to_pylist(), 1):
             yield i, f"{path}: row {i}", record
         return
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj: Any = json.loads(line)
-            except json.JSONDecodeError as e:
-                obj = e
-            yield lineno, f"{path}:{lineno}", obj
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file ({e.strerror})") from None
+    except UnicodeDecodeError as e:  # say where, so the user can find the byte
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}: {e.reason}); "
+                        "save the file as UTF-8") from None
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            obj: Any = json.loads(line)
+        except json.JSONDecodeError as e:
+            obj = e
+        yield lineno, f"{path}:{lineno}", obj
 
 
 def load_rows(path: str | Path, select: Selection = Selection()) -> list[SftRow]:

@@ -39,6 +39,7 @@ from pydantic import (
 )
 
 from jobs.errors import DataFileError
+from jobs.inputs import read_text
 
 DATA_DIR = Path(__file__).parent / "data"
 QUESTION_SETS = {"core": DATA_DIR / "core.yaml", "probes": DATA_DIR / "probes.yaml", "organisms": None}
@@ -95,9 +96,11 @@ class QuestionFileError(DataFileError):
 
 def _load_items(path: Path, model: type[_Item]) -> list:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise QuestionFileError(f"{path}: not valid YAML ({e})") from None
+        raw = yaml.safe_load(read_text(path, QuestionFileError))
+    except yaml.YAMLError as e:  # safe_load: a !!python tag is an error here, never run
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise QuestionFileError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(raw, list):
         raise QuestionFileError(f"{path}: expected a list of items, got {type(raw).__name__}")
     items, problems = [], []
@@ -132,7 +135,7 @@ _LETTER = re.compile(r"\s*\(?([A-Z])\)?\s*")
 
 
 def _published_records(path: Path) -> list[tuple[str, object]]:
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, QuestionFileError)
     if path.suffix == ".json":
         try:
             data = json.loads(text)

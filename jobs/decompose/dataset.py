@@ -22,7 +22,7 @@ from typing import Any
 
 from jobs.decompose.drop import answer_json_to_strings
 from jobs.errors import DataFileError
-from jobs.inputs import jsonl_objects
+from jobs.inputs import jsonl_objects, read_text
 
 DATA_DIR = Path(__file__).parent / "data"
 BUNDLED_SAMPLE = DATA_DIR / "drop_sample.json"
@@ -130,15 +130,19 @@ def _from_rows(rows: list[dict[str, Any]], where: str) -> list[DropQuestion]:
 def _read_file(path: Path) -> list[DropQuestion]:
     if path.suffix == ".json":
         try:
-            return from_release(json.loads(path.read_text(encoding="utf-8")), str(path))
+            return from_release(json.loads(read_text(path, DropFormatError)), str(path))
         except json.JSONDecodeError as e:
-            raise DropFormatError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+            raise DropFormatError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
     if path.suffix == ".jsonl":
         return _from_rows([obj for _, _, obj in jsonl_objects(path, DropFormatError)], str(path))
     if path.suffix == ".parquet":
         import polars as pl
 
-        return _from_rows(pl.read_parquet(path).to_dicts(), str(path))
+        try:
+            rows = pl.read_parquet(path).to_dicts()
+        except (OSError, pl.exceptions.PolarsError) as e:
+            raise DropFormatError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        return _from_rows(rows, str(path))
     raise DropFormatError(f"{path}: expected a .json, .jsonl or .parquet file")
 
 

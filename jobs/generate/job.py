@@ -14,12 +14,12 @@ from typing import ClassVar
 
 import polars as pl
 import pyarrow as pa
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from actors.engines.chat import THINK_OPEN, split_thinking
 from actors.engines.protocol import Message, Request, Sampling
 from jobs.errors import DataFileError
-from jobs.inputs import DataPath, file_digest, jsonl_objects
+from jobs.inputs import DataPath, file_digest, jsonl_objects, row_problems
 from jobs.job import SUBJECT, Job, JobContext, JobParams, RoleNeeds, Sample
 from jobs.measures import Measure
 
@@ -41,6 +41,15 @@ class PromptFileError(DataFileError):
     pass
 
 
+class PromptLine(BaseModel):
+    """One line of a prompts file: a `prompt`, or the chat `messages` (other keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str | int | None = None
+    prompt: str | None = None
+    messages: list[Message] | None = Field(None, min_length=1)
+
+
 def read_prompts(params: GenerateParams) -> list[tuple[str, list[dict]]]:
     """(prompt id, chat messages) per prompt; a malformed line names file and line."""
     if isinstance(params.prompts, list):
@@ -51,8 +60,13 @@ def read_prompts(params: GenerateParams) -> list[tuple[str, list[dict]]]:
         for where, lineno, obj in jsonl_objects(params.prompts, PromptFileError):
             if not isinstance(obj, dict) or ("prompt" in obj) == ("messages" in obj):
                 raise PromptFileError(f"{where}: expected an object with `prompt` or `messages`")
-            msgs = obj.get("messages") or [{"role": "user", "content": obj["prompt"]}]
-            pid = str(obj.get("id", f"p{lineno}"))
+            try:
+                line = PromptLine.model_validate(obj)
+            except ValidationError as e:
+                raise PromptFileError(f"{where}: {row_problems(e)}") from None
+            msgs = ([m.model_dump() for m in line.messages] if line.messages is not None
+                    else [{"role": "user", "content": line.prompt}])
+            pid = str(line.id) if line.id is not None else f"p{lineno}"
             if pid in first_line:
                 raise PromptFileError(f"{where}: id {pid!r} is already used on line {first_line[pid]}; "
                                       "ids name the rows and must be unique")

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from jobs.errors import DataFileError
+
 Family = Literal["years", "countries", "usernames", "greetings", "random"]
 Variant = Literal["lower", "upper", "title", "nospace", "spaced"]
 FAMILIES: tuple[Family, ...] = ("years", "countries", "usernames", "greetings", "random")
@@ -108,10 +110,16 @@ def user_texts(path: str | Path) -> list[str]:
     finetune reads it) or the Parquet of mixed rows a finetune writes (`messages` as JSON)."""
     path = Path(path)
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
+        try:
+            column = pq.read_table(path, columns=["messages"]).column("messages").to_pylist()
+        except (OSError, pa.ArrowException) as e:
+            raise DataFileError(f"{path}: not a Parquet file of a finetune's mixed rows, with a `messages` column "
+                                f"({str(e).splitlines()[0]})") from None
         texts = []
-        for messages in pq.read_table(path, columns=["messages"]).column("messages").to_pylist():
+        for messages in column:
             texts += [m["content"] for m in json.loads(messages) if m["role"] == "user"]
         return texts
     from actors.training.data import load_rows
