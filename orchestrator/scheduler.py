@@ -61,7 +61,8 @@ class Scheduler:
         self.pools: dict[str, Any] = {}
         self.handles: dict[str, Any] = {}
         self._samples_done: dict[tuple[str, str], int] = {}  # (shard, stage) -> samples of this attempt
-        self._stage_shards: dict[tuple[str, str, str], asyncio.Future[list[dict]]] = {}  # (stage, id, shard)
+        # (stage, id, shard) -> the shard's work while it runs; None once it is on disk
+        self._stage_shards: dict[tuple[str, str, str], asyncio.Future[list[dict]] | None] = {}
         self.started = time.perf_counter()
 
     async def start_pools(self, models: set[str]) -> None:
@@ -175,7 +176,8 @@ class Scheduler:
         generated: list[dict] | None = None
         judged = job.has_judging()
         if not self.store.has_shard(cell.kind, "generate", cell.stages["generate"], shard.id):
-            generated, ran = await self._once(("generate", cell.stages["generate"], shard.id), lambda: self._attempts(
+            key = ("generate", cell.stages["generate"], shard.id)
+            generated, ran = await self._once(cell.kind, key, lambda: self._attempts(
                 cell, shard, "generate", lambda ctx: self._generate(cell, shard, job, samples, ctx, progress,
                                                                     count=not judged), progress))
             written += len(generated) if ran else 0
@@ -185,7 +187,8 @@ class Scheduler:
         if judged and not self.store.has_shard(cell.kind, "judge", cell.stages["judge"], judge_shard):
             rows = generated if generated is not None else await asyncio.to_thread(
                 self.store.read_shard, cell.kind, "generate", cell.stages["generate"], shard.id)
-            judged_rows, ran = await self._once(("judge", cell.stages["judge"], judge_shard), lambda: self._attempts(
+            key = ("judge", cell.stages["judge"], judge_shard)
+            judged_rows, ran = await self._once(cell.kind, key, lambda: self._attempts(
                 cell, shard, "judge", lambda ctx: self._judge(cell, shard, job, samples, rows, ctx, progress),
                 progress))
             written += len(judged_rows) if ran else 0
@@ -194,14 +197,23 @@ class Scheduler:
         progress.shard_done()
         return written
 
-    async def _once(self, key: tuple[str, str, str], work: Callable[[], Awaitable[list[dict]]]
+    async def _once(self, kind: str, key: tuple[str, str, str], work: Callable[[], Awaitable[list[dict]]]
                     ) -> tuple[list[dict], bool]:
-        """(rows, whether this caller ran it) of one shard of a stage, computed once however
-        many cells read it (two judges of one generation, two thresholds of one judging)."""
-        first = key not in self._stage_shards
-        if first:
-            self._stage_shards[key] = asyncio.ensure_future(work())
-        return await asyncio.shield(self._stage_shards[key]), first
+        """(rows, whether this caller ran it) of one shard of a stage (`key`: stage, stage id,
+        shard id), computed once however many cells read it (two judges of one generation,
+        two thresholds of one judging). Once written, its rows are dropped from memory (a
+        long sweep would otherwise hold every row it made): a later reader reads the file."""
+        if key in self._stage_shards:
+            running = self._stage_shards[key]
+            if running is None:
+                stage, stage_id, shard_id = key
+                return await asyncio.to_thread(self.store.read_shard, kind, stage, stage_id, shard_id), False
+            return await asyncio.shield(running), False
+        future = asyncio.ensure_future(work())
+        self._stage_shards[key] = future
+        rows = await asyncio.shield(future)
+        self._stage_shards[key] = None  # written whole (a failure raised above and stays for the others)
+        return rows, True
 
     async def _attempts(self, cell: Cell, shard: Shard, stage: Stage,
                         work: Callable[[JobContext], Awaitable[list[dict]]], progress: SweepProgress) -> list[dict]:
