@@ -115,6 +115,11 @@ def load_yaml(text: str, filename: str) -> LoadedYaml:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else None
+        tag = re.fullmatch(r"could not determine a constructor for the tag '(.*)'", e.problem or "")
+        if tag is not None:  # !!python/object and friends: the safe loader knows no such thing
+            name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+            raise SpecError([Problem(filename, line, "", f"the YAML tag {name} is not allowed: a sweep file holds "
+                                     "plain values (loaded safely: no tag constructs or runs anything)")]) from None
         what = e.problem or e.context or "unreadable YAML"
         if e.context and e.problem:
             where = f" that starts at line {e.context_mark.line + 1}" if e.context_mark is not None else ""
