@@ -11,7 +11,8 @@ the scheduler does about each branch. Imports nothing, so jobs, engines and test
      |   +-- TransientError     nothing is wrong with the request: the shard is retried
      |       +-- ReplicaUnavailable   the replica died or its engine closed: replaced, retried
      |       +-- EndpointUnavailable  a remote endpoint still fails after its own retries:
-     |       |                        retried later, the replica that called it is kept
+     |       |                        retried later, the replica that called it is kept; a
+     |       |                        judge's call instead scores null with its `reason`
      |       +-- BatchFailed          one forward pass ran out of memory; the engine serves on
      +-- TrainingError          a finetune did not finish
          +-- DataError          its training data cannot be used (names the file and line; also
