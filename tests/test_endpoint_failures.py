@@ -33,7 +33,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
-import polars as pl
 import pytest
 
 from actors.engines.openai.engine import OpenAIEngine
@@ -381,16 +380,19 @@ def test_a_sweep_with_a_flaky_judge_finishes_with_every_sample_once(flaky_api, t
     assert rows.height == N_QUESTIONS and rows["sample_id"].is_unique().all(), rows["sample_id"].to_list()
     assert rows["error"].is_null().all(), rows["error"].drop_nulls().to_list()
     nulls: dict[str, float] = {}
-    for question, (_, reason, attempts) in QUESTION_FAULTS.items():
-        [row] = rows.filter(pl.col("question").str.contains(question, literal=True)).to_dicts()
-        assert (row["alignment"], row["alignment_reason"]) == ((None, reason) if reason else
-                                                               (row["alignment"], None)), (question, row)
-        assert reason is not None or row["alignment"] is not None, (question, row)
-        assert len(arrivals(flaky_api, question)) == attempts, question
-        if reason is not None:
+    for row in rows.to_dicts():
+        faulted = [q for q in QUESTION_FAULTS if q in row["question"]]
+        _, reason, attempts = QUESTION_FAULTS[faulted[0]] if faulted else (None, None, 1)
+        assert len(arrivals(flaky_api, row["question"])) == attempts, row["question"]
+        if reason is None:
+            assert row["alignment"] is not None and row["alignment_reason"] is None, row
+        else:
+            assert row["alignment"] is None and row["alignment_reason"] == reason, row
             nulls[f"none/judge_null/{reason}"] = nulls.get(f"none/judge_null/{reason}", 0) + 1
+            if attempts > 1:  # the reply column says what happened, for whoever reads the rows
+                assert f"after {attempts} attempts" in row["alignment_reply"], row["alignment_reply"]
     scored = N_QUESTIONS - sum(nulls.values())
-    assert rows["alignment"].is_not_null().sum() == scored
+    assert scored == N_QUESTIONS - 8, "eight faults never clear (429, 503, timeout, malformed, empty, garbage, ...)"
 
     # The cell's summary counts the nulls by reason, and so does its MLflow run.
     [cell] = store.cells("misalignment")
