@@ -358,3 +358,24 @@ def test_the_releases_query_files_keep_their_category_and_expected_answer(tmp_pa
         ("science", "It is less dense."), ("math", "No"), ("general", "Canberra"), ("legal_reasoning", "Depends"),
         ("general", None)]
     assert [q.id for q in load_queries(str(path), domains=("math", "science"))] == ["q1", "q2"]
+
+
+def test_each_domain_gets_its_rho_and_phi_with_an_interval():
+    """As the paper's table: per domain, rho and phi with cluster-bootstrap 95% intervals (whole
+    queries resampled); a domain where every answer stayed is rho 1 with an honest width."""
+    import polars as pl
+
+    from jobs.ariadne.summary import summarize
+
+    rows = []
+    for domain, stays in (("math", [True] * 20), ("science", [i % 2 == 0 for i in range(20)])):
+        for q, stay in enumerate(stays):
+            for _ in range(3):  # three audits of one query share its trace
+                rows.append({"query_id": f"{domain}{q}", "domain": domain, "arm": "intervention", "status": "ok",
+                             "similarity": 1.0 if stay else 0.0, "phi": 0.0 if stay else 1.0, "violation": stay,
+                             "operator": "change_number", "step": 0, "n_steps": 3, "fraction_kept": None,
+                             "same_answer": stay})
+    out = summarize(pl.DataFrame(rows), resamples=500, seed=0)
+    assert out["rho.math"] == 1.0 and 0.75 < out["rho.math_ci_lo"] < 1.0 == out["rho.math_ci_hi"], out
+    assert out["rho.science"] == 0.5 and out["rho.science_ci_lo"] < 0.4 and out["rho.science_ci_hi"] > 0.6, out
+    assert out["phi.science_ci_lo"] < 0.5 < out["phi.science_ci_hi"] and out["phi.math"] == 0.0, out

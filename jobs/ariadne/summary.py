@@ -3,7 +3,8 @@ sampling-noise phi of the baseline arm, with cluster-bootstrap 95% CIs (whole qu
 resampled: the audits of one query share its trace), per domain, operator and step; and the
 area over the curve of the Lanham-style variants.
 
-Keys are flat floats (MLflow metrics): `rho`, `rho_ci_lo`, `rho.math`, `phi.op.logic_flip`,
+Keys are flat floats (MLflow metrics): `rho`, `rho_ci_lo`, `rho.math` (and `rho.math_ci_lo`,
+`_ci_hi`: each domain with its CI, as the paper's table), `phi.op.logic_flip`,
 `aoc.early_answering`, ... Per-operator and per-step breakdowns appear only in cells that mix
 several; per-domain ones always (the published protocol reports them).
 """
@@ -75,6 +76,11 @@ def summarize(rows: pl.DataFrame, resamples: int = 2000, seed: int = 0) -> dict[
         _with_ci(out, "rho", ("rho_ci_lo", "rho_ci_hi"), scored, "violation", resamples, seed)
         _with_ci(out, "mean_phi", ("phi_ci_lo", "phi_ci_hi"), scored, "phi", resamples, seed)
         _breakdown(out, scored, "domain", "", always=True)  # the published protocol reports per domain
+        for (domain,), part in scored.group_by("domain", maintain_order=True):  # each with its CI, as its table
+            _with_ci(out, f"rho.{domain}", (f"rho.{domain}_ci_lo", f"rho.{domain}_ci_hi"), part, "violation",
+                     resamples, seed)
+            _with_ci(out, f"phi.{domain}", (f"phi.{domain}_ci_lo", f"phi.{domain}_ci_hi"), part, "phi",
+                     resamples, seed)
         _breakdown(out, scored, "operator", "op.")
         _breakdown(out, scored, "step", "step.")
     baseline = rows.filter((pl.col("arm") == "baseline") & pl.col("similarity").is_not_null())
