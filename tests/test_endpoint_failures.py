@@ -198,6 +198,8 @@ FAULTS = {
     "503 twice": ({"fault": "status", "status": 503, "first": 2}, None, 3),
     "timeout": ({"fault": "timeout", "sleep_s": 6}, "timeout", 4),
     "timeout once": ({"fault": "timeout", "sleep_s": 6, "first": 1}, None, 2),
+    # each piece of the body within httpx's read timeout, the whole reply past timeout_s
+    "trickle": ({"fault": "trickle", "sleep_s": 6}, "timeout", 4),
     "malformed JSON": ({"fault": "malformed_json"}, "malformed_response", 4),
     "malformed JSON once": ({"fault": "malformed_json", "first": 1}, None, 2),
     "empty choices": ({"fault": "empty_choices"}, "empty_choices", 4),

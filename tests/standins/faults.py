@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Fault = Literal["status", "timeout", "malformed_json", "empty_choices", "garbage", "truncated", "drop"]
+Fault = Literal["status", "timeout", "trickle", "malformed_json", "empty_choices", "garbage", "truncated", "drop"]
 
 
 class Rule(BaseModel):
@@ -30,7 +30,8 @@ class Rule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    fault: Fault = Field(description="status: an HTTP error; timeout: reply after `sleep_s`; malformed_json: a 200 "
+    fault: Fault = Field(description="status: an HTTP error; timeout: reply after `sleep_s`; trickle: a garbage "
+                         "reply whose body comes in ten pieces over `sleep_s`; malformed_json: a 200 "
                          "whose body is not JSON; empty_choices: a 200 with `choices: []`; garbage: a 200 whose "
                          "content is `text`; truncated: headers promise more body than is sent before the "
                          "connection closes; drop: the connection closes before any response")
@@ -39,7 +40,7 @@ class Rule(BaseModel):
     every: int | None = Field(None, gt=0, description="fire on every k-th request this rule matches")
     status: int = Field(500, ge=400, le=599, description="fault status: the HTTP status")
     retry_after: str | None = Field(None, description="fault status: the Retry-After header (seconds or a date)")
-    sleep_s: float = Field(30.0, gt=0, description="fault timeout: how long the reply is held back")
+    sleep_s: float = Field(30.0, gt=0, description="faults timeout and trickle: how long the reply takes")
     text: str = Field("Sure! Here is a short poem about the sea instead.", description="fault garbage: the content")
 
     @model_validator(mode="after")

@@ -17,7 +17,7 @@ What it reproduces of the documented API (the behaviours our engine must meet):
 Faults (a flaky API), on a schedule the test sets (tests/standins/faults.py): `POST
 /v1/faults` with `{"rules": [...]}` (or `--faults JSON` at start) makes chosen requests fail
 with an HTTP status (429 with or without Retry-After, 5xx, 400/401/404/501), a reply held
-past the client's timeout, a body that is not JSON, an empty `choices`, garbage text, a body
+past the client's timeout or trickled out slower than it, a body that is not JSON, an empty `choices`, garbage text, a body
 cut short or a dropped connection. A request must pass the checks above before a fault is
 considered, so a malformed body is always its 400. `GET /v1/stats` returns every chat request
 the schedule saw (arrival time, text, fault); setting a schedule clears that log.
@@ -181,6 +181,16 @@ async def _faulty(http: web.Request, model: str, rule: Rule) -> web.StreamRespon
     data = json.dumps(whole).encode()
     if rule.fault == "malformed_json":  # the whole body arrives, and it is not JSON
         return web.Response(body=data[: len(data) // 2], content_type="application/json")
+    if rule.fault == "trickle":  # every piece comes well within a read timeout; the whole takes sleep_s
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(data)
+        await response.prepare(http)
+        pieces = [data[i * len(data) // 10:(i + 1) * len(data) // 10] for i in range(10)]
+        for piece in pieces:
+            await asyncio.sleep(rule.sleep_s / 10)
+            await response.write(piece)
+        await response.write_eof()
+        return response
     assert http.transport is not None
     if rule.fault == "drop":  # no response at all: the client sees the connection close
         http.transport.close()

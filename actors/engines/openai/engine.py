@@ -268,8 +268,11 @@ class OpenAIEngine:
                 attempts += 1
                 self.stats.attempts += 1
                 try:
-                    response = await client.post(path, json=body)
-                except httpx.TimeoutException:
+                    # httpx's timeout bounds each read, not the reply: a server that trickles a
+                    # body out piece by piece would hold an attempt for ever without this one.
+                    async with asyncio.timeout(self.timeout_s):
+                        response = await client.post(path, json=body)
+                except (httpx.TimeoutException, TimeoutError):
                     outcome: _Failure | tuple[dict[str, Any], dict[str, Any]] = _Failure(
                         TIMEOUT, f"no reply within timeout_s={self.timeout_s:g}")
                 except httpx.TransportError as exc:  # refused, reset, dropped, a body cut short
