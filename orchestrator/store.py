@@ -96,6 +96,10 @@ class SweepStore:
     """Where one sweep's results live."""
 
     def __init__(self, output: str | Path, sweep: str) -> None:
+        # A sweep's folder is one path component under the output root: a name from the command
+        # line (`status ../x`) must not reach outside it. Sweep files' names are checked stricter.
+        if sweep in ("", ".", "..") or "/" in sweep or os.sep in sweep or "\0" in sweep:
+            raise StoreError(f"{sweep!r} is not a sweep name: a sweep's results are one folder under the output root")
         self.root = Path(output).expanduser().resolve() / sweep
         self.sweep = sweep
 

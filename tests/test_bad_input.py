@@ -13,6 +13,7 @@ imported, seen through `python -X importtime`).
 """
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -106,3 +107,61 @@ def test_a_real_process_exits_2_without_importing_ray(corpus: Path, case: str) -
         assert "ray" not in imported, "refusing a sweep imported Ray"
         assert not (corpus / "results").exists()
     assert not (corpus / "pwned").exists(), "a YAML tag ran a command"
+
+
+HOSTILE_NAMES = ["../x", "..", ".", "/tmp/x", "a/b", "a\\b", "a\0b", "a\nb", "a\x1bb", "", " x", ".hidden", "x" * 101,
+                 "\u2025x", "x:y"]
+NAME_PLACES = {
+    "name": ("name: {n}\n", "name"),
+    "model": ("models:\n  {n}: {{path: 'organism:faithful'}}\n", "models.{n}"),
+    "finetune": ("finetunes:\n  {n}: {{base: m, data: data/train.jsonl}}\n", "finetunes.{n}"),
+    "job": ("jobs:\n  - {{kind: generate, name: {n}, models: [m], params: {{prompts: [hi]}}}}\n", "jobs[0].name"),
+}
+
+
+@pytest.mark.parametrize("place", list(NAME_PLACES))
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=[ascii(n)[:20] for n in HOSTILE_NAMES])
+def test_a_name_that_could_leave_its_folder_is_refused_where_it_is_written(place: str, name: str) -> None:
+    """Names become folders (<output>/<sweep>/, finetunes/<name>-<id>/) and Ray actor names."""
+    from orchestrator.errors import SpecError
+    from orchestrator.load import parse_sweep
+
+    parts = {"name": "name: ok\n", "model": "models:\n  m: {path: 'organism:faithful'}\n", "finetune": "",
+             "job": "jobs:\n  - {kind: generate, models: [m], params: {prompts: [hi]}}\n"}
+    template, field = NAME_PLACES[place]
+    quoted = json.dumps(name)  # a YAML 1.2 double-quoted scalar: escapes and all
+    if place == "model":
+        parts["model"] = "models:\n  m: {path: 'organism:faithful'}\n" + template.format(n=quoted).split("\n", 1)[1]
+    else:
+        parts[place] = template.format(n=quoted)
+    text = parts["name"] + parts["model"] + parts["finetune"] + parts["job"]
+    with pytest.raises(SpecError) as caught:
+        parse_sweep(text, "sweep.yaml", CORPUS)
+    assert any(p.field == field.format(n=name) and p.line is not None for p in caught.value.problems), caught.value
+
+
+@pytest.mark.parametrize("name", ["a", "a..b", "x.", "A-_.9", "z" * 100])
+def test_every_name_the_spec_accepts_stays_one_folder_under_the_root(tmp_path: Path, name: str) -> None:
+    from orchestrator.load import parse_sweep
+    from orchestrator.store import SweepStore
+
+    sweep = parse_sweep(f"name: {name}\nmodels:\n  {name}: {{path: 'organism:faithful'}}\nfinetunes:\n"
+                        f"  {name[:97]}-ft: {{base: {name}, data: data/train.jsonl}}\n"
+                        f"jobs:\n  - {{kind: generate, name: {name}, models: [{name}], params: {{prompts: [hi]}}}}\n",
+                        "sweep.yaml", CORPUS)
+    root = tmp_path.resolve()
+    store = SweepStore(root, sweep.name)
+    assert store.root.parent == root
+    finetunes = store.root / "finetunes"
+    for ft in sweep.finetunes:  # the finetune step's folders: <name>-<id>, .work-<name>-<id>, .lock-<name>-<id>
+        for folder in (f"{ft}-{'0' * 16}", f".work-{ft}-{'0' * 16}", f".lock-{ft}-{'0' * 16}"):
+            assert (finetunes / folder).resolve().parent == finetunes and len(folder.encode()) <= 255
+
+
+@pytest.mark.parametrize("command", ["status", "results"])
+def test_a_sweep_name_on_the_command_line_cannot_leave_the_output_root(tmp_path: Path, command: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outside").mkdir()
+    result = CliRunner().invoke(main, [command, "../outside", "--output", str(tmp_path / "results")])
+    assert result.exit_code == 2 and "is not a sweep name" in result.output, result.output
