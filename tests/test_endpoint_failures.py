@@ -228,12 +228,13 @@ def test_each_fault_is_retried_within_the_bound_or_becomes_a_null_with_its_reaso
         assert f"after {attempts} attempts" in result.reply, result.reply
 
 
-@pytest.mark.parametrize("status", [401, 404, 501])
-def test_what_will_never_succeed_is_not_retried_and_fails_the_shard(flaky_api, status):
-    """A wrong key, model, URL or server fails every request alike: one attempt, and an
-    EngineError (the scheduler fails the shard and writes nothing) rather than a column of
-    nulls that would look like a judged sweep."""
-    schedule(flaky_api, {"fault": "status", "status": status})
+@pytest.mark.parametrize("status,code", [(401, None), (404, None), (501, None), (429, "insufficient_quota")])
+def test_what_will_never_succeed_is_not_retried_and_fails_the_shard(flaky_api, status, code):
+    """A wrong key, model, URL or server, or an account out of credit (OpenAI's 429
+    `insufficient_quota`), fails every request alike: one attempt, and an EngineError (the
+    scheduler fails the shard and writes nothing) rather than a column of nulls that would
+    look like a judged sweep."""
+    schedule(flaky_api, {"fault": "status", "status": status, "code": code})
     [result] = judge_all(flaky_api, ["never"], **FAST)
     assert isinstance(result, EngineError) and f"HTTP {status}" in str(result), result
     assert len(arrivals(flaky_api, "never")) == 1

@@ -40,6 +40,8 @@ class Rule(BaseModel):
     every: int | None = Field(None, gt=0, description="fire on every k-th request this rule matches")
     status: int = Field(500, ge=400, le=599, description="fault status: the HTTP status")
     retry_after: str | None = Field(None, description="fault status: the Retry-After header (seconds or a date)")
+    code: str | None = Field(None, description="fault status: the error's code (429: rate_limit_exceeded, or "
+                             "insufficient_quota: no credit left)")
     sleep_s: float = Field(30.0, gt=0, description="faults timeout and trickle: how long the reply takes")
     text: str = Field("Sure! Here is a short poem about the sea instead.", description="fault garbage: the content")
 

@@ -164,10 +164,15 @@ class StandIn:
 async def _faulty(http: web.Request, model: str, rule: Rule) -> web.StreamResponse:
     """The faulty reply `rule` asks for (every fault but `timeout`, which delays a good one)."""
     if rule.fault == "status":
-        response = (_error(f"Rate limit reached for {model} on requests per min (RPM): Limit 3, Used 3, Requested 1.",
-                           code="rate_limit_exceeded", status=429, kind="requests") if rule.status == 429
-                    else _error(f"injected HTTP {rule.status}", status=rule.status,
-                                kind="server_error" if rule.status >= 500 else "invalid_request_error"))
+        if rule.status == 429 and rule.code == "insufficient_quota":  # OpenAI's words for an empty account
+            response = _error("You exceeded your current quota, please check your plan and billing details.",
+                              code=rule.code, status=429, kind=rule.code)
+        elif rule.status == 429:
+            response = _error(f"Rate limit reached for {model} on requests per min (RPM): Limit 3, Used 3, "
+                              "Requested 1.", code=rule.code or "rate_limit_exceeded", status=429, kind="requests")
+        else:
+            response = _error(f"injected HTTP {rule.status}", code=rule.code, status=rule.status,
+                              kind="server_error" if rule.status >= 500 else "invalid_request_error")
         if rule.retry_after is not None:
             response.headers["Retry-After"] = rule.retry_after
         return response

@@ -24,9 +24,10 @@ tell, and n=1 always has one choice). Still failing, the request raises Endpoint
 with the last failure's `reason` (rate_limited, server_error, timeout, connection_error,
 malformed_response, empty_choices): a judge records it as the reason of a null score, any
 other caller's shard is retried later. What will never succeed is not retried: 400 is a
-RequestError (that sample's error row, or a judge's null), 401/403/404/501 an EngineError (a
-wrong key, model, URL or server: the shard fails and writes nothing). The API key is read from
-the environment variable the sweep names, once, and lives only in the client's headers.
+RequestError (that sample's error row, or a judge's null), 401/403/404/501 and OpenAI's 429
+`insufficient_quota` an EngineError (a wrong key, model, URL or server, no credit left: the
+shard fails and writes nothing). The API key is read from the environment variable the sweep
+names, once, and lives only in the client's headers.
 """
 from __future__ import annotations
 
@@ -295,10 +296,12 @@ class OpenAIEngine:
         for a refusal that every attempt would meet alike, the error to raise."""
         status = response.status_code
         if status >= 300:
-            failure = f"HTTP {status}: {self._redact(_error_message(response))}"
-            if status not in RETRY_STATUS:
-                if status in (401, 403, 404, 501):
-                    # A wrong key, model, URL or server fails every request alike: not a row error.
+            message, code = _error_of(response)
+            failure = f"HTTP {status}: {self._redact(message)}"
+            if status not in RETRY_STATUS or code == "insufficient_quota":  # OpenAI's 429 for no credit left
+                if status in (401, 403, 404, 429, 501):
+                    # A wrong key, model, URL or server, or an empty account, fails every request
+                    # alike: not a row error.
                     raise EngineError(f"{self.model} at {self.base_url}{path}: {failure}")
                 error = ContextLengthError if CONTEXT_LENGTH.search(failure) else RequestError
                 raise error(f"{self.model}: {failure}")
@@ -393,12 +396,14 @@ def _retry_after_s(response: httpx.Response) -> float | None:
         return max(0.0, when.timestamp() - time.time())
 
 
-def _error_message(response: httpx.Response) -> str:
-    """The server's own error text, short: never the request (which holds no key, but may
-    hold a long prompt)."""
+def _error_of(response: httpx.Response) -> tuple[str, str | None]:
+    """(the server's own error text, short: never the request, which holds no key but may
+    hold a long prompt; its error code, if it gives one)."""
+    code = None
     try:
         error = response.json().get("error")
         message = error.get("message") if isinstance(error, dict) else error
+        code = error.get("code") if isinstance(error, dict) else None
     except (ValueError, AttributeError):
         message = response.text
-    return str(message or response.reason_phrase)[:500]
+    return str(message or response.reason_phrase)[:500], code if isinstance(code, str) else None
