@@ -99,10 +99,10 @@ def load_yaml(text: str, filename: str) -> LoadedYaml:
     try:
         loader = SweepLoader(text)  # the reader checks every character here
     except yaml.reader.ReaderError as e:
-        line = text.count("\n", 0, e.position) + 1
+        at_line = text.count("\n", 0, e.position) + 1
         column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
         code = e.character if isinstance(e.character, int) else ord(e.character)
-        raise SpecError([Problem(filename, line, "", f"character U+{code:04X} at column {column} is not allowed "
+        raise SpecError([Problem(filename, at_line, "", f"character U+{code:04X} at column {column} is not allowed "
                                  "in YAML (a NUL or control character; remove it)")]) from None
     try:
         node = loader.get_single_node()

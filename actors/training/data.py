@@ -149,8 +149,8 @@ def _objects(path: Path) -> Iterator[tuple[int, str, Any]]:
     except OSError as e:
         raise DataError(f"{path}: cannot read the file ({e.strerror})") from None
     except UnicodeDecodeError as e:  # say where, so the user can find the byte
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}: {e.reason}); "
+        bad_line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{bad_line}: not UTF-8 text (byte 0x{raw[e.start]:02x}: {e.reason}); "
                         "save the file as UTF-8") from None
     for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
         if not line.strip():

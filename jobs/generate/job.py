@@ -64,8 +64,10 @@ def read_prompts(params: GenerateParams) -> list[tuple[str, list[dict]]]:
                 line = PromptLine.model_validate(obj)
             except ValidationError as e:
                 raise PromptFileError(f"{where}: {row_problems(e)}") from None
-            msgs = ([m.model_dump() for m in line.messages] if line.messages is not None
-                    else [{"role": "user", "content": line.prompt}])
+            if line.messages is None and line.prompt is None:
+                raise PromptFileError(f"{where}: prompt: expected a string, got null")
+            msgs: list[dict] = ([m.model_dump() for m in line.messages] if line.messages is not None
+                                else [{"role": "user", "content": line.prompt}])
             pid = str(line.id) if line.id is not None else f"p{lineno}"
             if pid in first_line:
                 raise PromptFileError(f"{where}: id {pid!r} is already used on line {first_line[pid]}; "
