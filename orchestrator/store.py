@@ -23,8 +23,10 @@ are reported as left behind (`left_behind`).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -40,6 +42,11 @@ from orchestrator.errors import StoreError
 if TYPE_CHECKING:
     from orchestrator.plan import Cell, Plan, Shard
 
+TEMP_GLOB = ".*.tmp"  # what `_atomic_write` writes before the rename: `.<name>.<random>.tmp`
+# mkstemp makes files 0600; results are shared (a cluster's users, a web server), so the
+# files we rename into place get the mode the user's umask gives any new file.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 STAGES_DIR = "_stages"  # beside the cell folders of a kind; `_` keeps it apart from their hex ids
 STAGE_RECORD = "stage.json"
 
@@ -60,18 +67,38 @@ def row_schema(job_schema: pa.Schema) -> pa.Schema:
     return pa.schema(ID_FIELDS + list(job_schema))
 
 
+class DiskFull(StoreError):
+    """The file system holding the results is full (or over quota); the message names the file."""
+
+
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write to `.<name>.<random>.tmp` beside `path`, fsync, rename: a reader sees the old file
+    or the whole new one. A temporary file left by a killed writer is never read (readers go
+    by name) and the next submit removes it (`SweepStore.remove_stray_temps`)."""
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"{path}: {os.strerror(e.errno)} ({_free_space(path.parent)} free there); nothing "
+                           f"partial was kept. Free some space and submit again: finished shards are kept") from e
         raise
+
+
+def _free_space(folder: Path) -> str:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    return f"{free / 2**20:.1f} MiB" if free >= 2**20 else f"{free / 2**10:.0f} KiB"
 
 
 def write_text(path: Path, text: str) -> None:
@@ -235,6 +262,24 @@ class SweepStore:
                 cell["summary"] = read_json(summary) if summary.exists() else None
                 out.append(cell)
         return out
+
+    def stray_temps(self) -> list[Path]:
+        """Temporary files of writers that died mid-write (or are writing now)."""
+        return sorted(self.root.rglob(TEMP_GLOB)) if self.root.exists() else []
+
+    def remove_stray_temps(self, older_than: float) -> list[Path]:
+        """Remove the temporary files last written before `older_than` (the time this process
+        took the sweep's lock: no writer that old is alive), and return them. A newer one may
+        be a live writer's and is left alone."""
+        removed = []
+        for tmp in self.stray_temps():
+            try:
+                if tmp.stat().st_mtime < older_than:
+                    tmp.unlink()
+                    removed.append(tmp)
+            except FileNotFoundError:  # its writer finished (renamed it) meanwhile
+                pass
+        return removed
 
     def left_behind(self) -> list[Path]:
         """Cell folders written before stages: their rows sit under `shards/` and are read by
