@@ -1,9 +1,8 @@
-"""The `orchestrate` command: validate, schema, plan, submit, status, results, compare, report, organisms."""
+"""The `orchestrate` command: validate, schema, plan, submit, sync, status, results, compare, report, organisms."""
 from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,22 +133,50 @@ def _stage_counts(store: SweepStore, manifest: dict) -> dict[str, str]:
 @click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0),
               help="times a shard is retried after a replica dies")
 @click.option("--no-progress", is_flag=True, help="no live progress display")
-def submit(sweep_file: str, address: str | None, output: str | None, retries: int, no_progress: bool) -> None:
+@click.option("--wait", is_flag=True, help="when another submit of this sweep is running, start when it ends "
+              "(default: refuse, exit 2)")
+def submit(sweep_file: str, address: str | None, output: str | None, retries: int, no_progress: bool,
+           wait: bool) -> None:
     """Run a sweep. Submitting again resumes: shards already on disk are skipped."""
     from orchestrator.submit import submit as run_submit
 
     sweep = _load(sweep_file)
-    report = run_submit(sweep, sweep_file=sweep_file, address=address, output=output, console=console,
-                        progress=not no_progress and sys.stderr.isatty(), max_retries=retries)
+    try:
+        report = run_submit(sweep, sweep_file=sweep_file, address=address, output=output, console=console,
+                            progress=not no_progress and sys.stderr.isatty(), max_retries=retries, wait=wait)
+    except KeyboardInterrupt:  # Ctrl-C: the submission stopped cleanly (see orchestrator.submit)
+        console.print(f"interrupted: the finished shards are kept, the running ones dropped; "
+                      f"`orchestrate submit {sweep_file}` resumes")
+        sys.exit(130)
+    tracking = f"skipped ({report.mlflow_skipped}); `orchestrate sync {sweep_file}` logs the cells later" \
+        if report.mlflow_skipped else report.tracking_uri
     console.print(
         f"{report.sweep}: {report.shards_run} shards run, {report.shards_skipped} already done, "
         f"{len(report.shards_failed)} failed, {report.rows_written} rows in {report.seconds:.1f}s\n"
-        f"results: {report.store_root}\nmlflow:  {report.tracking_uri}"
+        f"results: {report.store_root}\nmlflow:  {tracking}"
     )
     if report.cells_unfinished:
         console.print(f"[red]{len(report.cells_unfinished)} cell(s) have every row on disk but were not summarised "
-                      f"or logged (the error is above); submitting again retries that")
+                      f"(the error is above); submitting again retries that")
     if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("sweep", metavar="SWEEP_FILE_OR_FOLDER")
+@click.option("--output", help="results root for a sweep given by name (default: the sweep's `output`, or ./results)")
+@click.option("--tracking-uri", help="log here (default: the sweep's tracking, or what the last submission recorded)")
+@click.option("--wait", is_flag=True, help="when a submit of this sweep is running, sync when it ends")
+def sync(sweep: str, output: str | None, tracking_uri: str | None, wait: bool) -> None:
+    """Log to MLflow the finished cells a submission could not log (MLflow was down). Each
+    cell once: running it again logs nothing."""
+    from orchestrator.submit import sync as run_sync
+
+    store, spec = _store_for(sweep, output)
+    counts = run_sync(store, sweep=spec, uri=tracking_uri, console=console, wait=wait)
+    click.echo(f"{store.sweep}: {counts.get('logged', 0)} cell run(s) logged, {counts.get('adopted', 0)} found "
+               f"already in MLflow, {counts.get('present', 0)} logged before")
+    if counts.get("skipped"):
         sys.exit(1)
 
 
@@ -158,9 +185,12 @@ def _store_for(sweep_arg: str, output: str | None) -> tuple[SweepStore, Sweep | 
     from orchestrator.store import SweepStore
 
     sweep = None
-    if sweep_arg.endswith((".yaml", ".yml")) or Path(sweep_arg).is_file():
+    folder = Path(sweep_arg)
+    if sweep_arg.endswith((".yaml", ".yml")) or folder.is_file():
         sweep = _load(sweep_arg)
         store = SweepStore(output or sweep.output, sweep.name)
+    elif output is None and (folder / "submission.json").is_file():  # a sweep's results folder
+        store = SweepStore(folder.resolve().parent, folder.resolve().name)
     else:
         store = SweepStore(output or "results", sweep_arg)
     return store, sweep
@@ -181,35 +211,52 @@ def status(sweep: str, output: str | None) -> None:
         from orchestrator.plan import make_plan
 
         planned = {c.id for c in make_plan(spec).cells}
-    sub = store.root / "submission.json"
-    if sub.exists():
-        info = json.loads(sub.read_text())
-        state = info["state"]
-        if state == "running" and not _pid_alive(info.get("pid")):
-            state = "interrupted"
-        click.echo(f"last submission: {state} (started {info['started']}, pid {info.get('pid')}); "
-                   f"failed shards: {len(info.get('failed_shards', []))}")
+    click.echo(_submission_state(store))
     rows = []
+    unlogged = 0
     for cell in store.cells():
         state = "done" if store.is_complete(cell) else "pending"
         if planned is not None and cell["cell_id"] not in planned:
             state = f"{state}; left behind (not in the sweep now)"
+        elif state == "done" and cell["summary"] is not None \
+                and not store.cell_dir(cell["kind"], cell["cell_id"]).joinpath("mlflow.json").exists():
+            unlogged += 1
         rows.append({"cell": cell["cell_id"], "job": cell["kind"], "model": cell["model"],
                      "shards": len(cell["stages"]["generate"]["shards"]), **_stage_counts(store, cell),
                      "state": state})
     if rows:
         Console(width=200).print(_table(pl.DataFrame(rows), title=str(store.root)))
+    if unlogged:
+        click.echo(f"not in MLflow: {unlogged} finished cell(s) (MLflow was unreachable); "
+                   f"`orchestrate sync {sweep}` logs them")
+    if temps := store.stray_temps():
+        click.echo(f"{len(temps)} temporary file(s) of writes that never finished (never read as results; the next "
+                   f"submit removes them)")
     if left := store.left_behind():
         click.echo(f"left behind: {len(left)} cell folder(s) written before stages, not read by this version "
                    f"(submitting the sweep computes those cells anew): " + ", ".join(str(p) for p in left))
 
 
-def _pid_alive(pid: object) -> bool:
-    try:
-        os.kill(int(str(pid)), 0)
-        return True
-    except (TypeError, ValueError, OSError):
-        return False
+def _submission_state(store: SweepStore) -> str:
+    """The last submission in a line: running (by whom), or how it ended. A submission whose
+    record says running but whose process is gone was killed: "interrupted", as after Ctrl-C."""
+    from orchestrator.lock import read_holder
+
+    holder = read_holder(store.root)
+    if holder is not None and not holder.is_gone():
+        return f"running: {holder.describe()}"
+    path = store.root / "submission.json"
+    if not path.exists():
+        return "last submission: none recorded"
+    info = json.loads(path.read_text())
+    state, how = info["state"], ""
+    if state == "running":  # the record of a process that never wrote its end: killed
+        state, how = "interrupted", f" (its process, pid {info.get('pid')}, is gone: killed?)"
+    elif state == "interrupted":
+        how = " (stopped with Ctrl-C)"
+    skipped = f"; MLflow skipped: {info['mlflow_skipped']}" if info.get("mlflow_skipped") else ""
+    return (f"last submission: {state}{how} (started {info['started']}, pid {info.get('pid')}); "
+            f"failed shards: {len(info.get('failed_shards', []))}{skipped}")
 
 
 def _matching_columns(available: list[str], patterns: str) -> list[str]:

@@ -26,6 +26,7 @@ class SubmitReport:
     cells_summarised: int = 0
     rows_written: int = 0
     cells_logged: int = 0
+    mlflow_skipped: str = ""  # why MLflow could not be reached (`orchestrate sync` logs the cells later)
     finetunes_trained: int = 0
     dashboard_url: str | None = None
     seconds: float = 0.0

@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
+import socket
 import time
 from types import ModuleType
 
 from rich.console import Console
 
+from orchestrator.errors import StoreError
+from orchestrator.lock import sweep_lock
 from orchestrator.plan import Shard, make_plan
 from orchestrator.progress import SweepProgress
 from orchestrator.report import SubmitReport
 from orchestrator.scheduler import Scheduler
 from orchestrator.spec import Sweep
 from orchestrator.store import SweepStore, read_json, write_json
-from orchestrator.summaries import finish_cell_or_say_why
-from orchestrator.tracking import Tracker, default_tracking_uri
+from orchestrator.summaries import TrackerSource, TrackingGate, finish_cell_or_say_why, sync_cells
+from orchestrator.tracking import Tracker, check_reachable, default_tracking_uri
 
 
 def project_packages() -> list[ModuleType]:
@@ -49,15 +51,30 @@ def last_parent_run(store: SweepStore, uri: str) -> dict[str, str]:
 
 def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None = None, output: str | None = None,
            console: Console | None = None, progress: bool = True, max_retries: int = 2, track: bool = True,
-           ray_temp_dir: str | None = None) -> SubmitReport:
+           ray_temp_dir: str | None = None, wait: bool = False) -> SubmitReport:
     """Plan the sweep, run the stages not on disk yet, summarise every complete cell. A sweep
     whose stages are all on disk starts no Ray and loads no model: its summaries are
-    recomputed with the sweep's summary parameters and logged when they changed."""
+    recomputed with the sweep's summary parameters and logged when they changed.
+
+    One submission per sweep at a time (`orchestrator.lock`): another one running makes this
+    one raise SweepBusy naming it, or with `wait` start when it ends. Ctrl-C stops it: the
+    shards being computed are dropped (a shard being written is finished whole), Ray is shut
+    down, submission.json says "interrupted", and KeyboardInterrupt goes on up."""
+    console = console or Console(stderr=True)
+    store = SweepStore(output or sweep.output, sweep.name)
+    with sweep_lock(store.root, "submit", sweep_file, wait=wait,
+                    on_wait=lambda holder: console.print(f"waiting for {holder.describe() if holder else 'another run'}"
+                                                         f" to finish ...")) as held:
+        if stray := store.remove_stray_temps(older_than=held.since_epoch):
+            console.print(f"removed {len(stray)} temporary file(s) of writes that never finished (a killed run's)")
+        return _submit(sweep, store, sweep_file, address, console, progress, max_retries, track, ray_temp_dir)
+
+
+def _submit(sweep: Sweep, store: SweepStore, sweep_file: str | None, address: str | None, console: Console,
+            progress: bool, max_retries: int, track: bool, ray_temp_dir: str | None) -> SubmitReport:
     from cluster.connect import ray_session
 
     started = time.perf_counter()
-    console = console or Console(stderr=True)
-    store = SweepStore(output or sweep.output, sweep.name)
     planned = make_plan(sweep)
     plan = store.settle_plan(planned)
     for cell, asked in zip(plan.cells, planned.cells):
@@ -72,6 +89,7 @@ def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None =
             pending[cell.id] = missing
     complete = [c for c in plan.cells if c.id not in pending]
     uri = sweep.tracking.uri or default_tracking_uri(store.root)
+    experiment = sweep.tracking.experiment or sweep.name
     n_shards = sum(len(c.shards) for c in plan.cells)
     n_pending = sum(len(v) for v in pending.values())
     report = SubmitReport(sweep=sweep.name, store_root=store.root, tracking_uri=uri, cells=len(plan.cells),
@@ -80,30 +98,28 @@ def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None =
         console.print(f"[yellow]{len(left)} cell folder(s) from before stages are not read (their rows stay on "
                       f"disk; this sweep computes them under their new ids): {', '.join(p.name for p in left[:5])}"
                       + (" ..." if len(left) > 5 else ""))
-    store.root.mkdir(parents=True, exist_ok=True)
-    tracking: dict[str, Tracker | None] = {}
-    starting = threading.Lock()  # cells finish in worker threads, two at a time
 
     status = "FAILED"
     submission: dict[str, object] = {
-        "state": "running", "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "sweep_file": str(sweep_file or ""), "pending_shards": n_pending, **last_parent_run(store, uri)}
+        "state": "running", "pid": os.getpid(), "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "sweep_file": str(sweep_file or ""),
+        "pending_shards": n_pending, "tracking": {"uri": uri, "experiment": experiment},
+        **last_parent_run(store, uri)}
     write_json(store.root / "submission.json", submission)
 
-    def tracker() -> Tracker | None:
+    def start_tracker() -> Tracker:
         """MLflow, started the first time something is logged: a summary that did not change
         opens no run (and the parent run of the last submission that logged stays the one
         recorded)."""
-        with starting:
-            if "t" not in tracking:
-                tracking["t"] = Tracker(uri, sweep.tracking.experiment or sweep.name, sweep.name,
-                                        store_root=store.root, finetunes=sweep.finetunes) if track else None
-                if tracking["t"] is not None:
-                    run_id = tracking["t"].start_submission(sweep_file, len(plan.cells), n_pending)
-                    submission.update(mlflow_run_id=run_id, tracking_uri=uri)  # known even if this run dies
-                    write_json(store.root / "submission.json", submission)
-            return tracking["t"]
+        check_reachable(uri)
+        tracker = Tracker(uri, experiment, sweep.name, store_root=store.root, finetunes=sweep.finetunes)
+        run_id = tracker.start_submission(sweep_file, len(plan.cells), n_pending)
+        submission.update(mlflow_run_id=run_id, tracking_uri=uri)  # known even if this run dies
+        write_json(store.root / "submission.json", submission)
+        return tracker
 
+    gate = TrackingGate(start_tracker, console, uri, later=f"orchestrate sync {sweep_file or store.root}")
+    tracker: TrackerSource = gate if track else None
     try:
         for cell in complete:  # the summary stage: recomputed, logged when it changed
             finish_cell_or_say_why(store, tracker, cell, report, console, earlier_rows=True)
@@ -125,12 +141,71 @@ def submit(sweep: Sweep, *, sweep_file: str | None = None, address: str | None =
             console.print(f"[green]{sweep.name}: all {n_shards} shards of {len(plan.cells)} cells are done; "
                           "summaries recomputed, nothing to run.")
         status = "FINISHED" if report.ok else "FAILED"
+    except KeyboardInterrupt:
+        status = "INTERRUPTED"
+        raise
     finally:
         report.seconds = time.perf_counter() - started
-        write_json(store.root / "submission.json", {**submission, "state": status.lower(),
-                                                    "failed_shards": report.shards_failed, "seconds": report.seconds})
-        if tracking.get("t") is not None:
-            tracking["t"].end_submission(status, {  # type: ignore[union-attr]
-                "shards_run": report.shards_run, "shards_failed": len(report.shards_failed),
-                "seconds": report.seconds, "retries": report.retries})
+        report.mlflow_skipped = gate.skipped
+        _record_end(store, submission, status, report, console)
+        if gate.tracker is not None and not gate.skipped:
+            try:  # MLflow's name for a run stopped by the user is KILLED
+                gate.tracker.end_submission("KILLED" if status == "INTERRUPTED" else status, {
+                    "shards_run": report.shards_run, "shards_failed": len(report.shards_failed),
+                    "seconds": report.seconds, "retries": report.retries})
+            except Exception as e:
+                gate.skip(e)
     return report
+
+
+def _record_end(store: SweepStore, submission: dict[str, object], status: str, report: SubmitReport,
+                console: Console) -> None:
+    """submission.json as the submission ended. Its own failure (a full disk) is said, not
+    raised: it would hide why the submission ended."""
+    try:
+        write_json(store.root / "submission.json", {
+            **submission, "state": status.lower(), "failed_shards": report.shards_failed, "seconds": report.seconds,
+            "mlflow_skipped": report.mlflow_skipped})
+    except StoreError as e:
+        console.print(f"[red]{e}")
+
+
+def sync(store: SweepStore, *, sweep: Sweep | None = None, uri: str | None = None, console: Console | None = None,
+         wait: bool = False) -> dict[str, int]:
+    """`orchestrate sync`: log to MLflow the complete cells on disk that a submission could
+    not log (MLflow was down): counts per outcome ("logged", "adopted", "present", "skipped").
+    Given the sweep, its cells and tracking settings; else the cells on disk and the
+    tracking the last submission recorded. Running it again logs nothing."""
+    console = console or Console(stderr=True)
+    if not store.root.is_dir():
+        raise StoreError(f"no results for this sweep under {store.root}")
+    with sweep_lock(store.root, "sync", wait=wait):
+        path = store.root / "submission.json"
+        submission: dict[str, object] = read_json(path) if path.exists() else {}
+        recorded = submission.get("tracking") if isinstance(submission.get("tracking"), dict) else {}
+        assert isinstance(recorded, dict)
+        only = None
+        if sweep is not None:
+            only = {c.id for c in store.settle_plan(make_plan(sweep)).cells}
+            uri = uri or sweep.tracking.uri
+            experiment = sweep.tracking.experiment or sweep.name
+        else:
+            experiment = str(recorded.get("experiment") or store.sweep)
+        uri = uri or str(recorded.get("uri") or default_tracking_uri(store.root))
+
+        def start_tracker() -> Tracker:
+            check_reachable(uri)
+            tracker = Tracker(uri, experiment, store.sweep, store_root=store.root,
+                              finetunes=set(sweep.finetunes) if sweep else ())
+            run_id = tracker.start_submission(str(submission.get("sweep_file") or ""), len(only or ()), 0,
+                                              extra_tags={"synced": "true"})
+            if submission:  # `orchestrate report` attaches the page to the run that holds the cells
+                write_json(path, {**submission, "mlflow_run_id": run_id, "tracking_uri": uri})
+            return tracker
+
+        gate = TrackingGate(start_tracker, console, uri, later="orchestrate sync again")
+        try:
+            return sync_cells(store, gate, only)
+        finally:
+            if gate.tracker is not None and not gate.skipped:
+                gate.tracker.end_submission("FINISHED")

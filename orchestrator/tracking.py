@@ -12,7 +12,9 @@ carries the same tags in every sweep (job, model, roles, sweep, cot, seed, finet
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import sqlite3
 import subprocess
 import time
 from collections.abc import Collection, Sequence
@@ -46,6 +48,38 @@ def default_tracking_uri(store_root: Path) -> str:
 
 def is_server(uri: str) -> bool:
     return urlparse(uri).scheme in SERVER_SCHEMES
+
+
+PROBE_TIMEOUT_S = 5.0
+
+
+class TrackingUnavailable(Exception):
+    """MLflow cannot be reached at a tracking URI; the message says what was tried."""
+
+
+def check_reachable(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise TrackingUnavailable, within about `timeout_s`, when MLflow at `uri` would fail:
+    MLflow's own client retries a server that is down for minutes (7 retries with backoff)
+    and waits 20 s on a locked sqlite file, on every call. Any HTTP answer counts as up (a
+    server behind a proxy may have no /health); for sqlite, a write lock must be free."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        import httpx
+
+        try:
+            httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+        except httpx.TransportError as e:
+            raise TrackingUnavailable(f"no tracking server answers at {uri} ({type(e).__name__}: {e})") from None
+    elif parsed.scheme == "sqlite" and parsed.path not in ("", "/", "/:memory:"):
+        db = Path(parsed.path[1:])  # sqlite:///rel/x.db, sqlite:////abs/x.db
+        if not db.exists():
+            return  # MLflow creates it
+        try:
+            with contextlib.closing(sqlite3.connect(db, timeout=timeout_s, isolation_level=None)) as conn:
+                conn.execute("BEGIN IMMEDIATE")  # the lock every MLflow write takes
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            raise TrackingUnavailable(f"{db}: {e} (another process holds it)") from None
 
 
 def artifact_location(uri: str, store_root: Path | None) -> str | None:
@@ -134,8 +168,11 @@ class Tracker:
             self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_RUNS)
         return str(exp.experiment_id)
 
-    def start_submission(self, sweep_file: str | None, n_cells: int, n_pending_shards: int) -> str:
-        tags = {**self.base_tags, "kind": "submission", "sweep_file": str(sweep_file or "")}
+    def start_submission(self, sweep_file: str | None, n_cells: int, n_pending_shards: int,
+                         extra_tags: dict[str, str] | None = None) -> str:
+        """The parent run of a submission's cell runs (`extra_tags`: `synced` for the runs
+        `orchestrate sync` logs later)."""
+        tags = {**self.base_tags, "kind": "submission", "sweep_file": str(sweep_file or ""), **(extra_tags or {})}
         run_name = f"{self.sweep}@{time.strftime('%Y%m%d-%H%M%S')}"
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.parent_id = run.info.run_id
