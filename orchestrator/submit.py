@@ -5,7 +5,9 @@ submission can stop anywhere and the next one picks up the rest; a finished swee
 starts no Ray and loads no model (its summaries are recomputed: see
 `orchestrator.summaries`). The state of the last submission is kept in
 `<output>/<sweep>/submission.json` for `orchestrate status`, with the MLflow run that holds its
-cells (`mlflow_run_id`, `tracking_uri`) for `orchestrate report`.
+cells (`mlflow_run_id`, `tracking_uri`) for `orchestrate report`, and where it meant to log
+(`tracking`) for `orchestrate sync`, which logs the cells a submission could not (MLflow down).
+A submission holds the sweep's lock (`orchestrator.lock`) from planning to its last write.
 """
 from __future__ import annotations
 
