@@ -199,7 +199,8 @@ def sync(store: SweepStore, *, sweep: Sweep | None = None, uri: str | None = Non
             check_reachable(uri)
             tracker = Tracker(uri, experiment, store.sweep, store_root=store.root,
                               finetunes=set(sweep.finetunes) if sweep else ())
-            run_id = tracker.start_submission(str(submission.get("sweep_file") or ""), len(only or ()), 0,
+            cells = len(only) if only is not None else len(store.cells())
+            run_id = tracker.start_submission(str(submission.get("sweep_file") or ""), cells, 0,
                                               extra_tags={"synced": "true"})
             if submission:  # `orchestrate report` attaches the page to the run that holds the cells
                 write_json(path, {**submission, "mlflow_run_id": run_id, "tracking_uri": uri})
