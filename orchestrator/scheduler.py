@@ -27,7 +27,7 @@ from orchestrator.plan import Cell, Plan, Shard
 from orchestrator.progress import SweepProgress
 from orchestrator.report import SubmitReport
 from orchestrator.spec import ModelSpec, Sweep
-from orchestrator.store import SweepStore, row_schema
+from orchestrator.store import DiskFull, SweepStore, row_schema
 from orchestrator.summaries import TrackerSource, finish_cell_or_say_why
 
 
@@ -316,6 +316,9 @@ class Scheduler:
                     written = await self.run_shard(cell, shard, job, samples, progress)
                     self.report.rows_written += written
                     self.report.shards_run += 1
+                except DiskFull:
+                    self.report.shards_failed.append(shard.id)
+                    raise  # every other shard would fail the same way: stop the sweep, say it once
                 except Exception as e:
                     self.report.shards_failed.append(shard.id)
                     self.console.log(f"[red]shard {shard.id} of {cell.kind}/{cell.model} failed: {e}")
