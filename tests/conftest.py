@@ -132,3 +132,37 @@ def every_kind_sweep(tmp_path_factory):
 
     sweep_file = every_kind(tmp_path_factory.mktemp("every-kind"))
     return sweep_file, run(sweep_file)
+
+
+@contextlib.contextmanager
+def logical_gpu_cluster(nodes: int, gpus: int, cpus: int) -> Iterator[object]:
+    """A real multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`) whose
+    nodes declare `gpus` GPUs they do not have, which is all placement needs; this process
+    joined to it. Its own short temp dir: Ray's socket paths must fit in 107 characters, and
+    the cluster's address file (which a bare ray.init() elsewhere would join) stays private."""
+    import shutil
+    import tempfile
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    temp_dir = tempfile.mkdtemp(prefix="rayg-", dir="/tmp")
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp_dir
+    os.makedirs(os.path.join(temp_dir, "ray"))
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": cpus, "num_gpus": gpus, "include_dashboard": False, "temp_dir": os.path.join(temp_dir, "ray")})
+    for _ in range(nodes - 1):
+        cluster.add_node(num_cpus=cpus, num_gpus=gpus)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(temp_dir, ignore_errors=True)

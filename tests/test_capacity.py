@@ -2,9 +2,6 @@
 anything starts, on paper and on a real (logical) two-node cluster of 4 GPUs each."""
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from orchestrator.report import SubmitReport
 from orchestrator.scheduler import Scheduler
 from orchestrator.store import SweepStore
 from orchestrator.submit import submit
+from tests.conftest import logical_gpu_cluster
 
 
 def two_nodes() -> list[Node]:
@@ -55,27 +53,8 @@ def test_totals_that_fit_are_not_enough():
 
 @pytest.fixture(scope="module")
 def four_gpu_nodes():
-    from ray.cluster_utils import Cluster
-
-    temp_dir = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")  # short: Ray's socket paths are limited
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = temp_dir
-    os.makedirs(os.path.join(temp_dir, "ray"))
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 8, "num_gpus": 4, "include_dashboard": False, "temp_dir": os.path.join(temp_dir, "ray")})
-    cluster.add_node(num_cpus=8, num_gpus=4)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    try:
+    with logical_gpu_cluster(nodes=2, gpus=4, cpus=8) as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if saved is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = saved
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def write_sweep(folder: Path, replicas: int, ranks: int) -> Path:

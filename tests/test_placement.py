@@ -2,10 +2,6 @@
 not present, which is all placement needs."""
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-
 import pytest
 import ray
 
@@ -16,6 +12,7 @@ from actors.placement import (
     replica_placement,
     reserve_tensor_parallel,
 )
+from tests.conftest import logical_gpu_cluster
 
 
 def test_plan_prefers_one_node_and_the_fullest_that_fits():
@@ -35,31 +32,8 @@ def test_plan_spans_fewest_nodes_with_ranks_grouped_by_node():
 
 @pytest.fixture(scope="module")
 def two_gpu_nodes():
-    from ray.cluster_utils import Cluster
-
-    # A short temp dir of our own: Ray's socket paths must fit in 107 characters, and the
-    # cluster's address file (which a bare ray.init() elsewhere would join) stays private.
-    temp_dir = tempfile.mkdtemp(prefix="rayp-", dir="/tmp")
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = temp_dir
-    os.makedirs(os.path.join(temp_dir, "ray"))
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "num_gpus": 2, "include_dashboard": False, "temp_dir": os.path.join(temp_dir, "ray")},
-    )
-    cluster.add_node(num_cpus=1, num_gpus=2)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    try:
+    with logical_gpu_cluster(nodes=2, gpus=2, cpus=1) as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if saved is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = saved
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @ray.remote
