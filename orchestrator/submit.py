@@ -15,6 +15,7 @@ import asyncio
 import os
 import socket
 import time
+from pathlib import Path
 from types import ModuleType
 
 from rich.console import Console
@@ -104,7 +105,8 @@ def _submit(sweep: Sweep, store: SweepStore, sweep_file: str | None, address: st
     status = "FAILED"
     submission: dict[str, object] = {
         "state": "running", "pid": os.getpid(), "host": socket.gethostname(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "sweep_file": str(sweep_file or ""),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "sweep_file": str(Path(sweep_file).resolve()) if sweep_file else "",  # found by a report run anywhere
         "pending_shards": n_pending, "tracking": {"uri": uri, "experiment": experiment},
         **last_parent_run(store, uri)}
     write_json(store.root / "submission.json", submission)
