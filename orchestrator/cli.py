@@ -138,16 +138,18 @@ def _stage_counts(store: SweepStore, manifest: dict) -> dict[str, str]:
 def submit(sweep_file: str, address: str | None, output: str | None, retries: int, no_progress: bool,
            wait: bool) -> None:
     """Run a sweep. Submitting again resumes: shards already on disk are skipped."""
+    from orchestrator.submit import Terminated, stop_on_sigterm
     from orchestrator.submit import submit as run_submit
 
     sweep = _load(sweep_file)
+    stop_on_sigterm()  # a preempted job (Slurm, Kubernetes) gets SIGTERM: stop as on Ctrl-C
     try:
         report = run_submit(sweep, sweep_file=sweep_file, address=address, output=output, console=console,
                             progress=not no_progress and sys.stderr.isatty(), max_retries=retries, wait=wait)
-    except KeyboardInterrupt:  # Ctrl-C: the submission stopped cleanly (see orchestrator.submit)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the submission stopped cleanly (orchestrator.submit)
         console.print(f"interrupted: the finished shards are kept, the running ones dropped; "
                       f"`orchestrate submit {sweep_file}` resumes")
-        sys.exit(130)
+        sys.exit(143 if isinstance(stop, Terminated) else 130)  # 128 + the signal, as a shell reports it
     tracking = f"skipped ({report.mlflow_skipped}); `orchestrate sync {sweep_file}` logs the cells later" \
         if report.mlflow_skipped else report.tracking_uri
     console.print(
@@ -253,7 +255,7 @@ def _submission_state(store: SweepStore) -> str:
     if state == "running":  # the record of a process that never wrote its end: killed
         state, how = "interrupted", f" (its process, pid {info.get('pid')}, is gone: killed?)"
     elif state == "interrupted":
-        how = " (stopped with Ctrl-C)"
+        how = f" (stopped with {info.get('stopped_by', 'Ctrl-C')})"
     skipped = f"; MLflow skipped: {info['mlflow_skipped']}" if info.get("mlflow_skipped") else ""
     return (f"last submission: {state}{how} (started {info['started']}, pid {info.get('pid')}); "
             f"failed shards: {len(info.get('failed_shards', []))}{skipped}")

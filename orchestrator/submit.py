@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -128,10 +129,13 @@ def _submit(sweep: Sweep, store: SweepStore, sweep_file: str | None, address: st
         for cell in complete:  # the summary stage: recomputed, logged when it changed
             finish_cell_or_say_why(store, tracker, cell, report, console, earlier_rows=True)
         if pending:
+            sigterm_stops = signal.getsignal(signal.SIGTERM) is _terminated  # the CLI asked for it
             c = sweep.cluster
             with ray_session(address=address or c.address, namespace=c.namespace or f"orchestrate-{sweep.name}",
                              num_cpus=c.num_cpus, num_gpus=c.num_gpus, dashboard=c.dashboard, temp_dir=ray_temp_dir,
                              py_modules=project_packages()) as session:
+                if sigterm_stops:  # again: ray.init puts in a handler of its own that exits at once
+                    stop_on_sigterm()
                 report.dashboard_url = session.dashboard_url
                 if session.dashboard_url:
                     console.print(f"Ray dashboard: [link]{session.dashboard_url}[/link]")
@@ -145,8 +149,9 @@ def _submit(sweep: Sweep, store: SweepStore, sweep_file: str | None, address: st
             console.print(f"[green]{sweep.name}: all {n_shards} shards of {len(plan.cells)} cells are done; "
                           "summaries recomputed, nothing to run.")
         status = "FINISHED" if report.ok else "FAILED"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         status = "INTERRUPTED"
+        submission["stopped_by"] = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
         raise
     finally:
         report.seconds = time.perf_counter() - started
@@ -160,6 +165,19 @@ def _submit(sweep: Sweep, store: SweepStore, sweep_file: str | None, address: st
             except Exception as e:
                 gate.skip(e)
     return report
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler preempting the job, `kill`): stopped as cleanly as by Ctrl-C."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM end a submission the way Ctrl-C does (the main thread only)."""
+    signal.signal(signal.SIGTERM, _terminated)
 
 
 def _record_end(store: SweepStore, submission: dict[str, object], status: str, report: SubmitReport,

@@ -65,6 +65,8 @@ def partial_run(tmp_path: Path, tiny_model: Path, ray_tmp: str, how: int
     started = descendants(driver.pid)
     if how == signal.SIGINT:
         os.killpg(driver.pid, signal.SIGINT)
+    elif how == signal.SIGTERM:
+        os.kill(driver.pid, signal.SIGTERM)  # `kill PID`, a batch scheduler preempting the job
     else:
         driver.kill()
     code = driver.wait(timeout=120)
@@ -113,6 +115,24 @@ def test_ctrl_c_stops_cleanly_ray_shut_down_and_status_says_interrupted(tmp_path
         wait_for(lambda: not still_running(started), 30, f"Ray's processes gone: {still_running(started)}")
         status = CliRunner().invoke(main, ["status", str(sweep_file)])
         assert status.exit_code == 0 and "last submission: interrupted (stopped with Ctrl-C)" in status.output
+        resubmit_completes(sweep_file, root, done, ray_tmp)
+    finally:
+        end_processes(started)
+
+
+def test_sigterm_stops_like_ctrl_c(tmp_path, tiny_model, ray_tmp):
+    """A preempted job gets SIGTERM: the same clean stop as Ctrl-C, exit 143, and status says
+    which signal it was."""
+    sweep_file, root, done, started, log, code = partial_run(tmp_path, tiny_model, ray_tmp, signal.SIGTERM)
+    try:
+        output = log.read_text()
+        assert code == 143 and "interrupted" in output and "Traceback" not in output, (code, output[-3000:])
+        assert json.loads((root / "submission.json").read_text())["stopped_by"] == "SIGTERM"
+        assert not temp_files(root) and not (root / ".submit.lock").exists()
+        read_whole(list(done))
+        wait_for(lambda: not still_running(started), 30, f"Ray's processes gone: {still_running(started)}")
+        status = CliRunner().invoke(main, ["status", str(sweep_file)])
+        assert "last submission: interrupted (stopped with SIGTERM)" in status.output, status.output
         resubmit_completes(sweep_file, root, done, ray_tmp)
     finally:
         end_processes(started)
