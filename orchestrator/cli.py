@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli_organisms import organisms
 from orchestrator.errors import OrchestrateError
 
 if TYPE_CHECKING:
@@ -390,39 +391,4 @@ def report(sweep: str, output: str, html: str | None, no_mlflow: bool) -> None:
         click.echo(f"logged to MLflow run {run}" if run else "no MLflow run of this sweep to log to (submit logs one)")
 
 
-@main.group()
-def organisms() -> None:
-    """Tiny model organisms trained on CPU (known faithfulness, backdoors, judge)."""
-
-
-@organisms.command("build")
-@click.argument("names", nargs=-1)
-@click.option("--cache-dir", type=click.Path(file_okay=False),
-              help="default: ORCHESTRATE_ORGANISMS_DIR or ~/.cache/orchestrate/organisms")
-@click.option("--force", is_flag=True, help="rebuild even if cached")
-def organisms_build(names: tuple[str, ...], cache_dir: str | None, force: bool) -> None:
-    """Build (or find in the cache) the named organisms, or all of them."""
-    from jobs.organisms.build import build_organisms
-    from jobs.organisms.recipes import ORGANISMS
-
-    unknown = sorted(set(names) - set(ORGANISMS))
-    if unknown:
-        raise OrchestrateError(f"unknown organism(s) {', '.join(unknown)}; known: {', '.join(sorted(ORGANISMS))}")
-    built = build_organisms(list(names) or None, Path(cache_dir) if cache_dir else None, force=force)
-    for name, path in built.items():
-        click.echo(f"{name}\t{path}")
-
-
-@organisms.command("bundle")
-@click.argument("names", nargs=-1)
-def organisms_bundle(names: tuple[str, ...]) -> None:
-    """Copy the current builds (built first if needed) into the repository's organisms/ folder,
-    which fresh clones and CI copy from instead of training."""
-    from jobs.organisms.build import bundle
-    from jobs.organisms.recipes import ORGANISMS
-
-    unknown = sorted(set(names) - set(ORGANISMS))
-    if unknown:
-        raise OrchestrateError(f"unknown organism(s) {', '.join(unknown)}; known: {', '.join(sorted(ORGANISMS))}")
-    for name, path in bundle(list(names) or None).items():
-        click.echo(f"{name}\t{path}")
+main.add_command(organisms)
