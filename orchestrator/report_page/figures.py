@@ -6,12 +6,12 @@ from collections.abc import Callable
 
 import polars as pl
 
+from jobs.registry import get_job
 from orchestrator.compare import CellRef, Comparison
 from orchestrator.compare.gather import CELL, row_values
 from orchestrator.compare.table import default_by
 from orchestrator.figures import ariadne, decompose, generate, misalignment, trigger_scan
 from orchestrator.figures.common import Figure
-from orchestrator.results import report_table
 
 FromMeans = Callable[[pl.DataFrame, list[str]], Figure | None]
 BY_MEANS: dict[str, tuple[FromMeans, ...]] = {
@@ -27,14 +27,21 @@ def kind_figures(kind: str, cells: list[CellRef], comparison: Comparison) -> lis
     if kind == "ariadne":
         out += [f for f in [_phi_distribution(cells, keys)] if f is not None]
     if kind == "trigger_scan":
-        store = cells[0].store
-        report = report_table(store, kind)
         true = {c.id: getattr(c.params, "true_trigger", None) for c in cells}
-        if not report.is_empty():
-            report = report.filter(pl.col(CELL).is_in(list(true)))
-        if (f := trigger_scan.ranking(report, true)) is not None:
+        if (f := trigger_scan.ranking(_rankings(cells), true)) is not None:
             out.append(f)
     return out
+
+
+def _rankings(cells: list[CellRef]) -> pl.DataFrame:
+    """Each scanned cell's ranked candidates (`Job.report`), read from the cells on the page
+    only, with the cell's model and id."""
+    parts = []
+    for c in cells:
+        table = get_job(c.kind).report(c.store.rows_of(c.manifest), c.params)
+        if table is not None and table.height:
+            parts.append(table.with_columns(model=pl.lit(c.manifest["model"]), cell_id=pl.lit(c.id)))
+    return pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
 
 
 def _phi_distribution(cells: list[CellRef], keys: list[str]) -> Figure | None:
