@@ -16,8 +16,10 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from rich.console import Console
 
@@ -144,7 +146,8 @@ def _submit(sweep: Sweep, store: SweepStore, sweep_file: str | None, address: st
                     scheduler = Scheduler(sweep, plan, store, tracker, console, report, max_retries,
                                           fixed_cluster=not (address or c.address or os.environ.get("RAY_ADDRESS")))
                     scheduler.started = started
-                    asyncio.run(scheduler.run(pending, bar))
+                    work = scheduler.run(pending, bar)
+                    asyncio.run(_cancelled_by_sigterm(work) if sigterm_stops else work)
         elif not report.cells_logged:
             console.print(f"[green]{sweep.name}: all {n_shards} shards of {len(plan.cells)} cells are done; "
                           "summaries recomputed, nothing to run.")
@@ -173,6 +176,32 @@ class Terminated(KeyboardInterrupt):
 
 def _terminated(signum: int, frame: object) -> None:
     raise Terminated()
+
+
+async def _cancelled_by_sigterm(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work`; SIGTERM cancels it from inside the event loop, as asyncio.run does for
+    Ctrl-C, then raises Terminated. A handler that raises where the signal lands can land
+    inside Ray's or asyncio's own code, and leave a lock held that the shutdown then waits
+    on forever."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None, "called outside a task"
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        await work
+    except asyncio.CancelledError:
+        if terminated:
+            raise Terminated() from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        stop_on_sigterm()  # remove_signal_handler left the default (die at once) in its place
 
 
 def stop_on_sigterm() -> None:

@@ -69,7 +69,12 @@ def partial_run(tmp_path: Path, tiny_model: Path, ray_tmp: str, how: int
         os.kill(driver.pid, signal.SIGTERM)  # `kill PID`, a batch scheduler preempting the job
     else:
         driver.kill()
-    code = driver.wait(timeout=120)
+    try:
+        code = driver.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        driver.kill()
+        end_processes(started)
+        pytest.fail(f"the submit did not stop within 120 s of the signal:\n{log.read_text()[-3000:]}")
     done = shard_files(root)
     assert 2 <= len(done) < SHARDS, f"{len(done)} of {SHARDS} shards: not stopped mid-sweep"
     return sweep_file, root, done, started, log, code
