@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli_data import data
 from orchestrator.cli_organisms import organisms
 from orchestrator.errors import OrchestrateError
 
@@ -392,3 +393,4 @@ def report(sweep: str, output: str, html: str | None, no_mlflow: bool) -> None:
 
 
 main.add_command(organisms)
+main.add_command(data)
