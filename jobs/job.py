@@ -54,6 +54,7 @@ class RoleNeeds:
     prefill: bool = False  # its requests continue an assistant prefill
     logprobs: bool = False  # read from token logprobs
     greedy: bool = False  # sampled at temperature 0
+    chat_template: bool = False  # its requests are chat messages: the model needs a chat template
 
 
 class JobContext:

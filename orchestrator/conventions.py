@@ -65,6 +65,22 @@ def _local_reasoning(path: str) -> Reasoning | None:
     return _folder_reasoning(path) if Path(path).is_dir() else None
 
 
+def has_chat_template(spec: ModelSpec) -> bool | None:
+    """Whether the model has a chat template as planning sees it; None: unknown until it loads
+    (a hub id, or a server that renders chat itself)."""
+    if spec.chat_template is not None:
+        return True
+    path = spec.path
+    if spec.engine == "openai":
+        tokenizer = spec.engine_options.get("tokenizer_path")
+        if not isinstance(tokenizer, str):
+            return None
+        path = tokenizer
+    if organism_name(path) is not None:
+        return True
+    return template_text(path) is not None if Path(path).is_dir() else None
+
+
 def api_flavour(spec: ModelSpec) -> Flavour | None:
     """Which kind of server an API model is (None for a model served by our engines)."""
     if spec.engine != "openai" or spec.base_url is None:
@@ -88,6 +104,10 @@ def refusals(spec: ModelSpec, need: RoleNeeds) -> list[str]:
             if need.greedy:
                 found.append(f"{spec.path} takes only temperature 1 (an OpenAI reasoning model), and this role "
                              "samples at temperature 0: choose another model for it")
+    if need.chat_template and has_chat_template(spec) is False:
+        found.append("the model has no chat template (no chat_template.jinja, none in tokenizer_config.json), so "
+                     "its requests cannot be rendered as chat: give it one (`chat_template:` on the model) or "
+                     "prompt it as a base model (the decompose job's `prompting: completion`)")
     if need.thinks and model_reasoning(spec) == "none":
         found.append("the model has no think block (its chat template neither switches nor opens one), so it "
                      "cannot be asked to reason in one: turn this CoT arm off, or set the model's `reasoning:` "

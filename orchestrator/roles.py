@@ -56,7 +56,8 @@ def _job_problems(sweep: Sweep, j: int, spec: JobSpec) -> list[tuple[Loc, str]]:
                     continue
                 for reason in refusals(model, need):
                     what = f"the {role} {name!r}" if role != SUBJECT else f"the subject {name!r}"
-                    out.append((loc, f"{what} cannot serve {spec.kind}'s {_asked(need)}: {reason}"))
+                    why = f" ({need.purpose})" if role == SUBJECT and need.purpose else ""
+                    out.append((loc, f"{what} cannot serve {spec.kind}'s {_asked(need)}{why}: {reason}"))
     return out
 
 
@@ -73,6 +74,7 @@ def _served_as(sweep: Sweep, name: str | None) -> ModelSpec | None:
 
 
 def _asked(need: Any) -> str:
-    asked = [what for flag, what in ((need.thinks, "CoT arm"), (need.prefill, "prefilled requests"),
-                                     (need.logprobs, "logprob reading"), (need.greedy, "greedy sampling")) if flag]
+    asked = [what for flag, what in ((need.chat_template, "chat prompts"), (need.thinks, "CoT arm"),
+                                     (need.prefill, "prefilled requests"), (need.logprobs, "logprob reading"),
+                                     (need.greedy, "greedy sampling")) if flag]
     return " and ".join(asked) or "requests"

@@ -43,6 +43,10 @@ def render_prompt(tokenizer: Any, request: Request, reasoning: Reasoning | None 
     the tokenizer's template), then the assistant prefill. A raw prompt passes through."""
     if request.prompt is not None:
         return request.prompt
+    if not getattr(tokenizer, "chat_template", None):  # transformers' own error names no remedy
+        raise RequestError("the model has no chat template, so chat messages cannot be rendered for it: give it "
+                           "one (the sweep's `chat_template:` on the model) or send it a raw prompt (the decompose "
+                           "job's `prompting: completion`)")
     reasoning = reasoning or reasoning_of(tokenizer)
     messages = [m.model_dump() for m in request.messages or ()]
     text = tokenizer.apply_chat_template(

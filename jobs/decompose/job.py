@@ -15,6 +15,10 @@ Arms, one row per question each: `decompose` (the loop), `direct` (answer in one
 `direct_cot` (reason first, thinking on); the summary reports the gain of the first over the
 others with paired bootstrap CIs, so the gain is measured, not assumed.
 
+Prompting: `chat` sends each prompt as a user message rendered with the model's chat
+template; `completion` sends the same text as a raw prompt followed by the start of the line
+the model writes, for a base model without a template (jobs.decompose.completion).
+
 Stages: generation and summary. No model judges the answers (the DROP metric is code, scored
 with the rows); the bootstrap is the summary's. The decomposer and answerer feed the loop,
 so they belong to generation.
@@ -31,11 +35,12 @@ from typing import Any, ClassVar, Literal
 
 import polars as pl
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from actors.engines.protocol import Completion, Request, Sampling
 from actors.errors import ContextLengthError
-from jobs.decompose import prompts
+from jobs.decompose import completion, prompts
+from jobs.decompose.completion import Prompting
 from jobs.decompose.dataset import (
     BUNDLED_SAMPLE,
     DropQuestion,
@@ -99,6 +104,9 @@ class DecomposeParams(JobParams):
     max_steps: int = Field(8, gt=0, description="decomposer calls per question, the stopping one included")
     symbolic: bool = Field(True, description="execute symbolic steps by code (else the answerer answers them)")
     thinking: bool = Field(False, description="thinking for the decomposition, simple-QA and direct calls")
+    prompting: Prompting = Field("chat", description="chat: each prompt is a user message rendered with the model's "
+                                 "chat template; completion: the same text as a raw prompt that the model continues "
+                                 "(the paper's few-shot setting with a base LM, for models without a chat template)")
     step_max_tokens: int = Field(64, gt=0)
     answer_max_tokens: int = Field(64, gt=0)
     cot_max_tokens: int = Field(512, gt=0)
@@ -113,6 +121,13 @@ class DecomposeParams(JobParams):
         if not arms or len(set(arms)) != len(arms):
             raise ValueError(f"arms must be distinct and at least one, got {list(arms)}")
         return arms
+
+    @model_validator(mode="after")
+    def _no_thinking_in_completions(self) -> DecomposeParams:
+        if self.prompting == "completion" and self.thinking:
+            raise ValueError("thinking: true asks for a think block, which the chat template opens; a completion "
+                              "prompt has none: set thinking: false (or prompting: chat)")
+        return self
 
 
 STEP = pa.struct([
@@ -210,10 +225,10 @@ class DecomposeJob(Job[DecomposeParams]):
         return [Sample(id=q.query_id, data=q.to_dict()) for q in self._questions(params)]
 
     def needs(self, params: DecomposeParams) -> dict[str, RoleNeeds]:
-        greedy = params.temperature == 0
-        return {SUBJECT: RoleNeeds(thinks=params.thinking, greedy=greedy),
-                "decomposer": RoleNeeds(thinks=params.thinking, greedy=greedy),
-                "answerer": RoleNeeds(thinks=params.thinking, greedy=greedy)}
+        greedy, chat = params.temperature == 0, params.prompting == "chat"
+        return {SUBJECT: RoleNeeds(thinks=params.thinking, greedy=greedy, chat_template=chat),
+                "decomposer": RoleNeeds(thinks=params.thinking, greedy=greedy, chat_template=chat),
+                "answerer": RoleNeeds(thinks=params.thinking, greedy=greedy, chat_template=chat)}
 
     def data_digest(self, params: DecomposeParams) -> str:
         """sha256 of the questions and pool as loaded: a bundled set is generated or shipped,
@@ -227,15 +242,22 @@ class DecomposeJob(Job[DecomposeParams]):
                 h.update(json.dumps(q.to_dict(), sort_keys=True).encode())
         return h.hexdigest()
 
-    def _request(self, text: str, params: DecomposeParams, max_tokens: int, thinking: bool, key: str) -> Request:
+    def _request(self, text: str, params: DecomposeParams, max_tokens: int, thinking: bool, key: str,
+                 cue: str) -> Request:
+        """The call's request: `text` as a user message (chat), or followed by `cue`, the start
+        of the line the model writes, as a raw prompt (completion; see jobs.decompose.completion)."""
+        if params.prompting == "completion":
+            ends = completion.BLOCK_STOP if cue == completion.REASONING_CUE else completion.LINE_STOP
+            return Request(prompt=text + cue, affinity=key, sampling=Sampling(
+                max_tokens=max_tokens, temperature=params.temperature, seed=params.seed, stop=ends))
         # One line per call when thinking is off; a think block spans lines, so no stop then.
         stop = () if thinking else ("\n",)
         return Request.chat(text, thinking=thinking, affinity=key, sampling=Sampling(
             max_tokens=max_tokens, temperature=params.temperature, seed=params.seed, stop=stop))
 
     async def _call(self, model: ModelHandle, text: str, params: DecomposeParams, max_tokens: int,
-                    thinking: bool, key: str) -> Completion:
-        return (await model.generate(self._request(text, params, max_tokens, thinking, key)))[0]
+                    thinking: bool, key: str, cue: str = completion.ANSWER_CUE) -> Completion:
+        return (await model.generate(self._request(text, params, max_tokens, thinking, key, cue)))[0]
 
     async def _answer_simple(self, q: DropQuestion, question: str, params: DecomposeParams, ctx: JobContext,
                              fewshot: FewShot, answers: Sequence[str] = ()) -> tuple[str, str, str, Completion | None]:
@@ -261,7 +283,8 @@ class DecomposeJob(Job[DecomposeParams]):
         for _ in range(params.max_steps):
             try:
                 qd = await self._call(decomposer, prompts.qd_prompt(shots, q.passage, q.question, pairs), params,
-                                      params.step_max_tokens, params.thinking, q.query_id)
+                                      params.step_max_tokens, params.thinking, q.query_id,
+                                      completion.next_question_cue(len(pairs)))
             except ContextLengthError:
                 if not pairs:
                     raise  # not even the question fits: an error row
@@ -306,7 +329,7 @@ class DecomposeJob(Job[DecomposeParams]):
         shots = await asyncio.to_thread(fewshot.complex_shots, q) if params.shots else []
         if cot:
             call = await self._call(subject, prompts.cot_prompt(shots, q.passage, q.question), params,
-                                    params.cot_max_tokens, True, q.query_id)
+                                    params.cot_max_tokens, True, q.query_id, completion.REASONING_CUE)
             prediction = prompts.parse_cot_answer(call.text)
         else:
             call = await self._call(subject, prompts.direct_prompt(shots, q.passage, q.question), params,
