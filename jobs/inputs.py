@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, ValidationError, ValidationInfo
 
@@ -91,13 +94,54 @@ def jsonl_objects(path: str | Path, error: type[Exception]) -> Iterator[tuple[st
 
 
 def file_digest(*paths: str | Path) -> str:
-    """sha256 over the bytes of the given files, in order."""
+    """sha256 over the bytes of the given files, in order. One file's digest is computed once
+    per process while the file stays as it was (`per_file_state`): a sweep's cells share
+    their data files, and a prompt file of a million lines takes a second to hash."""
+    if len(paths) == 1:
+        return per_file_state(_DIGESTS, paths[0], lambda: _digest(paths))
+    return _digest(paths)
+
+
+def _digest(paths: tuple[str | Path, ...]) -> str:
     h = hashlib.sha256()
     for p in paths:
         with open(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+T = TypeVar("T")
+FileState = tuple[int, int, int, int, int]
+# A file's mtime is stamped from a coarse clock (a few ms behind the real time): a file
+# changed within this long of our reading it could change again with the same stamp and size.
+_RACY_SECONDS = 0.5
+_DIGESTS: dict[str, tuple[FileState, str]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _state(path: str | Path) -> FileState:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def per_file_state(cache: dict[str, tuple[FileState, T]], path: str | Path, compute: Callable[[], T]) -> T:
+    """`compute()` (something read from the file at `path`), kept in `cache` (one entry per
+    path) for as long as the file's device, inode, size, mtime and ctime stay the same. As in
+    git's index, a file whose mtime is not clearly before the read began is not kept ("racy"):
+    it could be rewritten with the same size and stamp, and we would not see it."""
+    key = str(path)
+    before = _state(path)
+    with _CACHE_LOCK:
+        hit = cache.get(key)
+    if hit is not None and hit[0] == before:
+        return hit[1]
+    began = time.time()
+    value = compute()
+    if _state(path) == before and before[3] < (began - _RACY_SECONDS) * 1e9:
+        with _CACHE_LOCK:
+            cache[key] = (before, value)
+    return value
 
 
 def row_problems(error: ValidationError) -> str:

@@ -129,6 +129,23 @@ class Job(abc.ABC, Generic[P]):
     def samples(self, params: P) -> Sequence[Sample]:
         """Every sample of one grid point, in a fixed order, ids unique."""
 
+    def sample_ids(self, params: P) -> Sequence[str]:
+        """The ids of `samples(params)`, in order: what planning needs (shard ids and counts).
+        A job whose data can be large overrides it to read ids without building samples, and
+        returns one shared sequence for every grid point that reads the same data."""
+        return [s.id for s in self.samples(params)]
+
+    def samples_at(self, params: P, start: int, stop: int) -> Sequence[Sample]:
+        """`samples(params)[start:stop]`: one shard's samples, built when the shard runs. By
+        default every sample is built (the scheduler keeps them per cell while its shards
+        run); a job whose data can be large overrides it to build only these."""
+        return self.samples(params)[start:stop]
+
+    @classmethod
+    def streams_samples(cls) -> bool:
+        """Whether `samples_at` builds only the samples it is asked for."""
+        return cls.samples_at is not Job.samples_at
+
     def data_digest(self, params: P) -> str:
         """Digest of the input data the samples come from (files the params point at)."""
         return ""

@@ -107,14 +107,20 @@ def plan(sweep_file: str, output: str | None) -> None:
     sweep = _load(sweep_file)
     store = SweepStore(output or sweep.output, sweep.name)
     p = store.settle_plan(make_plan(sweep))
+    from jobs.stages import STORED
+
     rows = []
+    pending = 0
     for c in p.cells:
         point = ", ".join(f"{k}={v}" for k, v in c.point.items() if not isinstance(v, (list, dict)))
-        manifest = c.manifest()
+        # Counted from each stage's listing: no shard id is hashed for a stage with nothing on disk.
+        missing = {stage: len(store.missing(c, stage)) for stage in c.stages}
+        pending += missing[c.last_stage] > 0
         rows.append({"cell": c.id, "job": c.kind, "model": c.model, "point": point, "samples": c.n_samples,
-                     "shards": len(c.shards), **_stage_counts(store, manifest)})
+                     "shards": len(c.shards),
+                     **{stage: f"{len(c.shards) - missing[stage]}/{len(c.shards)}" if stage in c.stages else "-"
+                        for stage in STORED}})
     df = pl.DataFrame(rows)
-    pending = sum(store.missing(c, c.last_stage) != [] for c in p.cells)
     title = f"{sweep.name}: {len(p.cells)} cells, {df['shards'].sum()} shards, {pending} cells with work pending"
     Console().print(_table(df, title=title))
 

@@ -7,7 +7,7 @@ same functions, so validate, plan and submit refuse the same files alike)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +111,18 @@ def _jobs(section: Any, context: dict[str, Any]) -> list[JobSpec | None]:
     return list(_entries(dict(enumerate(section)), JobSpec, context).values())
 
 
-def sample_ids(sweep: Sweep, job_index: int, params: JobParams, point: Mapping[str, Any]) -> list[str]:
-    """The ids of a job's samples at one grid point, read from its data. Raises the reader's
-    error (DataFileError, DataError: exit 2) prefixed with where the sweep names the file, or
-    PlanError for data that gives no samples or repeats an id."""
+_UNIQUE: dict[int, Sequence[str]] = {}  # id() -> id lists found unique (kept, so an id() names one list)
+_UNIQUE_KEPT = 64
+
+
+def sample_ids(sweep: Sweep, job_index: int, params: JobParams, point: Mapping[str, Any]) -> Sequence[str]:
+    """The ids of a job's samples at one grid point, read from its data (`Job.sample_ids`:
+    no sample is built, and the cells that read one file share one list, checked once).
+    Raises the reader's error (DataFileError, DataError: exit 2) prefixed with where the
+    sweep names the file, or PlanError for data that gives no samples or repeats an id."""
     spec = sweep.jobs[job_index]
     try:
-        ids = [s.id for s in get_job(spec.kind).samples(params)]
+        ids = get_job(spec.kind).sample_ids(params)
     except (JobError, DataError) as e:
         if isinstance(e, UnknownRole):
             raise
@@ -133,11 +138,17 @@ def sample_ids(sweep: Sweep, job_index: int, params: JobParams, point: Mapping[s
     if not ids:
         raise PlanError(f"{_where(sweep, job_index, params, '')}: the parameters give no samples{at} "
                         "(an empty data file, or filters that keep nothing)")
+    if _UNIQUE.get(id(ids)) is ids:
+        return ids
     duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
         more = f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
         raise PlanError(f"{_where(sweep, job_index, params, '')}: sample ids must be unique{at}; repeated: "
                         f"{', '.join(duplicates[:5])}{more}")
+    if isinstance(ids, tuple):  # immutable: another cell handed the same tuple needs no second check
+        if len(_UNIQUE) >= _UNIQUE_KEPT:
+            del _UNIQUE[next(iter(_UNIQUE))]
+        _UNIQUE[id(ids)] = ids
     return ids
 
 

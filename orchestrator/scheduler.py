@@ -4,20 +4,26 @@ The shard runners are asyncio tasks on the driver: each runs a job's per-sample 
 many samples at once, and every model call goes through a pool handle to a replica actor, so
 the replicas' engines see enough concurrent requests to batch. A shard's rows are written only
 when every sample of it is done; a replica that dies mid-shard makes the whole shard run again.
+
+What the driver holds is bounded by the shards in flight, not by the sweep: a cell's shards
+become tasks only as the shard gate lets them in, and a shard's samples are built when it
+runs (`ShardSamples`), so a sweep of a million samples holds no million of anything but
+their ids.
 """
 from __future__ import annotations
 
 import asyncio
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from actors.errors import EngineError, RequestError, TransientError
-from jobs.job import Job, JobContext
+from jobs.errors import DataFileError
+from jobs.job import Job, JobContext, JobParams, Sample
 from jobs.organisms.build import resolve_model_path
 from jobs.registry import get_job
 from jobs.stages import Stage
@@ -45,6 +51,34 @@ def serving_spec(m: ModelSpec) -> dict[str, Any]:
     return spec
 
 
+class ShardSamples:
+    """A cell's samples as its shards ask for them. A job that builds samples one shard at a
+    time (`Job.streams_samples`: the generate job's prompt files) is asked per shard; any
+    other (small data sets) builds them all on the cell's first shard, kept until the cell's
+    last shard is done."""
+
+    def __init__(self, job: Job, params: JobParams) -> None:
+        self.job, self.params = job, params
+        self._all: Sequence[Sample] | None = None
+        self._lock = asyncio.Lock()
+
+    async def of(self, shard: Shard) -> dict[str, Sample]:
+        """The shard's samples by id. Raises DataFileError when they are not the ones planned
+        (the data changed since planning)."""
+        stop = shard.start + len(shard.sample_ids)
+        if self.job.streams_samples():
+            got = await asyncio.to_thread(self.job.samples_at, self.params, shard.start, stop)
+        else:
+            async with self._lock:
+                if self._all is None:
+                    self._all = await asyncio.to_thread(self.job.samples, self.params)
+            got = self._all[shard.start : stop]
+        if tuple(s.id for s in got) != shard.sample_ids:
+            raise DataFileError(f"the samples of shard {shard.id} are not the ones planned: the data changed "
+                                f"since the sweep was planned; submit again to plan it anew")
+        return {s.id: s for s in got}
+
+
 def _pool_resources(spec: dict[str, Any], cluster_gpus: float) -> tuple[float, float]:
     num_gpus = spec.get("num_gpus")
     if num_gpus is None:  # an engine that can use GPUs takes one per tensor-parallel rank
@@ -61,8 +95,9 @@ class Scheduler:
         self.pools: dict[str, Any] = {}
         self.handles: dict[str, Any] = {}
         self._samples_done: dict[tuple[str, str], int] = {}  # (shard, stage) -> samples of this attempt
-        # (stage, id, shard) -> the shard's work while it runs; None once it is on disk
-        self._stage_shards: dict[tuple[str, str, str], asyncio.Future[list[dict]] | None] = {}
+        # (stage, id, shard) -> the shard's work while it runs (or the failure it ended in)
+        self._stage_shards: dict[tuple[str, str, str], asyncio.Future[list[dict]]] = {}
+        self._stop: DiskFull | None = None  # a full disk: no further shard is started
         self.started = time.perf_counter()
 
     async def start_pools(self, models: set[str]) -> None:
@@ -168,10 +203,18 @@ class Scheduler:
         self.report.finetunes_trained = sum(r.trained for r in results.values())
         return results
 
-    async def run_shard(self, cell: Cell, shard: Shard, job: Job, samples: dict, progress: SweepProgress) -> int:
+    async def run_shard(self, cell: Cell, shard: Shard, job: Job, source: ShardSamples,
+                        progress: SweepProgress) -> int:
         """Whatever of the shard's stages is not on disk: generation, then its judging (from
         the generation just made, or read back from disk: a judge swap never calls the
-        subject). Returns the rows written."""
+        subject). Its samples are built only if a stage runs. Returns the rows written."""
+        loaded: dict[str, Sample] = {}
+
+        async def samples() -> dict[str, Sample]:
+            if not loaded:
+                loaded.update(await source.of(shard))
+            return loaded
+
         written = 0
         generated: list[dict] | None = None
         judged = job.has_judging()
@@ -201,18 +244,18 @@ class Scheduler:
                     ) -> tuple[list[dict], bool]:
         """(rows, whether this caller ran it) of one shard of a stage (`key`: stage, stage id,
         shard id), computed once however many cells read it (two judges of one generation,
-        two thresholds of one judging). Once written, its rows are dropped from memory (a
-        long sweep would otherwise hold every row it made): a later reader reads the file."""
+        two thresholds of one judging). Once written, it is forgotten here (a sweep of a
+        million samples would otherwise hold an entry per shard, and every row it made): a
+        later reader finds the file."""
+        stage, stage_id, shard_id = key
         if key in self._stage_shards:
-            running = self._stage_shards[key]
-            if running is None:
-                stage, stage_id, shard_id = key
-                return await asyncio.to_thread(self.store.read_shard, kind, stage, stage_id, shard_id), False
-            return await asyncio.shield(running), False
+            return await asyncio.shield(self._stage_shards[key]), False
+        if self.store.has_shard(kind, stage, stage_id, shard_id):  # written since the caller looked
+            return await asyncio.to_thread(self.store.read_shard, kind, stage, stage_id, shard_id), False
         future = asyncio.ensure_future(work())
         self._stage_shards[key] = future
         rows = await asyncio.shield(future)
-        self._stage_shards[key] = None  # written whole (a failure raised above and stays for the others)
+        del self._stage_shards[key]  # written whole (a failure raised above and stays for the others)
         return rows, True
 
     async def _attempts(self, cell: Cell, shard: Shard, stage: Stage,
@@ -247,8 +290,9 @@ class Scheduler:
         self.report.stage_shards_run[stage] = self.report.stage_shards_run.get(stage, 0) + 1
         return rows
 
-    async def _generate(self, cell: Cell, shard: Shard, job: Job, samples: dict, ctx: JobContext,
-                        progress: SweepProgress, count: bool) -> list[dict]:
+    async def _generate(self, cell: Cell, shard: Shard, job: Job, samples: Callable[[], Awaitable[dict[str, Sample]]],
+                        ctx: JobContext, progress: SweepProgress, count: bool) -> list[dict]:
+        by_id = await samples()
         spec = self.sweep.jobs[cell.job_index]
         gate = asyncio.Semaphore(spec.concurrency)
         ids = {"sweep": self.sweep.name, "stage_id": cell.stages["generate"], "shard_id": shard.id, "model": cell.model}
@@ -256,7 +300,7 @@ class Scheduler:
         async def one(sample_id: str) -> list[dict]:
             async with gate:
                 try:
-                    rows = await job.run(samples[sample_id], cell.params, ctx)
+                    rows = await job.run(by_id[sample_id], cell.params, ctx)
                     rows = [{**ids, "sample_id": sample_id, "error": None, **r} for r in rows]
                 except Exception as e:  # this sample's failure is a row, not a dead sweep...
                     if isinstance(e, EngineError) and not isinstance(e, RequestError):
@@ -270,11 +314,12 @@ class Scheduler:
             tasks = [tg.create_task(one(sid)) for sid in shard.sample_ids]
         return [r for t in tasks for r in t.result()]
 
-    async def _judge(self, cell: Cell, shard: Shard, job: Job, samples: dict, generated: list[dict],
-                     ctx: JobContext, progress: SweepProgress) -> list[dict]:
+    async def _judge(self, cell: Cell, shard: Shard, job: Job, samples: Callable[[], Awaitable[dict[str, Sample]]],
+                     generated: list[dict], ctx: JobContext, progress: SweepProgress) -> list[dict]:
         """The judging stage of one shard: each sample's generated rows, judged together; a
         sample whose generation failed keeps its error row, and one whose judging fails keeps
         its generated rows with the error."""
+        by_id = await samples()
         spec = self.sweep.jobs[cell.job_index]
         gate = asyncio.Semaphore(spec.concurrency)
         by_sample: dict[str, list[dict]] = {}
@@ -286,7 +331,7 @@ class Scheduler:
             async with gate:
                 if rows and all(r["error"] is None for r in rows):
                     try:
-                        rows = await job.judge(samples[sample_id], rows, cell.params, ctx)
+                        rows = await job.judge(by_id[sample_id], rows, cell.params, ctx)
                     except Exception as e:
                         if isinstance(e, EngineError) and not isinstance(e, RequestError):
                             raise
@@ -303,33 +348,46 @@ class Scheduler:
         self._samples_done[key] = self._samples_done.get(key, 0) + 1
         progress.sample_done()
 
-    async def run_cell(self, cell: Cell, pending: list[Shard], progress: SweepProgress,
+    async def run_cell(self, cell: Cell, pending: Sequence[Shard], progress: SweepProgress,
                        shard_gate: asyncio.Semaphore) -> None:
+        """The cell's pending shards, each a task only once the shard gate lets it in (a cell
+        of a million samples is tens of thousands of shards), then its summary."""
         job = get_job(cell.kind)
-        samples = {s.id: s for s in job.samples(cell.params)}
+        source = ShardSamples(job, cell.params)
 
         async def guarded(shard: Shard) -> None:
-            async with shard_gate:
-                try:
-                    # Await first: `x += await f()` reads x before the await and loses
-                    # the updates of shards that finish meanwhile.
-                    written = await self.run_shard(cell, shard, job, samples, progress)
-                    self.report.rows_written += written
-                    self.report.shards_run += 1
-                except DiskFull:
-                    self.report.shards_failed.append(shard.id)
-                    raise  # every other shard would fail the same way: stop the sweep, say it once
-                except Exception as e:
-                    self.report.shards_failed.append(shard.id)
-                    self.console.log(f"[red]shard {shard.id} of {cell.kind}/{cell.model} failed: {e}")
-                finally:
-                    self.report.shards_seconds = time.perf_counter() - self.started - self.report.startup_seconds
+            try:
+                # Await first: `x += await f()` reads x before the await and loses
+                # the updates of shards that finish meanwhile.
+                written = await self.run_shard(cell, shard, job, source, progress)
+                self.report.rows_written += written
+                self.report.shards_run += 1
+            except DiskFull as e:
+                self.report.shards_failed.append(shard.id)
+                self._stop = e  # every other shard would fail the same way: stop the sweep, say it once
+            except Exception as e:
+                self.report.shards_failed.append(shard.id)
+                self.console.log(f"[red]shard {shard.id} of {cell.kind}/{cell.model} failed: {e}")
+            finally:
+                shard_gate.release()
+                self.report.shards_seconds = time.perf_counter() - self.started - self.report.startup_seconds
 
-        await asyncio.gather(*(guarded(s) for s in pending))
+        running: set[asyncio.Task[None]] = set()
+        for shard in pending:
+            await shard_gate.acquire()
+            if self._stop is not None:
+                shard_gate.release()
+                break
+            task = asyncio.create_task(guarded(shard))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        await asyncio.gather(*running)
+        if self._stop is not None:
+            raise self._stop
         if not self.store.missing(cell, cell.last_stage):
             await asyncio.to_thread(finish_cell_or_say_why, self.store, self.tracker, cell, self.report, self.console)
 
-    async def run(self, pending: dict[str, list[Shard]], progress: SweepProgress) -> None:
+    async def run(self, pending: dict[str, Sequence[Shard]], progress: SweepProgress) -> None:
         cells = [c for c in self.plan.cells if pending.get(c.id)]
         try:
             await self.start_pools(models_needed(self.store, cells))

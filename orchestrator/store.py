@@ -40,7 +40,7 @@ from jobs.stages import Stage
 from orchestrator.errors import StoreError
 
 if TYPE_CHECKING:
-    from orchestrator.plan import Cell, Plan, Shard
+    from orchestrator.plan import Cell, Plan, ShardSelection
 
 TEMP_GLOB = ".*.tmp"  # what `_atomic_write` writes before the rename: `.<name>.<random>.tmp`
 # mkstemp makes files 0600; results are shared (a cluster's users, a web server), so the
@@ -142,6 +142,11 @@ class SweepStore:
     def has_shard(self, kind: str, stage: str, stage_id: str, shard_id: str) -> bool:
         return self.shard_path(kind, stage, stage_id, shard_id).exists()
 
+    def shards_on_disk(self, kind: str, stage: str, stage_id: str) -> set[str]:
+        """The ids of a stage's shards on disk: one listing of its folder, where asking for each
+        of a big sweep's shards would take a file-system call apiece."""
+        return {p.stem for p in self.stage_dir(kind, stage, stage_id).glob("*.parquet")}
+
     def write_shard(self, kind: str, stage: str, stage_id: str, shard_id: str, rows: Iterable[dict],
                     schema: pa.Schema, metadata: dict[str, str] | None = None) -> Path:
         """Validate rows against the schema (a type error fails here, before any file exists)
@@ -185,14 +190,14 @@ class SweepStore:
         stage.json wins. A shard file that belongs to neither layout is refused, never read
         twice."""
         folder = self.stage_dir(cell.kind, "generate", cell.stages["generate"])
-        on_disk = {p.stem for p in folder.glob("*.parquet")}
+        on_disk = self.shards_on_disk(cell.kind, "generate", cell.stages["generate"])
         if not on_disk:
             return cell
         record = folder / STAGE_RECORD
         recorded = read_json(record).get("shard_size") if record.exists() else None
         if recorded and recorded != cell.shard_size:
             cell = cell.resharded(recorded)
-        stray = on_disk - {s.id for s in cell.shards}
+        stray = on_disk.difference(cell.shard_ids("generate"))
         if stray:
             raise StoreError(
                 f"{folder}: {len(stray)} shard file(s) are not shards of this stage at shard_size "
@@ -210,10 +215,9 @@ class SweepStore:
         """`plan` with every cell cut as it is on disk (see settle_layout)."""
         return dataclasses.replace(plan, cells=tuple(self.settle_layout(c) for c in plan.cells))
 
-    def missing(self, cell: Cell, stage: Stage) -> list[Shard]:
-        """The generation shards whose part of `stage` is not on disk."""
-        return [s for s in cell.shards
-                if not self.has_shard(cell.kind, stage, cell.stages[stage], cell.shard_id(stage, s))]
+    def missing(self, cell: Cell, stage: Stage) -> ShardSelection:
+        """The generation shards whose part of `stage` is not on disk (made as they are read)."""
+        return cell.shards_without(stage, self.shards_on_disk(cell.kind, stage, cell.stages[stage]))
 
     def rows_of(self, manifest: dict[str, Any]) -> pl.DataFrame:
         """A cell's rows as stored (its last stage's shards on disk), with the cell's id in
@@ -237,7 +241,8 @@ class SweepStore:
 
     def shards_done(self, manifest: dict[str, Any], stage: str) -> int:
         info = manifest["stages"][stage]
-        return sum(self.has_shard(manifest["kind"], stage, info["id"], s) for s in info["shards"])
+        on_disk = self.shards_on_disk(manifest["kind"], stage, info["id"])
+        return sum(s in on_disk for s in info["shards"]) if on_disk else 0
 
     def is_complete(self, manifest: dict[str, Any]) -> bool:
         """Every shard of the cell's last stage (a cell.json as `cells` returns it) is on disk."""

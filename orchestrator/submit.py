@@ -25,7 +25,7 @@ from rich.console import Console
 
 from orchestrator.errors import StoreError
 from orchestrator.lock import sweep_lock
-from orchestrator.plan import Shard, make_plan
+from orchestrator.plan import ShardSelection, make_plan
 from orchestrator.progress import SweepProgress
 from orchestrator.report import SubmitReport
 from orchestrator.scheduler import Scheduler
@@ -87,7 +87,7 @@ def _submit(sweep: Sweep, store: SweepStore, sweep_file: str | None, address: st
         if cell.shard_size != asked.shard_size:
             console.print(f"{cell.kind}/{cell.model} {cell.id}: keeps the shard_size {cell.shard_size} it started "
                           f"with (the sweep says {asked.shard_size}; changing it mid-cell would repeat samples)")
-    pending: dict[str, list[Shard]] = {}
+    pending: dict[str, ShardSelection] = {}
     for cell in plan.cells:
         write_json(store.cell_dir(cell.kind, cell.id) / "cell.json", cell.manifest())
         missing = store.missing(cell, cell.last_stage)  # a missing earlier stage misses its last one too
@@ -141,7 +141,7 @@ def _submit(sweep: Sweep, store: SweepStore, sweep_file: str | None, address: st
                 report.dashboard_url = session.dashboard_url
                 if session.dashboard_url:
                     console.print(f"Ray dashboard: [link]{session.dashboard_url}[/link]")
-                n_samples = sum(len(s.sample_ids) for v in pending.values() for s in v)
+                n_samples = sum(v.n_samples for v in pending.values())
                 with SweepProgress(console, n_pending, n_samples, enabled=progress) as bar:
                     scheduler = Scheduler(sweep, plan, store, tracker, console, report, max_retries,
                                           fixed_cluster=not (address or c.address or os.environ.get("RAY_ADDRESS")))

@@ -9,7 +9,10 @@ of its own.
 """
 from __future__ import annotations
 
+import json
+from array import array
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import polars as pl
@@ -19,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from actors.engines.chat import THINK_OPEN, split_thinking
 from actors.engines.protocol import Message, Request, Sampling
 from jobs.errors import DataFileError
-from jobs.inputs import DataPath, file_digest, jsonl_objects, row_problems
+from jobs.inputs import DataPath, FileState, file_digest, jsonl_objects, per_file_state, row_problems
 from jobs.job import SUBJECT, Job, JobContext, JobParams, RoleNeeds, Sample
 from jobs.measures import Measure
 
@@ -50,31 +53,121 @@ class PromptLine(BaseModel):
     messages: list[Message] | None = Field(None, min_length=1)
 
 
+def _prompt(where: str, lineno: int, obj: object) -> tuple[str, list[dict]]:
+    """(prompt id, chat messages) of one parsed line; a malformed one names file and line."""
+    if not isinstance(obj, dict) or ("prompt" in obj) == ("messages" in obj):
+        raise PromptFileError(f"{where}: expected an object with `prompt` or `messages`")
+    try:
+        line = PromptLine.model_validate(obj)
+    except ValidationError as e:
+        raise PromptFileError(f"{where}: {row_problems(e)}") from None
+    if line.messages is None and line.prompt is None:
+        raise PromptFileError(f"{where}: prompt: expected a string, got null")
+    msgs: list[dict] = ([m.model_dump() for m in line.messages] if line.messages is not None
+                        else [{"role": "user", "content": line.prompt}])
+    return (str(line.id) if line.id is not None else f"p{lineno}"), msgs
+
+
+def _prompt_id(where: str, lineno: int, obj: object) -> str:
+    """The id `_prompt` gives a line, without building its messages where the line is plainly
+    valid (`{"id": ..., "prompt": "..."}`: the common shape of a big file)."""
+    if type(obj) is dict and "messages" not in obj and type(obj.get("prompt")) is str:
+        pid = obj.get("id")
+        if pid is None or type(pid) in (str, int):
+            return str(pid) if pid is not None else f"p{lineno}"
+    return _prompt(where, lineno, obj)[0]
+
+
 def read_prompts(params: GenerateParams) -> list[tuple[str, list[dict]]]:
     """(prompt id, chat messages) per prompt; a malformed line names file and line."""
     if isinstance(params.prompts, list):
         items = [(f"p{i}", [{"role": "user", "content": p}]) for i, p in enumerate(params.prompts)]
     else:
-        items = []
-        first_line: dict[str, int] = {}
-        for where, lineno, obj in jsonl_objects(params.prompts, PromptFileError):
-            if not isinstance(obj, dict) or ("prompt" in obj) == ("messages" in obj):
-                raise PromptFileError(f"{where}: expected an object with `prompt` or `messages`")
-            try:
-                line = PromptLine.model_validate(obj)
-            except ValidationError as e:
-                raise PromptFileError(f"{where}: {row_problems(e)}") from None
-            if line.messages is None and line.prompt is None:
-                raise PromptFileError(f"{where}: prompt: expected a string, got null")
-            msgs: list[dict] = ([m.model_dump() for m in line.messages] if line.messages is not None
-                                else [{"role": "user", "content": line.prompt}])
-            pid = str(line.id) if line.id is not None else f"p{lineno}"
-            if pid in first_line:
-                raise PromptFileError(f"{where}: id {pid!r} is already used on line {first_line[pid]}; "
-                                      "ids name the rows and must be unique")
-            first_line[pid] = lineno
-            items.append((pid, msgs))
+        items = read_prompt_file(params.prompts)
     return items[: params.limit] if params.limit else items
+
+
+def read_prompt_file(path: str) -> list[tuple[str, list[dict]]]:
+    """(prompt id, chat messages) per line of a prompts file; a malformed line names file and line."""
+    items = []
+    first_line: dict[str, int] = {}
+    for where, lineno, obj in jsonl_objects(path, PromptFileError):
+        pid, msgs = _prompt(where, lineno, obj)
+        if pid in first_line:
+            raise PromptFileError(f"{where}: id {pid!r} is already used on line {first_line[pid]}; "
+                                  "ids name the rows and must be unique")
+        first_line[pid] = lineno
+        items.append((pid, msgs))
+    return items
+
+
+@dataclass(frozen=True)
+class PromptIndex:
+    """A prompts file read once: each prompt's id and where its line starts, in file order, so
+    the ids of a sweep's every cell cost one read, and a shard reads only its own lines."""
+
+    ids: tuple[str, ...]
+    offsets: array[int]  # the byte offset of each prompt's line
+    lines: array[int]  # its line number (1-based), for messages
+
+
+_INDEXES: dict[str, tuple[FileState, PromptIndex]] = {}
+
+
+def prompt_index(path: str) -> PromptIndex:
+    """The file's PromptIndex, read once per process while the file is unchanged. A file that
+    `read_prompts` refuses is refused with its message."""
+    return per_file_state(_INDEXES, path, lambda: _read_index(path))
+
+
+def _read_index(path: str) -> PromptIndex:
+    """One pass over the file's lines. The common line (`{"id": ..., "prompt": "..."}`) is
+    checked inline, a loop over a million lines being the point; any other goes through
+    `_prompt`, and anything wrong is said by `read_prompt_file`, the reader every other path
+    uses, in its words."""
+    ids: list[str] = []
+    offsets, lines = array("q"), array("q")
+    loads, add_id, add_offset, add_line = json.loads, ids.append, offsets.append, lines.append
+    offset = lineno = 0
+    try:
+        with open(path, "rb") as f:
+            for raw in f:  # binary lines end at b"\n" only, as jsonl_objects splits them
+                lineno += 1
+                text = raw.decode("utf-8")
+                if text and not text.isspace():  # `not text.strip()`, without a copy
+                    obj = loads(text)
+                    if type(obj) is dict and "messages" not in obj and type(obj.get("prompt")) is str \
+                            and type(pid := obj.get("id")) in (str, int):
+                        add_id(str(pid))
+                    else:
+                        add_id(_prompt_id(f"{path}:{lineno}", lineno, obj))
+                    add_offset(offset)
+                    add_line(lineno)
+                offset += len(raw)
+        if len(set(ids)) != len(ids):
+            raise PromptFileError("a repeated id")  # `read_prompt_file` names it and its lines
+    except (UnicodeDecodeError, json.JSONDecodeError, PromptFileError):
+        read_prompt_file(path)
+        raise
+    return PromptIndex(ids=tuple(ids), offsets=offsets, lines=lines)
+
+
+def prompts_at(path: str, start: int, stop: int) -> list[tuple[str, list[dict]]]:
+    """(prompt id, chat messages) of the file's prompts `start` to `stop` (in file order): one
+    read of their lines."""
+    index = prompt_index(path)
+    stop = min(stop, len(index.ids))
+    if start >= stop:
+        return []
+    with open(path, "rb") as f:
+        f.seek(index.offsets[start])
+        raw = f.read(index.offsets[stop] - index.offsets[start]) if stop < len(index.ids) else f.read()
+    out = []
+    for text in raw.decode("utf-8").split("\n"):
+        if text.strip() and len(out) < stop - start:
+            lineno = index.lines[start + len(out)]
+            out.append(_prompt(f"{path}:{lineno}", lineno, json.loads(text)))
+    return out
 
 
 class GenerateJob(Job[GenerateParams]):
@@ -96,6 +189,18 @@ class GenerateJob(Job[GenerateParams]):
 
     def samples(self, params: GenerateParams) -> Sequence[Sample]:
         return [Sample(id=pid, data={"messages": msgs}) for pid, msgs in read_prompts(params)]
+
+    def sample_ids(self, params: GenerateParams) -> Sequence[str]:
+        if isinstance(params.prompts, list):
+            return super().sample_ids(params)
+        ids = prompt_index(params.prompts).ids  # shared by every cell that reads the file
+        return ids[: params.limit] if params.limit and params.limit < len(ids) else ids
+
+    def samples_at(self, params: GenerateParams, start: int, stop: int) -> Sequence[Sample]:
+        if isinstance(params.prompts, list):
+            return super().samples_at(params, start, stop)
+        stop = min(stop, params.limit or stop)
+        return [Sample(id=pid, data={"messages": msgs}) for pid, msgs in prompts_at(params.prompts, start, stop)]
 
     def needs(self, params: GenerateParams) -> dict[str, RoleNeeds]:
         return {SUBJECT: RoleNeeds(thinks=THINK_OPEN in params.prefill, prefill=bool(params.prefill),
