@@ -76,6 +76,7 @@ def write_atomic(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the data unreadable to a cluster's other users
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
