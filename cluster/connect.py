@@ -5,6 +5,8 @@ forces a fresh instance even if a crashed one left /tmp/ray/ray_current_cluster 
 Joining a cluster (`--address`, RAY_ADDRESS or the sweep's `cluster.address`): the driver ships
 its own copy of the project's packages (runtime_env py_modules) so replicas run the same code.
 Token authentication stays on: Ray reads the token from ~/.ray/auth_token or RAY_AUTH_TOKEN.
+A dashboard address (`http://HEAD:8265`, `https://...`) is no place for a driver: it names the
+Jobs API, which `job_submission_client` talks to (orchestrator.ray_job submits sweeps there).
 """
 from __future__ import annotations
 
@@ -14,8 +16,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import ray
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
+
+DASHBOARD_SCHEMES = ("http://", "https://")
+# Ray's client prefers these variables to the address it is given (ray.dashboard.utils.
+# get_address_for_submission_client); an address the user typed must win.
+_ADDRESS_OVERRIDES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
 
 @dataclass
@@ -71,3 +82,23 @@ def ray_session(*, address: str | None, namespace: str, num_cpus: int | None = N
         yield RaySession(address=address, dashboard_url=url, namespace=namespace, embedded=embedded)
     finally:
         ray.shutdown()
+
+
+def is_dashboard_address(address: str | None) -> bool:
+    """`http(s)://HEAD:8265`: the dashboard's Jobs API, as `ray job submit --address` takes it."""
+    return bool(address) and str(address).lower().startswith(DASHBOARD_SCHEMES)
+
+
+def job_submission_client(address: str) -> JobSubmissionClient:
+    """A Jobs API client of the dashboard at `address`, with the cluster's token in its
+    requests' Authorization header when one is at hand (Ray adds it once RAY_AUTH_MODE is
+    token: `enable_token_auth_for`). Raises ConnectionError (nothing answers there) or
+    ray.exceptions.AuthenticationError (no token, or the wrong one)."""
+    from ray.job_submission import JobSubmissionClient
+
+    enable_token_auth_for(address)
+    saved = {name: os.environ.pop(name) for name in _ADDRESS_OVERRIDES if name in os.environ}
+    try:  # the client reads the variables while it is made, and only then
+        return JobSubmissionClient(address)
+    finally:
+        os.environ.update(saved)

@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli_cluster import cancel, ray_job_status, ray_job_submit
 from orchestrator.cli_data import data
 from orchestrator.cli_organisms import organisms
 from orchestrator.errors import OrchestrateError
@@ -135,8 +136,10 @@ def _stage_counts(store: SweepStore, manifest: dict) -> dict[str, str]:
 
 
 @main.command()
+@ray_job_submit  # --address http(s)://HEAD:8265: the sweep runs there as a Ray Job (orchestrator.cli_cluster)
 @click.argument("sweep_file", type=click.Path(dir_okay=False))
-@click.option("--address", help="join this Ray cluster (also RAY_ADDRESS); default: an embedded local Ray")
+@click.option("--address", help="join this Ray cluster (auto, host:port, ray://; also RAY_ADDRESS), or submit a "
+              "Ray Job to its dashboard (http://HEAD:8265); default: an embedded local Ray")
 @click.option("--output", help="results root (default: the sweep's `output`)")
 @click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0),
               help="times a shard is retried after a replica dies")
@@ -207,6 +210,7 @@ def _store_for(sweep_arg: str, output: str | None) -> tuple[SweepStore, Sweep | 
 
 
 @main.command()
+@ray_job_status  # --address http(s)://HEAD:8265: the Ray job's state too
 @click.argument("sweep", metavar="SWEEP_FILE_OR_NAME")
 @click.option("--output", help="results root (default: the sweep's `output`, or ./results)")
 def status(sweep: str, output: str | None) -> None:
@@ -399,4 +403,5 @@ def report(sweep: str, output: str, html: str | None, no_mlflow: bool) -> None:
 
 
 main.add_command(organisms)
+main.add_command(cancel)
 main.add_command(data)
