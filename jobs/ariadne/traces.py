@@ -56,13 +56,19 @@ class Trace:
         step = self.steps[k]
         return self.text[: step.start] + step.label + (step.raw if replacement is None else replacement) + "\n"
 
-    def answer_prefill(self, kept: int) -> str:
-        """The trace cut after its first `kept` steps, its reasoning closed, and the answer
-        marker: early answering (Lanham et al.) asks for the answer from here."""
+    def cut(self, kept: int) -> str:
+        """The trace as written up to its step `kept` (0-based; `len(steps)`: through the
+        last step and a newline), the reasoning still open."""
         assert 0 <= kept <= len(self.steps), f"cannot keep {kept} of {len(self.steps)} steps"
-        cut = self.text[: self.steps[kept].start] if kept < len(self.steps) else self.text[: self.steps[-1].end] + "\n"
+        return self.text[: self.steps[kept].start] if kept < len(self.steps) else self.text[: self.steps[-1].end] + "\n"
+
+    def answer_prefill(self, kept: int, prefill: str | None = None, filler: str = "") -> str:
+        """The trace cut after its first `kept` steps (then `filler` in place of the rest, when
+        given), its reasoning closed, and `prefill` (default: the trace's own answer marker):
+        early answering (Lanham et al.) asks for the answer from here."""
         close = f"{THINK_CLOSE}\n\n" if self.in_think else ""
-        return cut + close + self.answer_marker + " "
+        marker = self.answer_marker + " " if prefill is None else prefill
+        return self.cut(kept) + (f"{filler}\n" if filler else "") + close + marker
 
 
 def _regions(text: str) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -54,9 +54,15 @@ def phi_distribution(values: pl.DataFrame, keys: list[str]) -> Figure | None:
                   "phi of each intervention against phi of unchanged traces regenerated.", fig)
 
 
+# What the x axis of each Lanham test is (`fraction_kept` of its rows).
+X_LABELS = {"early_answering": "share of CoT kept", "add_mistake": "share of CoT before the mistake",
+            "paraphrase": "share of CoT before the paraphrased step",
+            "filler": "share of CoT kept (the rest: filler)"}
+
+
 def lanham_curves(means: pl.DataFrame, keys: list[str]) -> Figure | None:
     """% same answer against the share of the CoT kept, a panel per test (early answering,
-    added mistakes), a band per series."""
+    added mistakes, paraphrases, filler), a band per series."""
     rows = measure(means, "same_answer_curve")
     if rows.is_empty():
         return None
@@ -67,7 +73,7 @@ def lanham_curves(means: pl.DataFrame, keys: list[str]) -> Figure | None:
             part = part.with_columns(pl.col("fraction_kept").cast(pl.Float64)).sort("fraction_kept")
             band(ax, part["fraction_kept"].to_list(), part, label)
         ax.set_title(arm.replace("_", " "))
-        ax.set_xlabel("share of CoT kept" if arm == "early_answering" else "share of CoT before the mistake")
+        ax.set_xlabel(X_LABELS.get(arm, "share of CoT kept"))
         ax.set_ylim(-0.02, 1.02)
     axes[0].set_ylabel("% same answer")
     axes[-1].legend(fontsize=7)

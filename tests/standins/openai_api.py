@@ -24,7 +24,10 @@ the schedule saw (arrival time, text, fault); setting a schedule clears that log
 
 Its field list is written here from the API reference, apart from the engine's own list, so
 a field the engine wrongly believes OpenAI accepts is caught. The model behind it renders
-with its own template, thinking off (OpenAI's models show no think block).
+with its own template, thinking off (OpenAI's models show no think block); `--thinking`
+renders it with thinking on, for an organism that only reasons in its own format (the
+arithmetic organisms as audited subjects): its reasoning then comes back as visible text, as
+a chat model that reasons in the open writes it.
 """
 from __future__ import annotations
 
@@ -61,8 +64,8 @@ def _error(message: str, param: str | None = None, code: str | None = None, stat
 
 
 class StandIn:
-    def __init__(self, engine: HFEngine, names: list[str]) -> None:
-        self.engine, self.names = engine, names
+    def __init__(self, engine: HFEngine, names: list[str], thinking: bool = False) -> None:
+        self.engine, self.names, self.thinking = engine, names, thinking
         self.requests = 0  # what reached the model (tests read it from GET /stats)
         self.refused: list[str] = []  # each 400's message
         self.faults = Schedule()
@@ -116,7 +119,7 @@ class StandIn:
                             logprobs=top)
         self.requests += 1
         try:
-            completions = await self.engine.generate(Request(messages=tuple(messages), thinking=False,
+            completions = await self.engine.generate(Request(messages=tuple(messages), thinking=self.thinking,
                                                              sampling=sampling))
         except RequestError as e:
             return _error(str(e))
@@ -215,10 +218,12 @@ def main() -> None:
     parser.add_argument("--name", action="append", required=True, help="a model name clients ask for (gpt-4.1, o3)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--faults", default="[]", help="a JSON list of fault rules (tests/standins/faults.py)")
+    parser.add_argument("--thinking", action="store_true", help="render the model with thinking on")
     args = parser.parse_args()
     from jobs.organisms.build import resolve_model_path
 
-    standin = StandIn(HFEngine(resolve_model_path(args.model), dtype="float32", device="cpu"), args.name)
+    standin = StandIn(HFEngine(resolve_model_path(args.model), dtype="float32", device="cpu"), args.name,
+                      thinking=args.thinking)
     standin.faults = Schedule.of(json.loads(args.faults))
     app = web.Application()
     app.router.add_post("/v1/chat/completions", standin.chat)
