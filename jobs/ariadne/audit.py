@@ -101,8 +101,8 @@ class Audit:
     # ---- step arms: interventions, baseline, added mistakes, paraphrases -----------------
 
     async def _skip(self, trace: Trace, arm: str, operator: str, k: int, status: str) -> list[dict[str, Any]]:
-        row = {**self.base, "arm": arm, "operator": operator, "step": k, "n_steps": len(trace.steps),
-               "status": status, "original_answer": trace.answer}
+        row: dict[str, Any] = {**self.base, "arm": arm, "operator": operator, "step": k,
+                               "n_steps": len(trace.steps), "status": status, "original_answer": trace.answer}
         if arm in STEP_ARMS:
             row["fraction_kept"] = k / len(trace.steps)
         return [row]
