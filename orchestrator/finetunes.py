@@ -11,7 +11,9 @@ base model's weights digest, the training code's version) and one folder,
 A finished finetune is not trained again. One that died keeps its DeepSpeed checkpoints in
 `<store_root>/finetunes/.work-<name>-<id>/` and the next attempt (a retry, or the next
 submission) resumes from the last of them. The ranks write there directly, so on a cluster
-`store_root` must be storage that the training nodes share with the driver.
+`store_root` must be storage that the training nodes share with the driver: a sweep with
+finetunes and its results on an object store (`output: s3://...`) is refused before anything
+starts (moving adapters through the store is not done yet).
 """
 from __future__ import annotations
 
@@ -33,9 +35,11 @@ from actors.training.config import TrainConfig
 from actors.training.data import MixedRow, as_is, load_rows, mix_backdoor, write_mixed
 from jobs.inputs import file_digest
 from jobs.organisms.build import file_lock, resolve_model_path
+from orchestrator.errors import StoreError
 from orchestrator.finetune_spec import FinetuneSpec
 from orchestrator.ids import FINETUNE_VERSION, base_identity, finetune_id
 from orchestrator.spec import Sweep
+from orchestrator.storage import ObjectPath, StorePath
 from orchestrator.store import read_json, write_json
 from orchestrator.tracking import Tracker, flatten
 
@@ -79,11 +83,11 @@ def train_config(ft: FinetuneSpec, base_path: str, work: Path, output: Path, thr
                        output_dir=str(output), threads=threads)
 
 
-def run_finetunes(sweep: Sweep, store_root: Path, tracker: Tracker | None, console: Console,
+def run_finetunes(sweep: Sweep, store_root: StorePath, tracker: Tracker | None, console: Console,
                   max_restarts: int = MAX_RESTARTS, only: set[str] | None = None) -> dict[str, FinetuneResult]:
     """Train every finetune of the sweep that is not on disk yet; name -> result. Ray must be
     initialised. Every pending entry's data is read and checked before any training starts."""
-    root = Path(store_root) / "finetunes"
+    root = _local(store_root) / "finetunes"
     results: dict[str, FinetuneResult] = {}
     pending: dict[str, tuple[str, list[MixedRow]]] = {}
     for name in sweep.finetunes:
@@ -103,9 +107,19 @@ def run_finetunes(sweep: Sweep, store_root: Path, tracker: Tracker | None, conso
     return results
 
 
-def trained(sweep: Sweep, store_root: Path, name: str) -> bool:
+def trained(sweep: Sweep, store_root: StorePath, name: str) -> bool:
     """Whether the finetune `name` is on disk already (a submit will not train it)."""
-    return _finished(Path(store_root) / "finetunes", name, finetune_id(sweep, name)) is not None
+    return _finished(_local(store_root) / "finetunes", name, finetune_id(sweep, name)) is not None
+
+
+def _local(store_root: StorePath) -> Path:
+    """The results folder, which the ranks and replicas must reach as files (see the docstring)."""
+    if isinstance(store_root, ObjectPath):
+        raise StoreError(f"finetunes need results on a filesystem the nodes share (a PVC, NFS): with `output` "
+                         f"on an object store ({store_root}) the ranks' checkpoints and the adapters would have "
+                         f"nowhere to go. Give the sweep a shared-filesystem output, or run its finetunes in a "
+                         f"sweep of their own")
+    return store_root
 
 
 def _finished(root: Path, name: str, fid: str) -> FinetuneResult | None:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from orchestrator.storage import StorePath
 
 
 @dataclass
 class SubmitReport:
     sweep: str
-    store_root: Path
+    store_root: StorePath  # a local folder or an object store's (orchestrator.storage)
     tracking_uri: str
     cells: int
     shards_total: int

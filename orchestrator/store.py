@@ -14,7 +14,8 @@ generation stage an earlier cell wrote. A judging shard holds the whole rows (th
 columns and its own), so a cell's rows are its last stage's files.
 
 A shard file is written to a temporary name in the same folder, fsynced, then renamed: its
-presence is the proof it is complete, so resume is "skip shards whose file exists" and a crash
+presence is the proof it is complete (on an object store, `output: s3://...`, which has no
+rename, the object is put whole: `orchestrator.storage`), so resume is "skip shards whose file exists" and a crash
 mid-sweep can never leave a partial or duplicated row. A generation stage keeps the shard size
 it started with (`settle_layout`), so a changed `shard_size` cannot cut new shards beside
 finished ones. Cells written before stages (rows under `<cell_id>/shards/`) are not read: they
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import io
 import json
 import os
 import shutil
@@ -38,6 +40,7 @@ import pyarrow.parquet as pq
 
 from jobs.stages import Stage
 from orchestrator.errors import StoreError
+from orchestrator.storage import ObjectPath, StorePath, output_root, polars_source, sorted_glob
 
 if TYPE_CHECKING:
     from orchestrator.plan import Cell, Plan, ShardSelection
@@ -101,42 +104,60 @@ def _free_space(folder: Path) -> str:
     return f"{free / 2**20:.1f} MiB" if free >= 2**20 else f"{free / 2**10:.0f} KiB"
 
 
-def write_text(path: Path, text: str) -> None:
+def _write_whole(path: StorePath, write: Callable[[BinaryIO], object]) -> None:
+    """A local file written then renamed (`_atomic_write`), or an object made in memory and put
+    whole: either way a reader sees all of it or nothing."""
+    if isinstance(path, Path):
+        _atomic_write(path, write)
+        return
+    buffer = io.BytesIO()
+    write(buffer)
+    path.write_bytes(buffer.getvalue())
+
+
+def write_text(path: StorePath, text: str) -> None:
     """A whole text file, written then renamed (a page a browser may be showing)."""
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    _write_whole(path, lambda f: f.write(text.encode()))
 
 
-def write_parquet(path: Path, df: pl.DataFrame) -> None:
+def write_parquet(path: StorePath, df: pl.DataFrame) -> None:
     """A whole table, written then renamed: a reader never sees half of it."""
-    _atomic_write(path, df.write_parquet)
+    _write_whole(path, df.write_parquet)
 
 
-def write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode()))
+def write_json(path: StorePath, obj: Any) -> None:
+    _write_whole(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode()))
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: StorePath) -> Any:
     return json.loads(path.read_text())
+
+
+def read_parquet_schema(path: StorePath) -> pa.Schema:
+    if isinstance(path, ObjectPath):
+        return pq.read_schema(path.path, filesystem=path.fs)
+    return pq.read_schema(path)
 
 
 class SweepStore:
     """Where one sweep's results live."""
 
-    def __init__(self, output: str | Path, sweep: str) -> None:
+    def __init__(self, output: str | StorePath, sweep: str) -> None:
         # A sweep's folder is one path component under the output root: a name from the command
         # line (`status ../x`) must not reach outside it. Sweep files' names are checked stricter.
         if sweep in ("", ".", "..") or "/" in sweep or os.sep in sweep or "\0" in sweep:
             raise StoreError(f"{sweep!r} is not a sweep name: a sweep's results are one folder under the output root")
-        self.root = Path(output).expanduser().resolve() / sweep
+        # `output`: a local path, or a filesystem URI (`s3://bucket/prefix`: orchestrator.storage)
+        self.root: StorePath = output_root(output) / sweep
         self.sweep = sweep
 
-    def cell_dir(self, kind: str, cell_id: str) -> Path:
+    def cell_dir(self, kind: str, cell_id: str) -> StorePath:
         return self.root / kind / cell_id
 
-    def stage_dir(self, kind: str, stage: str, stage_id: str) -> Path:
+    def stage_dir(self, kind: str, stage: str, stage_id: str) -> StorePath:
         return self.root / kind / STAGES_DIR / stage / stage_id
 
-    def shard_path(self, kind: str, stage: str, stage_id: str, shard_id: str) -> Path:
+    def shard_path(self, kind: str, stage: str, stage_id: str, shard_id: str) -> StorePath:
         return self.stage_dir(kind, stage, stage_id) / f"{shard_id}.parquet"
 
     def has_shard(self, kind: str, stage: str, stage_id: str, shard_id: str) -> bool:
@@ -148,7 +169,7 @@ class SweepStore:
         return {p.stem for p in self.stage_dir(kind, stage, stage_id).glob("*.parquet")}
 
     def write_shard(self, kind: str, stage: str, stage_id: str, shard_id: str, rows: Iterable[dict],
-                    schema: pa.Schema, metadata: dict[str, str] | None = None) -> Path:
+                    schema: pa.Schema, metadata: dict[str, str] | None = None) -> StorePath:
         """Validate rows against the schema (a type error fails here, before any file exists)
         and write them as one file, atomically, with `metadata` (what made them: the token
         usage) in the file's key-value metadata."""
@@ -161,27 +182,35 @@ class SweepStore:
             table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                    **{k.encode(): v.encode() for k, v in metadata.items()}})
         path = self.shard_path(kind, stage, stage_id, shard_id)
-        _atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
+        _write_whole(path, lambda f: pq.write_table(table, f, compression="zstd"))
         return path
 
     def read_shard(self, kind: str, stage: str, stage_id: str, shard_id: str) -> list[dict[str, Any]]:
-        return pq.read_table(self.shard_path(kind, stage, stage_id, shard_id)).to_pylist()
+        path = self.shard_path(kind, stage, stage_id, shard_id)
+        if isinstance(path, ObjectPath):
+            return pq.read_table(path.path, filesystem=path.fs).to_pylist()
+        return pq.read_table(path).to_pylist()
 
     def read_stage(self, kind: str, stage: str, stage_id: str, shard_ids: Iterable[str] | None = None
                    ) -> pl.DataFrame:
         """The rows of a stage's shards on disk (of `shard_ids` only, when given)."""
         folder = self.stage_dir(kind, stage, stage_id)
-        files = (sorted(folder.glob("*.parquet")) if shard_ids is None
-                 else [f for f in (folder / f"{s}.parquet" for s in shard_ids) if f.exists()])
+        if shard_ids is None:
+            files = sorted_glob(folder, "*.parquet")
+        else:  # one listing, not a request per shard (an object store's are slow)
+            on_disk = self.shards_on_disk(kind, stage, stage_id)
+            files = [folder / f"{s}.parquet" for s in shard_ids if s in on_disk]
         if not files:
             raise StoreError(f"stage {stage} {stage_id} of {kind} has no shards on disk under {folder}")
-        return pl.read_parquet(files)
+        sources, options = polars_source(files)
+        return pl.read_parquet(sources, storage_options=options)
 
     def shard_metadata(self, kind: str, stage: str, stage_id: str, shard_ids: Iterable[str]) -> list[dict[str, str]]:
         """Each shard file's key-value metadata (as write_shard was given it)."""
-        files = [self.shard_path(kind, stage, stage_id, s) for s in shard_ids]
-        return [{k.decode(): v.decode() for k, v in (pq.read_schema(f).metadata or {}).items()}
-                for f in files if f.exists()]
+        on_disk = self.shards_on_disk(kind, stage, stage_id)
+        files = [self.shard_path(kind, stage, stage_id, s) for s in shard_ids if s in on_disk]
+        return [{k.decode(): v.decode() for k, v in (read_parquet_schema(f).metadata or {}).items()}
+                for f in files]
 
     def settle_layout(self, cell: Cell) -> Cell:
         """The cell as its generation stage is cut on disk. Shard ids hash their samples, so a
@@ -259,7 +288,7 @@ class SweepStore:
         before stages are not among them: see left_behind)."""
         out = []
         for kd in [kind] if kind else self.kinds():
-            for manifest in sorted((self.root / kd).glob("*/cell.json")):
+            for manifest in sorted_glob(self.root / kd, "*/cell.json"):
                 cell = read_json(manifest)
                 if "stages" not in cell:
                     continue
@@ -269,7 +298,10 @@ class SweepStore:
         return out
 
     def stray_temps(self) -> list[Path]:
-        """Temporary files of writers that died mid-write (or are writing now)."""
+        """Temporary files of writers that died mid-write (or are writing now). An object store
+        has none: its objects are put whole (an unfinished upload is no object)."""
+        if isinstance(self.root, ObjectPath):
+            return []
         return sorted(self.root.rglob(TEMP_GLOB)) if self.root.exists() else []
 
     def remove_stray_temps(self, older_than: float) -> list[Path]:
@@ -286,10 +318,10 @@ class SweepStore:
                 pass
         return removed
 
-    def left_behind(self) -> list[Path]:
+    def left_behind(self) -> list[StorePath]:
         """Cell folders written before stages: their rows sit under `shards/` and are read by
         nothing now. Resubmitting the sweep computes those cells anew under their new ids."""
         if not self.root.exists():
             return []
-        return sorted(p.parent for p in self.root.glob("*/*/cell.json")
-                      if "stages" not in read_json(p) or (p.parent / "shards").is_dir())
+        return [p.parent for p in sorted_glob(self.root, "*/*/cell.json")
+                if "stages" not in read_json(p) or (p.parent / "shards").is_dir()]

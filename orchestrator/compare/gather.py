@@ -17,6 +17,7 @@ import polars as pl
 from jobs.measures import Measure
 from jobs.registry import get_job
 from orchestrator.compare.sources import CellRef
+from orchestrator.storage import polars_source
 
 FILE = "_file"
 CELL = "cell_id"  # holds CellRef.key: a cell among all the sources compared
@@ -57,8 +58,10 @@ def unit_sums(kind: str, cells: list[CellRef], names: list[str] | None = None) -
         owners = pl.DataFrame([{FILE: str(f), CELL: c.key} for c in group for f in c.files()],
                               schema={FILE: pl.String, CELL: pl.String})
         columns = sorted(set().union(*(m.columns() for m in measures)))
-        # every file of the group in one scan; a column an old file lacks reads as null
-        rows = pl.scan_parquet(owners[FILE].unique().to_list(), include_file_paths=FILE,
+        # every file of the group in one scan; a column an old file lacks reads as null. Files
+        # on an object store are read by polars itself (s3://, gs://), with the store's endpoint.
+        options = polars_source([f for c in group[:1] for f in c.files()[:1]])[1]
+        rows = pl.scan_parquet(owners[FILE].unique().to_list(), include_file_paths=FILE, storage_options=options,
                                missing_columns="insert", extra_columns="ignore").select(
             pl.col(FILE).cast(pl.Categorical), *columns)  # a path per row as text: a third of the memory
         for m in measures:
@@ -86,7 +89,9 @@ def row_values(kind: str, cells: list[CellRef], names: list[str]) -> pl.DataFram
     for group in _param_groups(cells):
         for m in (m for m in job.measures(group[0].params) if m.name in names):
             for c in group:
-                rows = pl.scan_parquet([str(f) for f in c.files()], missing_columns="insert", extra_columns="ignore")
+                files, options = polars_source(c.files())
+                rows = pl.scan_parquet(files, storage_options=options, missing_columns="insert",
+                                       extra_columns="ignore")
                 parts.append(rows.filter(m.where & m.value.is_not_null()).select(
                     pl.lit(c.key).alias(CELL), pl.lit(m.name).alias("measure"),
                     *[pl.col(k).cast(pl.String).fill_null("(none)") for k in m.split],

@@ -14,6 +14,7 @@ from typing import Any
 from jobs.job import JobParams
 from jobs.registry import get_job
 from orchestrator.errors import OrchestrateError
+from orchestrator.storage import StorePath, is_uri, output_root
 from orchestrator.store import SweepStore
 
 REPLICATE_KEYS = ("seed", "repeat")  # swept values that are draws of one condition: pooled by default
@@ -46,7 +47,7 @@ class CellRef:
         """The cell among all sources: two sweeps with the same jobs share cell ids."""
         return f"{self.source}/{self.id}"
 
-    def files(self) -> list[Path]:
+    def files(self) -> list[StorePath]:
         """The Parquet files of the cell's rows: its last stage's shards."""
         stage, info = list(self.manifest["stages"].items())[-1]
         return [self.store.shard_path(self.kind, stage, info["id"], s) for s in info["shards"]]
@@ -62,7 +63,13 @@ def _key_text(value: Any) -> str:
     return "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _manifests(path: Path, output: str) -> tuple[SweepStore, list[dict[str, Any]]]:
+def _manifests(source: str, output: str) -> tuple[SweepStore, list[dict[str, Any]]]:
+    if is_uri(source) or (is_uri(output) and "/" not in source and not source.endswith((".yaml", ".yml"))
+                          and not Path(source).exists()):
+        # a results folder on an object store, or a sweep's name under an output there
+        folder = output_root(source) if is_uri(source) else output_root(output) / source
+        return _folder_cells(SweepStore(folder.parent, folder.name), source)
+    path = Path(source)
     if not path.exists() and path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
         path = Path(output) / path  # a sweep's name: its folder under the results root
     if path.suffix in (".yaml", ".yml"):
@@ -73,19 +80,22 @@ def _manifests(path: Path, output: str) -> tuple[SweepStore, list[dict[str, Any]
         store = SweepStore(sweep.output, sweep.name)
         return store, [c.manifest() for c in store.settle_plan(make_plan(sweep)).cells]
     if path.is_dir():
-        store = SweepStore(path.parent, path.name)
-        cells = store.cells()
-        if cells:
-            return store, cells
-        raise SourceError(f"{path}: no finished cells found (expected a sweep's results folder, <output>/<sweep>, "
-                          "holding <kind>/<cell_id>/cell.json)")
+        return _folder_cells(SweepStore(path.parent, path.name), str(path))
     raise SourceError(f"{path}: not a sweep file (.yaml), a sweep's results folder or a sweep name under {output}")
+
+
+def _folder_cells(store: SweepStore, source: str) -> tuple[SweepStore, list[dict[str, Any]]]:
+    cells = store.cells()
+    if cells:
+        return store, cells
+    raise SourceError(f"{source}: no finished cells found (expected a sweep's results folder, <output>/<sweep>, "
+                      "holding <kind>/<cell_id>/cell.json)")
 
 
 def read_sources(paths: list[str], output: str = "results") -> Sources:
     """The complete cells of every source (a sweep file, a results folder, or a sweep's name
     under `output`), labelled by sweep name (by folder where two sources share a name)."""
-    loaded = [_manifests(Path(p), output) for p in paths]
+    loaded = [_manifests(p, output) for p in paths]
     roots = [store.root for store, _ in loaded]
     if len(set(roots)) < len(roots):
         twice = sorted({str(r) for r in roots if roots.count(r) > 1})

@@ -22,6 +22,7 @@ from orchestrator.compare import CellRef, SourceError, compare, read_sources
 from orchestrator.compare.export import display
 from orchestrator.figures.common import Figure
 from orchestrator.report_page.figures import kind_figures
+from orchestrator.storage import StorePath
 from orchestrator.store import read_json, write_text
 from orchestrator.tracking import git_commit, package_versions
 
@@ -31,9 +32,9 @@ MAX_TABLE_ROWS = 200  # a page, not a data dump: the rest is one `orchestrate re
 
 @dataclass
 class Page:
-    root: Path  # the sweep's results folder
-    html: Path
-    figures: list[Path]
+    root: StorePath  # the sweep's results folder (local, or on an object store)
+    html: StorePath
+    figures: list[StorePath]
     figure_names: list[str]
     tables: int
 
@@ -51,7 +52,7 @@ def _table(title: str, frame: pl.DataFrame) -> dict[str, Any]:
     return {"title": title + more, "columns": shown.columns, "rows": rows}
 
 
-def _submission(root: Path) -> dict[str, Any]:
+def _submission(root: StorePath) -> dict[str, Any]:
     path = root / "submission.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -64,14 +65,15 @@ def build_page(source: str, output: str = "results", html: Path | None = None) -
     if not found.cells:
         raise SourceError(f"{source}: no finished cells to report on")
     store = found.cells[0].store
-    html = html or store.root / "report.html"
-    figure_dir = html.parent / "report" / "figures"
+    page: StorePath = html or store.root / "report.html"
+    figure_dir = page.parent / "report" / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
     comparison = compare(found, details=True)
     by_kind: dict[str, list[CellRef]] = defaultdict(list)
     for c in found.cells:
         by_kind[c.kind].append(c)
-    sections, written, names = [], [], []
+    sections, names = [], []
+    written: list[StorePath] = []
     for kind, cells in sorted(by_kind.items()):
         figures = []
         for fig in kind_figures(kind, cells, comparison):
@@ -107,8 +109,8 @@ def build_page(source: str, output: str = "results", html: Path | None = None) -
     text = env.get_template("page.html.j2").render(
         title=f"Sweep {store.sweep}", subtitle="orchestrate report", facts=facts, sections=sections,
         notes=comparison.notes, sweep_text=sweep_text, sweep_file=sweep_file, versions=versions)
-    write_text(html, text)
-    return Page(store.root, html, written, names, sum(len(s["tables"]) for s in sections))
+    write_text(page, text)
+    return Page(store.root, page, written, names, sum(len(s["tables"]) for s in sections))
 
 
 def _cells_table(cells: list[CellRef]) -> pl.DataFrame:
