@@ -67,7 +67,7 @@ def ray_session(*, address: str | None, namespace: str, num_cpus: int | None = N
         return
     if address:
         enable_token_auth_for(address)
-        info = ray.init(address=address, namespace=namespace, runtime_env={"py_modules": list(py_modules)},
+        info = ray.init(address=address, namespace=namespace, runtime_env={"py_modules": _module_dirs(py_modules)},
                         log_to_driver=False)
         embedded = False
     else:
@@ -82,6 +82,13 @@ def ray_session(*, address: str | None, namespace: str, num_cpus: int | None = N
         yield RaySession(address=address, dashboard_url=url, namespace=namespace, embedded=embedded)
     finally:
         ray.shutdown()
+
+
+def _module_dirs(modules: Sequence[ModuleType]) -> list[str]:
+    """The packages' folders, which Ray uploads as it would the modules. Paths, not module
+    objects: inside a Ray Job, ray.init deep-copies the runtime_env to merge it with the
+    job's, and a module object cannot be copied ("cannot pickle 'module' object")."""
+    return [str(getattr(m, "__path__", [m.__file__])[0]) for m in modules]
 
 
 def is_dashboard_address(address: str | None) -> bool:

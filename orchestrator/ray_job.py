@@ -359,5 +359,6 @@ def describe(info: JobDetails) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "?"
 
     ended = f", ended {at(info.end_time)}" if info.end_time else ""
-    message = f": {info.message}" if info.message else ""
+    first = (info.message or "").strip().splitlines()[:1]  # a failure's message goes on with the log's tail
+    message = f": {first[0]}" if first else ""
     return f"Ray job {info.submission_id}: {info.status} (started {at(info.start_time)}{ended}){message}"
