@@ -127,12 +127,14 @@ def lay_out_finished(sweep_file: Path) -> int:
     pl.from_arrow(__import__("pyarrow").Table.from_pylist(rows, schema=row_schema(GenerateJob.schema))
                   ).write_parquet(template)
     made = 0
-    for cell in plan.cells:
+    for i, cell in enumerate(plan.cells):
         folder = store.stage_dir(cell.kind, "generate", cell.stages["generate"])
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "stage.json", {"shard_size": size, "samples": cell.n_samples})
+        own = template.with_name(f"template-{i}.parquet")  # a file has at most 65,000 links (ext4)
+        own.write_bytes(template.read_bytes())
         for shard_id in cell.shard_ids("generate"):
-            os.link(template, folder / f"{shard_id}.parquet")
+            os.link(own, folder / f"{shard_id}.parquet")
             made += 1
         write_json(store.cell_dir(cell.kind, cell.id) / "cell.json", cell.manifest())
     return made
@@ -143,10 +145,11 @@ def finished(folder: Path, samples: int, cells: int, shard_size: int) -> None:
     started = time.perf_counter()
     made = lay_out_finished(sweep)
     print(f"\n## a finished sweep: {samples:,} samples x {cells} cells, shards of {shard_size} ({made:,} shard "
-          f"files, laid out in {time.perf_counter() - started:.0f} s)\n\n| command | seconds | peak RSS |\n|---|---|---|")
+          f"files, laid out in {time.perf_counter() - started:.0f} s)\n\n"
+          "| command | seconds | peak RSS |\n|---|---|---|")
     for label, args in [("status", [CLI, "status", str(sweep)]),
                         ("plan", [CLI, "plan", str(sweep)]),
-                        ("submit (first after: logs 1 MLflow run a cell)", [CLI, "submit", "--no-progress", str(sweep)]),
+                        ("submit (the first: logs a run a cell)", [CLI, "submit", "--no-progress", str(sweep)]),
                         ("submit again (nothing new to log)", [CLI, "submit", "--no-progress", str(sweep)])]:
         seconds, rss, _ = timed(args)
         print(f"| {label} | {seconds:.1f} | {rss:,.0f} MB |", flush=True)

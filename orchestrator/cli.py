@@ -117,10 +117,10 @@ def plan(sweep_file: str, output: str | None) -> None:
         # Counted from each stage's listing: no shard id is hashed for a stage with nothing on disk.
         missing = {stage: len(store.missing(c, stage)) for stage in c.stages}
         pending += missing[c.last_stage] > 0
+        done: dict[str, str] = {stage: f"{len(c.shards) - missing[stage]}/{len(c.shards)}" if stage in missing
+                                else "-" for stage in STORED}
         rows.append({"cell": c.id, "job": c.kind, "model": c.model, "point": point, "samples": c.n_samples,
-                     "shards": len(c.shards),
-                     **{stage: f"{len(c.shards) - missing[stage]}/{len(c.shards)}" if stage in c.stages else "-"
-                        for stage in STORED}})
+                     "shards": len(c.shards), **done})
     df = pl.DataFrame(rows)
     title = f"{sweep.name}: {len(p.cells)} cells, {df['shards'].sum()} shards, {pending} cells with work pending"
     Console().print(_table(df, title=title))

@@ -18,18 +18,20 @@ hundred million): it asks a job for its sample ids (`Job.sample_ids`), which a j
 large data reads once per file and shares between cells; a cell's shards (`ShardLayout`)
 are counted from them and their ids hashed only when needed, each chunk of ids serialised
 once for every cell that shares it. Samples are built when their shard runs
-(`Job.samples_at`, in `orchestrator.scheduler`).
+(`ShardSamples`, through `Job.samples_at`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, overload
 
-from jobs.job import SUBJECT, JobParams
+from jobs.errors import DataFileError
+from jobs.job import SUBJECT, Job, JobParams, Sample
 from jobs.registry import get_job
 from jobs.stages import Stage, stage_values
 from orchestrator.grid import expand_grid
@@ -95,7 +97,7 @@ class ShardLayout(Sequence[Shard]):
         self._stage_ids: dict[str, tuple[str, ...]] = {}
 
     def __len__(self) -> int:
-        return -(-len(self.sample_ids) // self.size)
+        return (len(self.sample_ids) + self.size - 1) // self.size
 
     @overload
     def __getitem__(self, index: int) -> Shard: ...
@@ -140,9 +142,9 @@ class ShardLayout(Sequence[Shard]):
     def without(self, shard_ids: set[str], stage_ids: Sequence[str] | None = None) -> ShardSelection:
         """The shards whose id (or whose id in `stage_ids`, another stage's) is not in
         `shard_ids`, as a lazy sequence: a sweep not started yet has millions."""
-        ids = self.ids() if stage_ids is None else stage_ids
-        if not shard_ids:
+        if not shard_ids:  # nothing on disk: no shard id needs hashing yet
             return ShardSelection(self, range(len(self)))
+        ids = self.ids() if stage_ids is None else stage_ids
         return ShardSelection(self, [i for i, sid in enumerate(ids) if sid not in shard_ids])
 
 
@@ -162,7 +164,8 @@ class ShardSelection(Sequence[Shard]):
             return 0
         last = len(self.layout) - 1
         short = len(self.layout.sample_ids) - last * self.layout.size
-        return (len(self.positions) - 1) * self.layout.size + (short if self.positions[-1] == last else self.layout.size)
+        return (len(self.positions) - 1) * self.layout.size + (short if self.positions[-1] == last
+                                                               else self.layout.size)
 
     @overload
     def __getitem__(self, index: int) -> Shard: ...
@@ -177,6 +180,34 @@ class ShardSelection(Sequence[Shard]):
         return isinstance(other, Sequence) and len(self) == len(other) and list(self) == list(other)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+class ShardSamples:
+    """A cell's samples as its shards ask for them, when they run. A job that builds samples
+    one shard at a time (`Job.streams_samples`: the generate job's prompt files) is asked per
+    shard; any other (small data sets) builds them all on the cell's first shard, kept as long
+    as this object (the scheduler's, while the cell's shards run)."""
+
+    def __init__(self, job: Job[Any], params: JobParams) -> None:
+        self.job, self.params = job, params
+        self._all: Sequence[Sample] | None = None
+        self._lock = threading.Lock()  # shards ask from worker threads
+
+    def of(self, shard: Shard) -> dict[str, Sample]:
+        """The shard's samples by id. Raises DataFileError when they are not the ones planned
+        (the data changed since planning)."""
+        stop = shard.start + len(shard.sample_ids)
+        if self.job.streams_samples():
+            got = self.job.samples_at(self.params, shard.start, stop)
+        else:
+            with self._lock:
+                if self._all is None:
+                    self._all = self.job.samples(self.params)
+            got = self._all[shard.start : stop]
+        if tuple(s.id for s in got) != shard.sample_ids:
+            raise DataFileError(f"the samples of shard {shard.id} are not the ones planned: the data changed "
+                                f"since the sweep was planned; submit again to plan it anew")
+        return {s.id: s for s in got}
 
 
 @dataclass(frozen=True)
@@ -213,7 +244,9 @@ class Cell:
 
     def shards_without(self, stage: Stage, on_disk: set[str]) -> ShardSelection:
         """The shards whose part of `stage` is not among `on_disk` (shard ids), made when read."""
-        return self.shards.without(on_disk, None if stage == "generate" else self.shard_ids(stage))
+        if stage == "generate" or not on_disk:
+            return self.shards.without(on_disk)
+        return self.shards.without(on_disk, self.shard_ids(stage))
 
     def roles_of(self, stage: Stage) -> dict[str, str]:
         """The roles (and their models) that `stage` calls."""

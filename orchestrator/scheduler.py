@@ -15,21 +15,20 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from actors.errors import EngineError, RequestError, TransientError
-from jobs.errors import DataFileError
-from jobs.job import Job, JobContext, JobParams, Sample
+from jobs.job import Job, JobContext, Sample
 from jobs.organisms.build import resolve_model_path
 from jobs.registry import get_job
 from jobs.stages import Stage
 from orchestrator import usage
 from orchestrator.errors import ClusterError
-from orchestrator.plan import Cell, Plan, Shard
+from orchestrator.plan import Cell, Plan, Shard, ShardSamples
 from orchestrator.progress import SweepProgress
 from orchestrator.report import SubmitReport
 from orchestrator.spec import ModelSpec, Sweep
@@ -49,34 +48,6 @@ def serving_spec(m: ModelSpec) -> dict[str, Any]:
     if isinstance(tokenizer, str):
         spec["engine_options"] = {**spec["engine_options"], "tokenizer_path": resolve_model_path(tokenizer)}
     return spec
-
-
-class ShardSamples:
-    """A cell's samples as its shards ask for them. A job that builds samples one shard at a
-    time (`Job.streams_samples`: the generate job's prompt files) is asked per shard; any
-    other (small data sets) builds them all on the cell's first shard, kept until the cell's
-    last shard is done."""
-
-    def __init__(self, job: Job, params: JobParams) -> None:
-        self.job, self.params = job, params
-        self._all: Sequence[Sample] | None = None
-        self._lock = asyncio.Lock()
-
-    async def of(self, shard: Shard) -> dict[str, Sample]:
-        """The shard's samples by id. Raises DataFileError when they are not the ones planned
-        (the data changed since planning)."""
-        stop = shard.start + len(shard.sample_ids)
-        if self.job.streams_samples():
-            got = await asyncio.to_thread(self.job.samples_at, self.params, shard.start, stop)
-        else:
-            async with self._lock:
-                if self._all is None:
-                    self._all = await asyncio.to_thread(self.job.samples, self.params)
-            got = self._all[shard.start : stop]
-        if tuple(s.id for s in got) != shard.sample_ids:
-            raise DataFileError(f"the samples of shard {shard.id} are not the ones planned: the data changed "
-                                f"since the sweep was planned; submit again to plan it anew")
-        return {s.id: s for s in got}
 
 
 def _pool_resources(spec: dict[str, Any], cluster_gpus: float) -> tuple[float, float]:
@@ -212,7 +183,7 @@ class Scheduler:
 
         async def samples() -> dict[str, Sample]:
             if not loaded:
-                loaded.update(await source.of(shard))
+                loaded.update(await asyncio.to_thread(source.of, shard))
             return loaded
 
         written = 0
@@ -387,7 +358,7 @@ class Scheduler:
         if not self.store.missing(cell, cell.last_stage):
             await asyncio.to_thread(finish_cell_or_say_why, self.store, self.tracker, cell, self.report, self.console)
 
-    async def run(self, pending: dict[str, Sequence[Shard]], progress: SweepProgress) -> None:
+    async def run(self, pending: Mapping[str, Sequence[Shard]], progress: SweepProgress) -> None:
         cells = [c for c in self.plan.cells if pending.get(c.id)]
         try:
             await self.start_pools(models_needed(self.store, cells))

@@ -116,7 +116,7 @@ def test_the_scheduler_writes_the_planned_shards_and_a_resumed_run_adds_the_rest
             asyncio.run(scheduler.run_cell(cell, chosen, progress, asyncio.Semaphore(2)))
         return report, [s.id for s in chosen]
 
-    first, ran = run(shards=2)
+    first, _ = run(shards=2)
     [cell] = store.settle_plan(make_plan(sweep)).cells
     assert len(cell.shards) == 4 and first.ok and first.shards_run == 2
     assert store.shards_on_disk("generate", "generate", cell.stages["generate"]) == set(cell.shard_ids("generate")[:2])
@@ -146,3 +146,36 @@ def test_a_shard_builds_only_its_own_samples(tmp_path: Path, tiny_model: Path, l
     assert [s.id for s in every] == list(job.sample_ids(params))
     for start in range(0, len(every), 8):
         assert list(job.samples_at(params, start, start + 8)) == list(every[start : start + 8])
+
+
+FILES = {  # a prompts file's lines, some read by the whole-file pattern, the rest line by line
+    "plain": ['{"id": "a", "prompt": "x"}', "", '  {"id":7,"prompt":"h\\u00e9 \\"q\\" \\\\n"} ', '{"id": "", "prompt": ""}'],
+    "crlf": ['{"id": "a", "prompt": "x"}\r', '{"id": "b", "prompt": "é"}\r', ""],
+    "other shapes": ['{"prompt": "z", "id": "d"}', '{"id": "e", "prompt": "x", "extra": 1}', '{"id": "f", "messages":'
+                     ' [{"role": "user", "content": "hi"}]}', '{"prompt": "no id"}', '\u00a0'],
+    "escaped id": ['{"id": "g\\u0041", "prompt": "x"}', '{"id": "gA", "prompt": "y"}'],
+    "repeated": ['{"id": "a", "prompt": "x"}', '{"id": "a", "prompt": "y"}'],
+    "bad escape": ['{"id": "a", "prompt": "x"}', '{"id": "b", "prompt": "bad \\x"}'],
+    "float id": ['{"id": 1.5, "prompt": "x"}'],
+    "raw tab": ['{"id": "a", "prompt": "t\tab"}'],
+    "trailing text": ['{"id": "a", "prompt": "x"} more'],
+}
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_the_prompt_index_reads_as_the_prompt_reader_does(tmp_path: Path, name: str):
+    """Ids read for planning (by the whole-file pattern where every line is plain, else line by
+    line) are the ids `read_prompt_file` gives, and a file it refuses is refused alike."""
+    from jobs.generate.job import prompt_index, read_prompt_file
+
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(FILES[name]))
+    try:
+        expected: object = [pid for pid, _ in read_prompt_file(str(path))]
+    except Exception as e:
+        expected = str(e)
+    try:
+        got: object = list(prompt_index(str(path)).ids)
+    except Exception as e:
+        got = str(e)
+    assert got == expected

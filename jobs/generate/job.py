@@ -10,11 +10,14 @@ of its own.
 from __future__ import annotations
 
 import json
+import re
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -117,7 +120,52 @@ _INDEXES: dict[str, tuple[FileState, PromptIndex]] = {}
 def prompt_index(path: str) -> PromptIndex:
     """The file's PromptIndex, read once per process while the file is unchanged. A file that
     `read_prompts` refuses is refused with its message."""
-    return per_file_state(_INDEXES, path, lambda: _read_index(path))
+    return per_file_state(_INDEXES, path, lambda: _plain_index(path) or _read_index(path))
+
+
+# A JSON string (escapes as JSON allows them; no raw control characters), an id with no escape
+# (its bytes are its text) or a plain integer (its text is `str()` of it; not -0), whitespace.
+# Possessive (`++`, `*+`): a string is matched in runs, never backtracked into.
+_STRING = rb'"(?:[^"\\\x00-\x1f]++|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*+"'
+_PLAIN_LINE = re.compile(rb'(?m)^[ \t\r]*\{[ \t\r]*"id"[ \t\r]*:[ \t\r]*(?:"([^"\\\x00-\x1f]*+)"|(0|-?[1-9][0-9]*+))'
+                         rb'[ \t\r]*,[ \t\r]*"prompt"[ \t\r]*:[ \t\r]*' + _STRING + rb'[ \t\r]*\}[ \t\r]*$')
+
+
+def _plain_index(path: str) -> PromptIndex | None:
+    """The index of a file whose every line is blank or exactly `{"id": ..., "prompt": "..."}`
+    (what a program writes), found by one regular expression over the whole file, which
+    checks each line as JSON would; None for any other file (`_read_index` reads it)."""
+    raw = Path(path).read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    found = _PLAIN_LINE.findall(raw)
+    n_lines = raw.count(b"\n") + (not raw.endswith(b"\n"))
+    if len(found) == n_lines:  # every line plain (at most one match a line): no position to look for
+        ids = [text.decode() if text else number.decode() for text, number in found]
+        if len(set(ids)) != len(ids):
+            return None
+        starts = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == ord("\n"))[: n_lines - 1] + 1
+        return PromptIndex(ids=tuple(ids), offsets=array("q", np.concatenate([[0], starts]).astype(np.int64).tobytes()),
+                           lines=array("q", range(1, n_lines + 1)))
+    ids = []
+    offsets, lines = array("q"), array("q")
+    lineno, end = 1, 0
+    for m in _PLAIN_LINE.finditer(raw):
+        start = m.start()
+        between = raw[end:start]  # blank lines and line ends (bytes.strip: ASCII whitespace), or not plain
+        if between.strip():
+            return None
+        lineno += between.count(b"\n")
+        end = m.end()
+        text, number = m.group(1, 2)
+        ids.append(text.decode() if text is not None else number.decode())
+        offsets.append(start)
+        lines.append(lineno)
+    if raw[end:].strip() or len(set(ids)) != len(ids):
+        return None  # a line of another shape, or a repeated id: the careful reader says which
+    return PromptIndex(ids=tuple(ids), offsets=offsets, lines=lines)
 
 
 def _read_index(path: str) -> PromptIndex:
@@ -162,7 +210,7 @@ def prompts_at(path: str, start: int, stop: int) -> list[tuple[str, list[dict]]]
     with open(path, "rb") as f:
         f.seek(index.offsets[start])
         raw = f.read(index.offsets[stop] - index.offsets[start]) if stop < len(index.ids) else f.read()
-    out = []
+    out: list[tuple[str, list[dict]]] = []
     for text in raw.decode("utf-8").split("\n"):
         if text.strip() and len(out) < stop - start:
             lineno = index.lines[start + len(out)]
