@@ -187,6 +187,8 @@ def test_ctrl_c_detaches_and_cancel_stops_the_job(tmp_path, dashboard):
     stopped = orchestrate("status", str(sweep), "--address", dashboard, "--output", str(output))
     assert stopped.returncode == 0, stopped.stderr
     assert f"Ray job {base}: STOPPED" in stopped.stdout, stopped.stdout
+    by_name = orchestrate("status", "rayjob", "--address", dashboard)  # found by the job's metadata
+    assert by_name.returncode == 0 and f"Ray job {base}: STOPPED" in by_name.stdout, by_name.stdout + by_name.stderr
     again = orchestrate("cancel", str(sweep), "--address", dashboard, "--output", str(output))
     assert again.returncode == 0 and "nothing to cancel" in again.stdout, again.stdout + again.stderr
 
