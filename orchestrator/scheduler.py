@@ -344,15 +344,20 @@ class Scheduler:
                 self.report.shards_seconds = time.perf_counter() - self.started - self.report.startup_seconds
 
         running: set[asyncio.Task[None]] = set()
-        for shard in pending:
-            await shard_gate.acquire()
-            if self._stop is not None:
-                shard_gate.release()
-                break
-            task = asyncio.create_task(guarded(shard))
-            running.add(task)
-            task.add_done_callback(running.discard)
-        await asyncio.gather(*running)
+        try:
+            for shard in pending:
+                await shard_gate.acquire()
+                if self._stop is not None:
+                    shard_gate.release()
+                    break
+                task = asyncio.create_task(guarded(shard))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*running)
+        except BaseException:  # cancelled (Ctrl-C, SIGTERM): the shards in flight go with it
+            for task in running:
+                task.cancel()
+            raise
         if self._stop is not None:
             raise self._stop
         if not self.store.missing(cell, cell.last_stage):
