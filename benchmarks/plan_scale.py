@@ -80,8 +80,9 @@ jobs:
     return sweep
 
 
-def timed(args: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, the last line of stderr) of a command, in a fresh process."""
+def timed(args: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS in MB, CPU seconds) of a command, in a fresh process. The CPU
+    seconds (user + system) say what it costs on a machine that others share too."""
     started = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     assert proc.stderr is not None
@@ -91,17 +92,17 @@ def timed(args: list[str]) -> tuple[float, float, str]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}):\n{err[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024, (err.strip().splitlines() or [""])[-1]
+    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def curve(folder: Path, points: list[tuple[int, int]]) -> None:
-    print("\n## plan: seconds and peak RSS\n\n| samples | cells | shards | seconds | peak RSS |\n|---|---|---|---|---|")
+    print("\n## plan\n\n| samples | cells | shards | seconds | CPU seconds | peak RSS |\n|---|---|---|---|---|---|")
     for samples, cells in points:
         prompts_file(folder, samples)  # not timed
         sweep = write_sweep(folder, f"plan-{samples}-{cells}", samples, cells, shard_size=32)
-        seconds, rss, _ = timed([CLI, "plan", str(sweep)])
-        print(f"| {samples:,} | {cells:,} | {cells * -(-samples // 32):,} | {seconds:.1f} | {rss:,.0f} MB |",
-              flush=True)
+        seconds, rss, cpu = timed([CLI, "plan", str(sweep)])
+        shards = cells * -(-samples // 32)
+        print(f"| {samples:,} | {cells:,} | {shards:,} | {seconds:.1f} | {cpu:.1f} | {rss:,.0f} MB |", flush=True)
 
 
 def lay_out_finished(sweep_file: Path) -> int:
@@ -146,13 +147,13 @@ def finished(folder: Path, samples: int, cells: int, shard_size: int) -> None:
     made = lay_out_finished(sweep)
     print(f"\n## a finished sweep: {samples:,} samples x {cells} cells, shards of {shard_size} ({made:,} shard "
           f"files, laid out in {time.perf_counter() - started:.0f} s)\n\n"
-          "| command | seconds | peak RSS |\n|---|---|---|")
+          "| command | seconds | CPU seconds | peak RSS |\n|---|---|---|---|")
     for label, args in [("status", [CLI, "status", str(sweep)]),
                         ("plan", [CLI, "plan", str(sweep)]),
                         ("submit (the first: logs a run a cell)", [CLI, "submit", "--no-progress", str(sweep)]),
                         ("submit again (nothing new to log)", [CLI, "submit", "--no-progress", str(sweep)])]:
-        seconds, rss, _ = timed(args)
-        print(f"| {label} | {seconds:.1f} | {rss:,.0f} MB |", flush=True)
+        seconds, rss, cpu = timed(args)
+        print(f"| {label} | {seconds:.1f} | {cpu:.1f} | {rss:,.0f} MB |", flush=True)
 
 
 def submit_memory(folder: Path, sizes: list[int]) -> None:
@@ -190,8 +191,8 @@ def main() -> None:
     args = ap.parse_args()
     folder = Path(args.folder or tempfile.mkdtemp(prefix="plan-scale-"))
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB; files under {folder}",
-          file=sys.stderr)
+    print(f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, load {os.getloadavg()[0]:.1f}; "
+          f"files under {folder}", file=sys.stderr)
     pairs = [tuple(count(x) for x in p.split(":")) for p in args.curve.split(",") if p]
     if pairs:
         curve(folder, [(s, c) for s, c in pairs])

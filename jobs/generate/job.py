@@ -14,7 +14,6 @@ import re
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -131,41 +130,59 @@ _PLAIN_LINE = re.compile(rb'(?m)^[ \t\r]*\{[ \t\r]*"id"[ \t\r]*:[ \t\r]*(?:"([^"
                          rb'[ \t\r]*,[ \t\r]*"prompt"[ \t\r]*:[ \t\r]*' + _STRING + rb'[ \t\r]*\}[ \t\r]*$')
 
 
+_BLOCK = 1 << 25  # bytes read at a time: a file of 10M prompts is not held whole beside its index
+
+
 def _plain_index(path: str) -> PromptIndex | None:
     """The index of a file whose every line is blank or exactly `{"id": ..., "prompt": "..."}`
-    (what a program writes), found by one regular expression over the whole file, which
+    (what a program writes), found by one regular expression over each block of lines, which
     checks each line as JSON would; None for any other file (`_read_index` reads it)."""
-    raw = Path(path).read_bytes()
+    index = PromptIndex(ids=(), offsets=array("q"), lines=array("q"))
+    ids: list[str] = []
+    offset, lineno, rest = 0, 1, b""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_BLOCK)
+            data = rest + block
+            cut = data.rfind(b"\n") + 1 if block else len(data)  # whole lines; the last at the end of the file
+            chunk, rest = data[:cut], data[cut:]
+            if chunk and not _plain_lines(chunk, offset, lineno, ids, index):
+                return None
+            offset, lineno = offset + len(chunk), lineno + chunk.count(b"\n")
+            if not block:
+                break
+    if len(set(ids)) != len(ids):
+        return None  # a repeated id: the careful reader says which, and where
+    return PromptIndex(ids=tuple(ids), offsets=index.offsets, lines=index.lines)
+
+
+def _plain_lines(chunk: bytes, offset: int, lineno: int, ids: list[str], index: PromptIndex) -> bool:
+    """Add the prompts of `chunk` (whole lines, starting at byte `offset` and line `lineno` of
+    the file) to `ids` and `index`; False when a line is not blank or plain."""
     try:
-        raw.decode("utf-8")
+        chunk.decode("utf-8")  # cut at line ends, never inside a character
     except UnicodeDecodeError:
-        return None
-    found = _PLAIN_LINE.findall(raw)
-    n_lines = raw.count(b"\n") + (not raw.endswith(b"\n"))
+        return False
+    found = _PLAIN_LINE.findall(chunk)
+    n_lines = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
     if len(found) == n_lines:  # every line plain (at most one match a line): no position to look for
-        ids = [text.decode() if text else number.decode() for text, number in found]
-        if len(set(ids)) != len(ids):
-            return None
-        starts = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == ord("\n"))[: n_lines - 1] + 1
-        return PromptIndex(ids=tuple(ids), offsets=array("q", np.concatenate([[0], starts]).astype(np.int64).tobytes()),
-                           lines=array("q", range(1, n_lines + 1)))
-    ids = []
-    offsets, lines = array("q"), array("q")
-    lineno, end = 1, 0
-    for m in _PLAIN_LINE.finditer(raw):
-        start = m.start()
-        between = raw[end:start]  # blank lines and line ends (bytes.strip: ASCII whitespace), or not plain
+        ids += [text.decode() if text else number.decode() for text, number in found]
+        starts = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == ord("\n"))[: n_lines - 1] + 1
+        index.offsets.frombytes((np.concatenate([[0], starts]) + offset).astype(np.int64).tobytes())
+        index.lines.extend(range(lineno, lineno + n_lines))
+        return True
+    end = 0
+    for m in _PLAIN_LINE.finditer(chunk):
+        between = chunk[end : m.start()]  # blank lines and line ends (bytes.strip: ASCII whitespace), or not plain
         if between.strip():
-            return None
+            return False
         lineno += between.count(b"\n")
         end = m.end()
         text, number = m.group(1, 2)
         ids.append(text.decode() if text is not None else number.decode())
-        offsets.append(start)
-        lines.append(lineno)
-    if raw[end:].strip() or len(set(ids)) != len(ids):
-        return None  # a line of another shape, or a repeated id: the careful reader says which
-    return PromptIndex(ids=tuple(ids), offsets=offsets, lines=lines)
+        index.offsets.append(offset + m.start())
+        index.lines.append(lineno)
+    return not chunk[end:].strip()
 
 
 def _read_index(path: str) -> PromptIndex:
