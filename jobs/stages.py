@@ -44,6 +44,10 @@ def stage_of(params: type[BaseModel], name: str) -> Stage:
 
 
 def stage_values(params: BaseModel, stage: Stage) -> dict[str, Any]:
-    """The parameters of one stage, as JSON values."""
-    values = params.model_dump(mode="json")
-    return {name: values[name] for name in type(params).model_fields if stage_of(type(params), name) == stage}
+    """The parameters of one stage that differ from their defaults, as JSON values: what
+    enters the stage's id. A parameter added later with a default that keeps the old
+    behaviour then leaves every stored id as it was; a changed default is a change of the
+    job's code, which bumps its version (tests.code_versions holds the job to that)."""
+    values = params.model_dump(mode="json", exclude_defaults=True)
+    return {name: values[name] for name in type(params).model_fields
+            if name in values and stage_of(type(params), name) == stage}

@@ -208,3 +208,25 @@ jobs:
     groups = {c.model: c.manifest()["replicates"] for c in make_plan(parse_sweep(text, "sweep.yaml", tmp_path)).cells}
     assert groups["s0"] == groups["s1"] != groups["other"], groups
     assert groups["m"] == "m" and groups["s0"].startswith("finetune:"), groups
+
+
+def test_a_parameter_added_at_its_default_leaves_stage_ids_alone():
+    """A new parameter whose default keeps the old behaviour must not re-run stored work;
+    any other value of it must."""
+    from jobs.job import JobParams
+    from jobs.stages import stage_values, summary
+
+    class Before(JobParams):
+        prompts: str = "a.jsonl"
+        max_tokens: int = 64
+        threshold: float = summary(0.5)
+
+    class After(Before):
+        prefill: str = "Answer: "
+
+    before = Before(max_tokens=32)
+    assert stage_values(After(max_tokens=32), "generate") == stage_values(before, "generate") == {"max_tokens": 32}
+    assert stage_values(After(max_tokens=32, prefill="Answer: "), "generate") == stage_values(before, "generate")
+    assert stage_values(After(max_tokens=32, prefill="("), "generate") != stage_values(before, "generate")
+    assert stage_values(After(threshold=0.7), "summary") == {"threshold": 0.7}
+    assert stage_values(After(threshold=0.7), "generate") == {}
