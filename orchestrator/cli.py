@@ -1,4 +1,5 @@
-"""The `orchestrate` command: validate, schema, plan, submit, sync, status, results, compare, report, organisms."""
+"""The `orchestrate` command: validate, schema, plan, submit, sync, status, results; compare and
+report (cli_compare), cancel (cli_cluster), data (cli_data), organisms (cli_organisms)."""
 from __future__ import annotations
 
 import fnmatch
@@ -9,15 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from orchestrator.cli_cluster import cancel, ray_job_status, ray_job_submit
+from orchestrator.cli_compare import compare, report, rich_table
 from orchestrator.cli_data import data
 from orchestrator.cli_organisms import organisms
 from orchestrator.errors import OrchestrateError
 
 if TYPE_CHECKING:
-    import polars as pl
 
     from orchestrator.spec import Sweep
     from orchestrator.store import SweepStore
@@ -86,15 +86,6 @@ def schema() -> None:
     click.echo(json.dumps(sweep_json_schema(), indent=2))
 
 
-def _table(df: pl.DataFrame, title: str | None = None) -> Table:
-    table = Table(title=title)
-    for col in df.columns:
-        table.add_column(col, overflow="fold")
-    for row in df.iter_rows():
-        table.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-    return table
-
-
 @main.command()
 @click.argument("sweep_file", type=click.Path(dir_okay=False))
 @click.option("--output", help="results root (default: the sweep's `output`)")
@@ -123,7 +114,7 @@ def plan(sweep_file: str, output: str | None) -> None:
                      "shards": len(c.shards), **done})
     df = pl.DataFrame(rows)
     title = f"{sweep.name}: {len(p.cells)} cells, {df['shards'].sum()} shards, {pending} cells with work pending"
-    Console().print(_table(df, title=title))
+    Console().print(rich_table(df, title=title))
 
 
 def _stage_counts(store: SweepStore, manifest: dict) -> dict[str, str]:
@@ -197,9 +188,14 @@ def _store_for(sweep_arg: str, output: str | None) -> tuple[SweepStore, Sweep | 
     """(the results store, the loaded sweep) of a sweep file; (store, None) of a sweep name."""
     from orchestrator.store import SweepStore
 
+    from orchestrator.storage import is_uri, output_root
+
     sweep = None
     folder = Path(sweep_arg)
-    if sweep_arg.endswith((".yaml", ".yml")) or folder.is_file():
+    if is_uri(sweep_arg) and output is None:  # a sweep's results folder on an object store
+        uri = output_root(sweep_arg)
+        store = SweepStore(uri.parent, uri.name)
+    elif sweep_arg.endswith((".yaml", ".yml")) or folder.is_file():
         sweep = _load(sweep_arg)
         store = SweepStore(output or sweep.output, sweep.name)
     elif output is None and (folder / "submission.json").is_file():  # a sweep's results folder
@@ -239,7 +235,7 @@ def status(sweep: str, output: str | None) -> None:
                      "shards": len(cell["stages"]["generate"]["shards"]), **_stage_counts(store, cell),
                      "state": state})
     if rows:
-        Console(width=200).print(_table(pl.DataFrame(rows), title=str(store.root)))
+        Console(width=200).print(rich_table(pl.DataFrame(rows), title=str(store.root)))
     if unlogged:
         click.echo(f"not in MLflow: {unlogged} finished cell(s) (MLflow was unreachable); "
                    f"`orchestrate sync {sweep}` logs them")
@@ -337,71 +333,13 @@ def results(sweep: str, output: str | None, kind: str | None, rows: bool, report
         text = df.write_json()
         Path(out).write_text(text) if out else click.echo(text)
     else:
-        Console(width=200).print(_table(df))
+        Console(width=200).print(rich_table(df))
         if hidden:
             click.echo(f"({hidden} more columns: --columns PATTERNS, or --format csv|json|parquet for all)")
-
-
-@main.command()
-@click.argument("sources", nargs=-1, required=True, metavar="SWEEP_OR_FOLDER...")
-@click.option("--output", default="results", show_default=True, help="results root for sources given by name")
-@click.option("--by", help="comma-separated keys to group by (model, cot, sweep, role.judge, any swept parameter; "
-              "default: the keys that differ, seeds and finetune replicas pooled)")
-@click.option("--diff", "diff_key", help="difference between the levels of this key (arm, sweep, model, cot, ...)")
-@click.option("--baseline", help="the level of --diff to subtract (default: none/off/base if present, else the first)")
-@click.option("--measure", "measures", multiple=True, help="only this measure (repeatable); default: all")
-@click.option("--kind", "kinds", multiple=True, help="only this job kind (repeatable)")
-@click.option("--resamples", default=2000, show_default=True, type=click.IntRange(min=100))
-@click.option("--seed", default=0, show_default=True, help="the bootstrap's seed")
-@click.option("--out", "outs", multiple=True, type=click.Path(dir_okay=False),
-              help="also write the table to FILE.csv, FILE.md or FILE.tex (repeatable)")
-def compare(sources: tuple[str, ...], output: str, by: str | None, diff_key: str | None, baseline: str | None,
-            measures: tuple[str, ...], kinds: tuple[str, ...], resamples: int, seed: int,
-            outs: tuple[str, ...]) -> None:
-    """Each job kind's measures side by side, with 95% intervals from the rows (whole
-    questions resampled, and seeds where a condition ran several times), and with --diff the
-    differences between levels, paired where both read the same questions."""
-    from orchestrator.compare import compare as run_compare
-    from orchestrator.compare import read_sources
-    from orchestrator.compare.export import display, write
-
-    for out in outs:
-        if Path(out).suffix not in (".csv", ".md", ".tex"):
-            raise OrchestrateError(f"--out {out}: the suffix says the format: .csv, .md or .tex")
-    found = read_sources(list(sources), output)
-    result = run_compare(found, by=by.split(",") if by else None, diff=diff_key, baseline=baseline,
-                         measures=list(measures) or None, kinds=list(kinds) or None, draws=resamples, seed=seed)
-    if result.means.is_empty():
-        raise OrchestrateError(f"nothing to compare: no finished cells with those measures in {', '.join(sources)}")
-    table = result.differences if diff_key else result.means
-    if diff_key and table.is_empty():
-        raise OrchestrateError(f"--diff {diff_key}: no measure has two levels of {diff_key} to set against each other")
-    Console(width=220).print(_table(display(table), title="differences" if diff_key else "means"))
-    for note in result.notes:
-        click.echo(f"note: {note}", err=True)
-    for out in outs:
-        write(table, Path(out))
-        click.echo(f"wrote {out}", err=True)
-
-
-@main.command()
-@click.argument("sweep", metavar="SWEEP_FILE_OR_FOLDER")
-@click.option("--output", default="results", show_default=True, help="results root for a sweep given by name")
-@click.option("-o", "--out", "html", type=click.Path(dir_okay=False),
-              help="the page's file (default: <output>/<sweep>/report.html)")
-@click.option("--no-mlflow", is_flag=True, help="do not log the page to the sweep's MLflow run")
-def report(sweep: str, output: str, html: str | None, no_mlflow: bool) -> None:
-    """One self-contained HTML page of a sweep: each job kind's figures and tables, the sweep
-    file, versions, when and where it ran; also logged to the sweep's MLflow parent run."""
-    from orchestrator.report_page import build_page, log_page
-
-    page = build_page(sweep, output, Path(html) if html else None)
-    click.echo(f"wrote {page.html} ({len(page.figures)} figures, {page.tables} tables)")
-    if not no_mlflow:
-        run = log_page(page)
-        click.echo(f"logged to MLflow run {run}" if run else "no MLflow run of this sweep to log to (submit logs one)")
 
 
 main.add_command(organisms)
 main.add_command(cancel)
 main.add_command(data)
+main.add_command(compare)
+main.add_command(report)

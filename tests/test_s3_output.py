@@ -82,6 +82,9 @@ def test_a_sweep_with_its_results_on_s3(s3, tmp_path, tiny_model, ray_tmp, monke
 
     out = runner.invoke(main, ["status", str(sweep_file)])
     assert out.exit_code == 0 and "finished" in out.output and "pending" not in out.output, out.output
+    folder_uri = f"s3://{BUCKET}/runs/skeleton?{s3.split('?')[1]}"  # the sweep's folder, as compare takes it
+    out = runner.invoke(main, ["status", folder_uri])
+    assert out.exit_code == 0 and "finished" in out.output and "pending" not in out.output, out.output
     out = runner.invoke(main, ["results", str(sweep_file), "--format", "csv"])
     assert out.exit_code == 0 and len(out.output.strip().splitlines()) == 3, out.output  # a header, 2 cells
     out = runner.invoke(main, ["results", "skeleton", "--output", s3, "--kind", "generate", "--rows",
@@ -89,7 +92,7 @@ def test_a_sweep_with_its_results_on_s3(s3, tmp_path, tiny_model, ray_tmp, monke
     assert out.exit_code == 0 and len(json.loads(out.output)) == 2 * N_PROMPTS * 2, out.output[-500:]
     out = runner.invoke(main, ["compare", str(sweep_file), "--by", "seed", "--resamples", "100"])
     assert out.exit_code == 0 and "completion_tokens" in out.output, out.output
-    out = runner.invoke(main, ["compare", f"s3://{BUCKET}/runs/skeleton?{s3.split('?')[1]}", "--resamples", "100"])
+    out = runner.invoke(main, ["compare", folder_uri, "--resamples", "100"])
     assert out.exit_code == 0 and "completion_tokens" in out.output, out.output
     out = runner.invoke(main, ["report", str(sweep_file)])
     assert out.exit_code == 0, out.output
