@@ -24,6 +24,7 @@ from orchestrator.store import SweepStore
 
 PROMPTS = 50
 _opened: list[str] = []
+_counting: list[bool] = []
 
 
 def _count_opens(event: str, args: tuple) -> None:
@@ -32,7 +33,13 @@ def _count_opens(event: str, args: tuple) -> None:
         _opened.append(args[0])
 
 
-sys.addaudithook(_count_opens)  # hooks cannot be removed; this one only counts one file's opens
+def count_opens() -> list[str]:
+    """The opens of the test's prompt file, from now on (a hook cannot be removed: one, once)."""
+    if not _counting:
+        sys.addaudithook(_count_opens)
+        _counting.append(True)
+    _opened.clear()
+    return _opened
 
 
 def write_sweep(folder: Path, model: str, temperatures: int, seeds: int, shard_size: int = 8) -> Path:
@@ -64,16 +71,16 @@ jobs:
 
 def test_planning_many_cells_reads_the_data_file_once(tmp_path: Path, tiny_model: Path):
     sweep = load_sweep(write_sweep(tmp_path, str(tiny_model), temperatures=3, seeds=4))
-    _opened.clear()
+    opened = count_opens()
     plan = make_plan(sweep)
     assert len(plan.cells) == 12 and all(c.n_samples == PROMPTS for c in plan.cells)
     # Once to hash it (the cells' ids), once to read its ids: not once per cell (36 before).
-    assert len(_opened) == 2, _opened
+    assert len(opened) == 2, opened
     # Every cell shares one list of ids: a million prompts in a hundred cells are held once.
     assert len({id(c.shards.sample_ids) for c in plan.cells}) == 1
-    _opened.clear()
+    opened = count_opens()
     again = make_plan(sweep)  # the same process: nothing is read again while the file is unchanged
-    assert _opened == [] and [c.id for c in again.cells] == [c.id for c in plan.cells]
+    assert opened == [] and [c.id for c in again.cells] == [c.id for c in plan.cells]
 
     prompts = tmp_path / "scale-prompts.jsonl"
     prompts.write_text(prompts.read_text().replace('"q0"', '"z0"'))  # same size, new content
