@@ -186,9 +186,8 @@ def sync(sweep: str, output: str | None, tracking_uri: str | None, wait: bool) -
 
 def _store_for(sweep_arg: str, output: str | None) -> tuple[SweepStore, Sweep | None]:
     """(the results store, the loaded sweep) of a sweep file; (store, None) of a sweep name."""
-    from orchestrator.store import SweepStore
-
     from orchestrator.storage import is_uri, output_root
+    from orchestrator.store import SweepStore
 
     sweep = None
     folder = Path(sweep_arg)
