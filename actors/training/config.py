@@ -48,7 +48,9 @@ class TrainConfig(TrainSettings):
     """Everything one rank needs: the settings, and where things are."""
 
     base_path: str = Field(description="the base model's folder")
-    work_dir: str = Field(description="checkpoints; shared by the ranks")
+    work_dir: str = Field(description="checkpoints; shared by the ranks, unless node_local")
     output_dir: str = Field(description="rank 0 writes the adapter or model here")
+    node_local: bool = Field(False, description="work_dir and output_dir are folders of each rank's own node "
+                             "(results on an object store): every node keeps the checkpoint of its own ranks")
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints; 0: about ten per run")
     threads: int | None = Field(None, gt=0, description="torch CPU threads of this rank")

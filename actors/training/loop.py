@@ -123,6 +123,8 @@ def ds_config(config: TrainConfig, world_size: int, bf16: bool) -> dict[str, Any
         "zero_allow_untested_optimizer": True,  # a torch AdamW: DeepSpeed's own compiles for ~44 s
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
+        # Node-local work folders: each node's first rank saves the model states its ranks load.
+        "checkpoint": {"use_node_local_storage": config.node_local},
     }
 
 
@@ -230,7 +232,7 @@ def train(config: TrainConfig, rows: list[MixedRow], dist_env: DistEnv | None = 
     ckpt_dir = Path(config.work_dir) / CHECKPOINTS
     every = config.checkpoint_every or max(1, total // 10)
     start, losses = 0, []
-    if (ckpt_dir / "latest").exists():
+    if _agreed_checkpoint(ckpt_dir, env, device):
         # A LoRA checkpoint holds the trainable weights only; the frozen base comes from base_path.
         loaded, client = engine.load_checkpoint(str(ckpt_dir), load_module_strict=config.method == "full")
         if loaded is None:
@@ -254,7 +256,7 @@ def train(config: TrainConfig, rows: list[MixedRow], dist_env: DistEnv | None = 
         losses.append({"step": step + 1, "loss": float(mean) / env.world_size, "lr": lr})
         trained_samples += config.batch_size * config.grad_accum * env.world_size
         if (step + 1) % every == 0 and step + 1 < total:
-            _checkpoint(engine, ckpt_dir, step + 1, losses, config, env.rank)
+            _checkpoint(engine, ckpt_dir, step + 1, losses, config, env)
     seconds = time.perf_counter() - started
 
     _save_final(engine, config, tokenizer, env.rank)
@@ -267,15 +269,36 @@ def train(config: TrainConfig, rows: list[MixedRow], dist_env: DistEnv | None = 
         total_params=sum(_numel(p) for p in params))
 
 
-def _checkpoint(engine: Any, ckpt_dir: Path, step: int, losses: list[dict], config: TrainConfig, rank: int) -> None:
+def _agreed_checkpoint(ckpt_dir: Path, env: DistEnv, device: torch.device) -> bool:
+    """Whether every rank finds the same last checkpoint, with its own part in it (a collective).
+    With node-local work folders a retry may put ranks on other nodes, or a node may be new:
+    then no rank resumes (a lone rank loading would wait for the others until the timeout)."""
     import deepspeed.comm as dist
 
-    engine.save_checkpoint(str(ckpt_dir), tag=f"step{step}", client_state={"step": step, "losses": losses},
+    latest = ckpt_dir / "latest"
+    tag = latest.read_text().strip() if latest.exists() else ""
+    step = int(tag[len("step"):]) if tag.startswith("step") and tag[len("step"):].isdigit() else -1
+    mine = step >= 0 and (ckpt_dir / tag / f".rank{env.rank}").exists()
+    # MIN over ranks of (has its part, step, -step): all have theirs, and min step == max step.
+    agreed = torch.tensor([int(mine), step, -step], dtype=torch.long, device=device)
+    dist.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+    return bool(agreed[0] == 1 and agreed[1] == -agreed[2])
+
+
+def _checkpoint(engine: Any, ckpt_dir: Path, step: int, losses: list[dict], config: TrainConfig,
+                env: DistEnv) -> None:
+    import deepspeed.comm as dist
+
+    tag = f"step{step}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "losses": losses},
                            exclude_frozen_parameters=config.method == "lora")
+    (ckpt_dir / tag / f".rank{env.rank}").touch()  # this rank's part is saved (see _agreed_checkpoint)
+    if config.node_local and env.local_rank == 0 and env.rank != 0:
+        (ckpt_dir / "latest").write_text(tag)  # DeepSpeed writes it on global rank 0's node only
     dist.barrier()
-    if rank == 0:  # 'latest' now names the new tag: older ones are dead weight
+    if env.local_rank == 0:  # 'latest' now names the new tag: older ones are dead weight (on every node)
         for old in ckpt_dir.glob("step*"):
-            if old.name != f"step{step}":
+            if old.name != tag:
                 shutil.rmtree(old, ignore_errors=True)
 
 

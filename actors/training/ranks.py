@@ -15,6 +15,7 @@ from the last checkpoint; `FinetuneFailed` (the code raised) is not.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections import defaultdict
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.errors import FinetuneFailed, RankDied
+from actors.fetch import node_scratch, upload_folder
 from actors.training.config import TrainConfig
 from actors.training.data import MixedRow
 from actors.training.loop import DistEnv, TrainResult
@@ -62,10 +64,28 @@ class RankActor:
             os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpus
         from actors.training.loop import train
 
-        return train(config, rows, env)
+        return train(on_this_node(config), rows, env)
+
+    def upload(self, config: TrainConfig, uri: str) -> None:
+        """The finished output of this node's work folder to the folder `uri` (rank 0's job)."""
+        upload_folder(on_this_node(config).output_dir, uri)
+
+    def clean(self, config: TrainConfig) -> None:
+        """Drop this node's work folder (checkpoints, output) once the output is uploaded."""
+        shutil.rmtree(on_this_node(config).work_dir, ignore_errors=True)
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def on_this_node(config: TrainConfig) -> TrainConfig:
+    """A node-local config's folders under this node's scratch folder (they are given relative
+    to it: the driver cannot know another node's temp folder); any other config as it is."""
+    if not config.node_local:
+        return config
+    scratch = node_scratch()
+    return config.model_copy(update={"work_dir": str(scratch / config.work_dir),
+                                     "output_dir": str(scratch / config.output_dir)})
 
 
 def rank_envs(infos: list[RankInfo], master_addr: str, master_port: int) -> list[tuple[DistEnv, str | None]]:
@@ -119,8 +139,11 @@ class FinetuneGroup:
             for i in range(ranks)
         ]
 
-    def run(self, config: TrainConfig, rows: list[MixedRow]) -> TrainResult:
-        """Train to the end on every rank; the first failure kills the whole group."""
+    def run(self, config: TrainConfig, rows: list[MixedRow], upload_to: str | None = None) -> TrainResult:
+        """Train to the end on every rank; the first failure kills the whole group. upload_to:
+        with a node-local config, the folder URI rank 0 uploads the output to when training
+        is done (then every node's work folder is dropped)."""
+        assert (upload_to is not None) == config.node_local, "a node-local output must be uploaded, and only one"
         try:
             infos = ray.get([a.info.remote() for a in self.actors])
             port = ray.get(self.actors[0].free_port.remote())
@@ -141,7 +164,16 @@ class FinetuneGroup:
             except RayActorError as e:  # died or unreachable
                 self.shutdown()
                 raise RankDied(f"rank {refs.index(done[0])} died: {e}") from e
-        return ray.get(refs[0])
+        result = ray.get(refs[0])
+        if upload_to is not None:
+            try:
+                ray.get(self.actors[0].upload.remote(config, upload_to))
+                ray.get([actor.clean.remote(config) for actor in self.actors])
+            except RayTaskError as e:
+                raise FinetuneFailed(f"uploading the output to {upload_to.split('?')[0]}: {e.cause!r}") from e.cause
+            except RayActorError as e:
+                raise RankDied(f"rank 0 died before its output was uploaded: {e}") from e
+        return result
 
     def shutdown(self) -> None:
         for actor in self.actors:
