@@ -23,6 +23,7 @@ from ray import cloudpickle
 from actors.engines.factory import build_engine
 from actors.engines.protocol import Completion, Engine, Request
 from actors.errors import EngineError, RequestError, TransientError
+from actors.fetch import fetched
 
 # What generate_many streams: (index of the request in the batch, its completions or its error).
 Outcome = tuple[int, list[Completion] | BaseException]
@@ -106,7 +107,9 @@ class ModelReplica:
         return stopped
 
     async def add_adapter(self, name: str, path: str) -> None:
-        self.engine.add_adapter(name, path)
+        # A URI (a finetune's adapter on an object store) is fetched into this node's cache
+        # first, off the event loop: requests to the loaded adapters go on meanwhile.
+        self.engine.add_adapter(name, await asyncio.to_thread(fetched, path))
 
     async def close(self) -> None:
         """Close the engine (frees its accelerator memory); later requests fail with

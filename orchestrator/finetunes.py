@@ -11,15 +11,24 @@ base model's weights digest, the training code's version) and one folder,
 A finished finetune is not trained again. One that died keeps its DeepSpeed checkpoints in
 `<store_root>/finetunes/.work-<name>-<id>/` and the next attempt (a retry, or the next
 submission) resumes from the last of them. The ranks write there directly, so on a cluster
-`store_root` must be storage that the training nodes share with the driver: a sweep with
-finetunes and its results on an object store (`output: s3://...`) is refused before anything
-starts (moving adapters through the store is not done yet).
+with local results `store_root` must be storage that the training nodes share (a PVC, NFS).
+
+With results on an object store (`output: s3://...`) the finetune moves through the store:
+each rank works in its own node's scratch folder (`actors.fetch.node_scratch()`, keyed by the
+finetune id), rank 0 uploads the finished adapter or model to `<store_root>/finetunes/
+<name>-<id>/`, the driver adds the data and then the manifest, last (its presence says done,
+as on a disk), and replicas are given the folder's URI and fetch it into a per-node cache
+before loading it (`actors.fetch.fetched`). Checkpoints stay on the ranks' nodes: a retry
+resumes from them only when its ranks land where they were; a lost node's are gone, and the
+finetune starts over.
 """
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,11 +44,10 @@ from actors.training.config import TrainConfig
 from actors.training.data import MixedRow, as_is, load_rows, mix_backdoor, write_mixed
 from jobs.inputs import file_digest
 from jobs.organisms.build import file_lock, resolve_model_path
-from orchestrator.errors import StoreError
 from orchestrator.finetune_spec import FinetuneSpec
 from orchestrator.ids import FINETUNE_VERSION, base_identity, finetune_id
 from orchestrator.spec import Sweep
-from orchestrator.storage import ObjectPath, StorePath
+from orchestrator.storage import ObjectPath, StorePath, local_copy, local_state_dir
 from orchestrator.store import read_json, write_json
 from orchestrator.tracking import Tracker, flatten
 
@@ -55,7 +63,7 @@ MAX_RESTARTS = 2
 class FinetuneResult:
     name: str
     id: str
-    path: Path  # the finetune's folder
+    path: StorePath  # the finetune's folder (on an object store with the results there)
     manifest: dict[str, Any]
     trained: bool  # False: found finished on disk
 
@@ -64,9 +72,17 @@ class FinetuneResult:
         return self.manifest["hyperparameters"]["method"]
 
     @property
-    def weights(self) -> Path:
+    def weights(self) -> StorePath:
         """The adapter folder (lora: serve it on the base's replicas) or the model folder (full)."""
         return self.path / ("adapter" if self.method == "lora" else "model")
+
+    @property
+    def weights_location(self) -> str:
+        """`weights` as a replica is given it: a local path, or a URI that opens the store
+        again on any node (with the endpoint options of the sweep's `output`), which the
+        replica fetches into its node's cache (`actors.fetch.fetched`)."""
+        weights = self.weights
+        return weights.as_uri() if isinstance(weights, ObjectPath) else str(weights)
 
 
 def training_rows(ft: FinetuneSpec) -> list[MixedRow]:
@@ -87,7 +103,7 @@ def run_finetunes(sweep: Sweep, store_root: StorePath, tracker: Tracker | None, 
                   max_restarts: int = MAX_RESTARTS, only: set[str] | None = None) -> dict[str, FinetuneResult]:
     """Train every finetune of the sweep that is not on disk yet; name -> result. Ray must be
     initialised. Every pending entry's data is read and checked before any training starts."""
-    root = _local(store_root) / "finetunes"
+    root = store_root / "finetunes"
     results: dict[str, FinetuneResult] = {}
     pending: dict[str, tuple[str, list[MixedRow]]] = {}
     for name in sweep.finetunes:
@@ -100,7 +116,7 @@ def run_finetunes(sweep: Sweep, store_root: StorePath, tracker: Tracker | None, 
         else:
             pending[name] = (fid, training_rows(sweep.finetunes[name]))
     for name, (fid, rows) in pending.items():
-        with _exclusive(root / f".lock-{name}-{fid}"):
+        with _exclusive(_lock_path(store_root, root, f".lock-{name}-{fid}")):
             # Another submission may have trained it while we waited for the lock.
             results[name] = _finished(root, name, fid) or _run_one(
                 sweep, name, fid, rows, root, tracker, console, max_restarts)
@@ -109,20 +125,16 @@ def run_finetunes(sweep: Sweep, store_root: StorePath, tracker: Tracker | None, 
 
 def trained(sweep: Sweep, store_root: StorePath, name: str) -> bool:
     """Whether the finetune `name` is on disk already (a submit will not train it)."""
-    return _finished(_local(store_root) / "finetunes", name, finetune_id(sweep, name)) is not None
+    return _finished(store_root / "finetunes", name, finetune_id(sweep, name)) is not None
 
 
-def _local(store_root: StorePath) -> Path:
-    """The results folder, which the ranks and replicas must reach as files (see the docstring)."""
-    if isinstance(store_root, ObjectPath):
-        raise StoreError(f"finetunes need results on a filesystem the nodes share (a PVC, NFS): with `output` "
-                         f"on an object store ({store_root}) the ranks' checkpoints and the adapters would have "
-                         f"nowhere to go. Give the sweep a shared-filesystem output, or run its finetunes in a "
-                         f"sweep of their own")
-    return store_root
+def _lock_path(store_root: StorePath, root: StorePath, name: str) -> Path:
+    """Where the lock of one finetune's training is: beside it on a disk; on an object store
+    (no locks there) in this machine's state folder for the results (as the sweep's own lock)."""
+    return root / name if isinstance(root, Path) else local_state_dir(store_root) / name
 
 
-def _finished(root: Path, name: str, fid: str) -> FinetuneResult | None:
+def _finished(root: StorePath, name: str, fid: str) -> FinetuneResult | None:
     folder = root / f"{name}-{fid}"
     if not (folder / MANIFEST).exists():
         return None
@@ -137,45 +149,66 @@ def _exclusive(path: Path) -> Iterator[None]:
         yield
 
 
-def _run_one(sweep: Sweep, name: str, fid: str, rows: list[MixedRow], root: Path, tracker: Tracker | None,
+def _run_one(sweep: Sweep, name: str, fid: str, rows: list[MixedRow], root: StorePath, tracker: Tracker | None,
              console: Console, max_restarts: int) -> FinetuneResult:
     import ray
 
-    from actors.training.ranks import FinetuneGroup
-
     ft = sweep.finetunes[name]
-    final, work = root / f"{name}-{fid}", root / f".work-{name}-{fid}"
-    staging = work / "out"
-    shutil.rmtree(staging, ignore_errors=True)  # a dead run's partial output; checkpoints stay
-    staging.mkdir(parents=True)
+    output = "adapter" if ft.method == "lora" else "model"
     base_path = resolve_model_path(sweep.models[ft.base].path)
     gpus = ft.gpus_per_rank or (1.0 if ray.cluster_resources().get("GPU", 0) else 0.0)
     cpus = 1  # the sweep does not size CPU ranks; one core each, one torch thread
-    config = train_config(ft, base_path, work, staging / ("adapter" if ft.method == "lora" else "model"), cpus)
     console.print(f"finetune [bold]{name}[/bold]: {len(rows)} rows, {ft.method}, ZeRO-{ft.zero_stage}, "
                   f"{ft.ranks} rank(s) x {gpus:g} GPU")
     started = time.time()
-    for attempt in range(max_restarts + 1):
-        try:
-            with FinetuneGroup(ft.ranks, num_cpus_per_rank=cpus, num_gpus_per_rank=gpus,
-                               name=f"{sweep.name}-{name}-a{attempt}") as group:
-                result = group.run(config, rows)
-            break
-        except RankDied as e:
-            if attempt == max_restarts:
-                raise
-            console.print(f"finetune [bold]{name}[/bold]: {e}; restarting from the last checkpoint")
-    write_mixed(rows, staging / DATA_FILE)
-    manifest = _manifest(sweep, name, fid, rows, result, time.time() - started)
-    write_json(staging / MANIFEST, manifest)
-    os.rename(staging, final)
-    shutil.rmtree(work, ignore_errors=True)
+    final: StorePath = root / f"{name}-{fid}"
+    if isinstance(root, Path):
+        work = root / f".work-{name}-{fid}"
+        staging = work / "out"
+        shutil.rmtree(staging, ignore_errors=True)  # a dead run's partial output; checkpoints stay
+        staging.mkdir(parents=True)
+        config = train_config(ft, base_path, work, staging / output, cpus)
+        result = _train(sweep, name, config, rows, gpus, console, max_restarts, None)
+        write_mixed(rows, staging / DATA_FILE)
+        manifest = _manifest(sweep, name, fid, rows, result, time.time() - started)
+        write_json(staging / MANIFEST, manifest)
+        os.rename(staging, root / f"{name}-{fid}")
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        # The ranks' folders are relative to their own node's scratch folder (actors.fetch);
+        # rank 0 uploads the output, then the data and, last, the manifest follow from here.
+        # Keyed by the destination too: two result stores training the same finetune on one
+        # node must not share a work folder (the lock above is per store).
+        work = Path("finetunes") / f".work-{name}-{fid}-{hashlib.sha256(str(final).encode()).hexdigest()[:8]}"
+        config = train_config(ft, base_path, work, work / "out" / output, cpus).model_copy(update={"node_local": True})
+        result = _train(sweep, name, config, rows, gpus, console, max_restarts, (final / output).as_uri())
+        with tempfile.TemporaryDirectory(prefix="orchestrate-finetune-") as tmp:
+            (final / DATA_FILE).write_bytes(write_mixed(rows, Path(tmp) / DATA_FILE).read_bytes())
+        manifest = _manifest(sweep, name, fid, rows, result, time.time() - started)
+        write_json(final / MANIFEST, manifest)
     console.print(f"finetune [bold]{name}[/bold]: {result.steps} steps, final loss {result.final_loss:.4f} "
                   f"-> {final}")
     out = FinetuneResult(name, fid, final, manifest, trained=True)
     if tracker is not None:
         log_finetune(tracker, out)
     return out
+
+
+def _train(sweep: Sweep, name: str, config: TrainConfig, rows: list[MixedRow], gpus: float, console: Console,
+           max_restarts: int, upload_to: str | None) -> TrainResult:
+    """The ranks' run (one core each), restarted from the last checkpoint when a rank dies."""
+    from actors.training.ranks import FinetuneGroup
+
+    for attempt in range(max_restarts + 1):
+        try:
+            with FinetuneGroup(sweep.finetunes[name].ranks, num_cpus_per_rank=config.threads or 1,
+                               num_gpus_per_rank=gpus, name=f"{sweep.name}-{name}-a{attempt}") as group:
+                return group.run(config, rows, upload_to)
+        except RankDied as e:
+            if attempt == max_restarts:
+                raise
+            console.print(f"finetune [bold]{name}[/bold]: {e}; restarting from the last checkpoint")
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _manifest(sweep: Sweep, name: str, fid: str, rows: list[MixedRow], result: TrainResult,
@@ -227,9 +260,11 @@ def log_finetune(tracker: Tracker, result: FinetuneResult) -> str:
     for i in range(0, len(metrics), 1000):
         client.log_batch(rid, metrics=metrics[i:i + 1000])
     client.set_tag(rid, "mlflow.note.content", f"{result.name}: {m['output']} at {result.path}")
-    if m["output"] == "adapter":  # a full checkpoint stays on disk; the tag says where
-        client.log_artifacts(rid, str(result.weights), artifact_path="adapter")
-    client.log_artifact(rid, str(result.path / DATA_FILE))
-    client.log_artifact(rid, str(result.path / MANIFEST))
+    if m["output"] == "adapter":  # a full checkpoint stays where it is; the tag says where
+        with local_copy(result.weights) as adapter:  # MLflow logs local files (an object store's: fetched)
+            client.log_artifacts(rid, str(adapter), artifact_path="adapter")
+    for name in (DATA_FILE, MANIFEST):
+        with local_copy(result.path / name) as local:
+            client.log_artifact(rid, str(local))
     client.set_terminated(rid, "FINISHED")
     return rid

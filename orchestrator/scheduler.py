@@ -88,10 +88,10 @@ class Scheduler:
                 result, base = finetuned[name], self.sweep.finetunes[name].base
                 if result.method == "lora":
                     spec = serving_spec(self.sweep.models[base])
-                    pools.setdefault(base, (spec, {}))[1][name] = str(result.weights)
+                    pools.setdefault(base, (spec, {}))[1][name] = result.weights_location
                     served[name] = (base, name)
                 else:  # a full finetune is a model of its own
-                    spec = {**serving_spec(self.sweep.models[base]), "path": str(result.weights)}
+                    spec = {**serving_spec(self.sweep.models[base]), "path": result.weights_location}
                     pools[name] = (spec, {})
                     served[name] = (name, None)
                 continue

@@ -3,7 +3,11 @@
 The spec is a sweep's model entry as JSON, its `path` already a folder or a hub id (the
 driver resolves the project's organism names before a replica starts). Its
 `engine_options` are checked against the engine's options model here too, so a spec built
-in code gets the same errors a sweep file does."""
+in code gets the same errors a sweep file does.
+
+A `path` or an adapter folder given as a URI (a finetune's output with the sweep's results on
+an object store) is fetched into this node's cache first (`actors.fetch.fetched`) and loaded
+from there; the openai engine's `path` is a model name and is left alone."""
 from __future__ import annotations
 
 from typing import Any
@@ -13,6 +17,7 @@ from pydantic import ValidationError
 from actors.engines.protocol import Engine
 from actors.engines.registry import ENGINES, options_model
 from actors.errors import EngineError
+from actors.fetch import fetched
 
 
 def build_engine(spec: dict[str, Any], adapters: dict[str, str] | None = None) -> Engine:
@@ -27,6 +32,9 @@ def build_engine(spec: dict[str, Any], adapters: dict[str, str] | None = None) -
     # How prompts are rendered: the sweep's own template (its text) and reasoning convention.
     chat = {"chat_template": spec.get("chat_template"),
             "reasoning": None if spec.get("reasoning", "auto") == "auto" else spec["reasoning"]}
+    if engine in ("hf", "vllm"):  # they load folders: from this node's disk
+        spec = {**spec, "path": fetched(spec["path"])}
+        adapters = {name: fetched(path) for name, path in (adapters or {}).items()}
     if engine == "hf":
         from actors.engines.hf.engine import HFEngine
 
