@@ -11,6 +11,10 @@ nothing of Ray.
 A rank that raises ends the run: the others would wait in a collective until its timeout,
 so the group kills them at once. `RankDied` (a process lost) is worth a retry, which resumes
 from the last checkpoint; `FinetuneFailed` (the code raised) is not.
+
+A node-local config (results on an object store, no folder the nodes share) puts each rank's
+work folder under its own node's scratch folder; when training is done rank 0 uploads the
+output to the store and every rank drops its node's work folder (`FinetuneGroup.run`).
 """
 from __future__ import annotations
 
