@@ -110,3 +110,32 @@ def test_a_finetune_with_results_on_s3_is_uploaded_and_fetched_by_the_replica(s3
     assert objects(s3) == stored
     # Nothing of it in a local results folder.
     assert sorted(p.name for p in work.iterdir()) == ["prompts.jsonl", "sft.jsonl", "sweep.yaml"]
+
+
+def test_replicas_starting_together_on_a_node_fetch_a_folder_once(s3, tmp_path, monkeypatch):
+    """`fetched` from many threads at once (as replicas of one node starting together): one
+    download renamed into place, every caller gets it, nothing half-made is left behind. Without
+    the lock a second download's rename onto the finished folder fails."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from actors.fetch import fetched, upload_folder
+
+    source = tmp_path / "adapter"
+    source.mkdir()
+    for i in range(20):  # enough files that the downloads overlap
+        (source / f"part{i}.bin").write_bytes(bytes([i]) * 50_000)
+    base, query = s3.split("?")
+    uri = f"{base}/sweep/finetunes/tuned-0123/adapter?{query}"
+    upload_folder(source, uri)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "node"))  # this process's node scratch
+    (tmp_path / "node").mkdir()
+    with ThreadPoolExecutor(6) as pool:
+        paths = set(pool.map(lambda _: fetched(uri), range(6)))
+    (path,) = paths
+    cache = tmp_path / "node" / SCRATCH_NAME / "fetched"
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == [Path(path).name]
+    assert "tuned-0123-adapter" in path
+    assert sorted(p.name for p in Path(path).iterdir()) == sorted(p.name for p in source.iterdir())
+    assert all((Path(path) / f.name).read_bytes() == f.read_bytes() for f in source.iterdir())
+    assert fetched(str(source)) == str(source)  # a local folder is used where it is
