@@ -5,7 +5,7 @@ Layout under `<output>/<sweep>/`:
     <kind>/_stages/generate/<stage_id>/stage.json          the shard size the stage was cut with
     <kind>/<cell_id>/cell.json               what the cell is (job, model, params, its stage ids)
                                              (a cell: stages read with summary parameters)
-    <kind>/<cell_id>/summary.json            the cell's summary, recomputed on every submit
+    <kind>/<cell_id>/summary.json            the cell's summary (summary.key.json: what it came from)
     <kind>/<cell_id>/report.parquet          the job's own table, when it has one (Job.report)
     <kind>/<cell_id>/mlflow.json             the MLflow run of that summary
 

@@ -1,22 +1,26 @@
 """A complete cell's summary stage: its numbers, its report table and its MLflow run.
 
-The summary is never stored under an id (`jobs.stages`): it is recomputed from the cell's
-rows on every submit, with the summary parameters the sweep says now, so a new threshold or
-bootstrap costs seconds and no model. A cell gets a new MLflow run only when its summary
+The summary is never stored under an id (`jobs.stages`): it is computed from the cell's rows
+with the summary parameters the sweep says now, so a new threshold or bootstrap costs
+seconds and no model. A resubmit keeps a summary computed from the same cell (same id) by
+the same code (`summary_key`) instead of reading the rows again. A cell gets a new MLflow run only when its summary
 changed (new numbers, or new summary parameters); the run records the stage ids the rows
 came from.
 """
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import polars as pl
 from rich.console import Console
 
 from jobs.job import SUBJECT, JobParams
 from jobs.registry import get_job
+from jobs.source_digest import import_closure, source_digest
 from orchestrator import usage
 from orchestrator.ids import content_id
 from orchestrator.plan import Cell
@@ -61,6 +65,36 @@ def job_tags(kind: str, params: JobParams) -> dict[str, str]:
     elif declared := getattr(params, "arms", None):  # arms named in the params (decompose)
         tags["arms"] = ",".join(declared)
     return tags
+
+
+SUMMARY_KEY = "summary.key.json"  # what the summary.json beside it was computed from
+
+
+@functools.cache
+def _summary_code(kind: str) -> str:
+    """The code a kind's summary comes from: its job's modules and this one's (syntax trees,
+    so comments and moves do not count), and the libraries that compute it."""
+    modules = import_closure([type(get_job(kind)).__module__, __name__, usage.__name__],
+                             lambda m: m.startswith("jobs.") or m in (__name__, usage.__name__))
+    return content_id({"code": source_digest(modules), "polars": pl.__version__, "numpy": np.__version__})
+
+
+def summary_key(cell: Cell) -> str:
+    """What a complete cell's summary follows from: the cell (its id covers its stages, hence
+    every input of its rows, and its summary parameters) and the code that summarises it."""
+    return content_id({"cell": cell.id, "code": _summary_code(cell.kind)})
+
+
+def kept_summary(store: SweepStore, cell: Cell, key: str) -> dict[str, float] | None:
+    """The summary on disk when it was computed from this very cell and code, else None. A
+    resubmit of a big finished sweep then reads no rows (reading 100M rows to recompute the
+    same numbers took most of a minute: benchmarks/plan_scale.py)."""
+    cell_dir = store.cell_dir(cell.kind, cell.id)
+    kept, summary = cell_dir / SUMMARY_KEY, cell_dir / "summary.json"
+    if not (kept.exists() and summary.exists()) or read_json(kept).get("key") != key:
+        return None
+    values = read_json(summary)
+    return values if isinstance(values, dict) else None
 
 
 def summary_digest(cell_id: str, summary: dict[str, float]) -> str:
@@ -112,14 +146,18 @@ def finish_cell(store: SweepStore, tracker: TrackerSource, cell: Cell, report: S
     that run is adopted, not repeated."""
     job = get_job(cell.kind)
     manifest = cell.manifest()
-    rows = store.rows_of(manifest)  # read once: every submit summarises every complete cell
-    summary = cell_summary(store, manifest, cell.params, rows)
     cell_dir = store.cell_dir(cell.kind, cell.id)
-    table = job.report(rows, cell.params)
-    if table is not None:
-        write_parquet(cell_dir / "report.parquet", table)
-    write_json(cell_dir / "summary.json", summary)
-    report.cells_summarised += 1
+    key = summary_key(cell)
+    summary = kept_summary(store, cell, key) if earlier_rows else None
+    if summary is None:
+        rows = store.rows_of(manifest)  # read once for the summary and the job's table
+        summary = cell_summary(store, manifest, cell.params, rows)
+        table = job.report(rows, cell.params)
+        if table is not None:
+            write_parquet(cell_dir / "report.parquet", table)
+        write_json(cell_dir / "summary.json", summary)
+        write_json(cell_dir / SUMMARY_KEY, {"key": key})  # after the summary: a crash between means a recompute
+        report.cells_summarised += 1
     if log_summary(store, tracker, manifest, cell.params, summary, earlier_rows) == "logged":
         report.cells_logged += 1
 

@@ -98,8 +98,14 @@ def test_a_threshold_change_runs_no_model_and_logs_a_new_summary(first):
                                 f"tags.cell_id = '{cell['cell_id']}'")
     assert run_.data.tags["stage.generate"] == cell["stages"]["generate"]["id"]
     assert run_.data.tags["stage.judge"] == cell["stages"]["judge"]["id"]
-    again, _ = run(sweep_file)
+    again, _ = run(write_sweep(folder, below="60"))  # (only_cell above wrote the other sweep to the file)
     assert again.cells_logged == 0, "an unchanged summary is not logged twice"
+    assert again.cells_summarised == 0, "a summary of the same cell by the same code is kept, its rows not read"
+    # Without the record of what it came from, the summary is computed again: the same numbers.
+    (store.cell_dir("misalignment", cell["cell_id"]) / "summary.key.json").unlink()
+    third, _ = run(write_sweep(folder, below="60"))
+    assert third.cells_summarised == 1 and third.cells_logged == 0
+    assert json.loads((store.cell_dir("misalignment", cell["cell_id"]) / "summary.json").read_text()) == summary
 
 
 def test_a_judge_swap_runs_the_judge_and_nothing_else(first):
