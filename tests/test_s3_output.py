@@ -3,6 +3,9 @@ S3-compatible server (moto's server mode) on 127.0.0.1, through the real CLI and
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
@@ -14,7 +17,7 @@ from orchestrator.load import load_sweep
 from orchestrator.storage import ObjectPath
 from orchestrator.store import SweepStore
 from orchestrator.submit import submit
-from tests.conftest import free_port
+from tests.conftest import free_port, serving
 from tests.test_submit import N_PROMPTS, ray_tmp, write_sweep  # noqa: F401  (ray_tmp: a fixture)
 
 BUCKET = "sweeps"
@@ -24,11 +27,15 @@ BUCKET = "sweeps"
 def s3(monkeypatch, tmp_path) -> str:
     """A moto S3 server with an empty bucket; the URI of a prefix in it, its endpoint in the query
     as pyarrow's S3 URIs take it. Credentials only in the environment, as on a cluster."""
-    from moto.server import ThreadedMotoServer
-
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    # Its own process: moto imports flask, whose request-bound globals break vLLM's kernel
+    # registry when they sit in the test process's modules (`hasattr` on them raises).
+    with serving([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], port,
+                 tmp_path / "moto.log", base_path="", ready_path="/moto-api/"):
+        yield from _bucket(monkeypatch, tmp_path, port)
+
+
+def _bucket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, port: int) -> Iterator[str]:
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
                         # MLflow's s3 artifact store (boto3) finds the endpoint here, not in our URI
@@ -39,7 +46,6 @@ def s3(monkeypatch, tmp_path) -> str:
     fs, _ = pafs.FileSystem.from_uri(f"s3://{BUCKET}?{endpoint}&allow_bucket_creation=true")
     fs.create_dir(BUCKET)
     yield f"s3://{BUCKET}/runs?{endpoint}"
-    server.stop()
 
 
 def objects(uri: str) -> list[str]:
