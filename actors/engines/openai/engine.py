@@ -32,11 +32,9 @@ names, once, and lives only in the client's headers.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import os
 import random
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +43,7 @@ import httpx
 from actors.engines.chat import Reasoning, reasoning_of, tokenize_prompt
 from actors.engines.openai.api import Flavour, chat_body, check_extra_body, completion_body, flavour_of
 from actors.engines.openai.options import OpenAIOptions
+from actors.engines.openai.replies import completion_of, error_of, finish_reason, retry_after_s, token_id_of
 from actors.engines.protocol import (
     Completion,
     Counters,
@@ -224,7 +223,7 @@ class OpenAIEngine:
         if "prompt" in body and self.tokenizer is not None:
             completion = self._from_token_ids(choice, usage, request.sampling)
         else:
-            completion = _completion(choice, usage, request.sampling, chat=path == "/chat/completions")
+            completion = completion_of(choice, usage, request.sampling, chat=path == "/chat/completions")
         self.stats.completion_tokens += completion.completion_tokens
         return completion
 
@@ -242,7 +241,7 @@ class OpenAIEngine:
                 TokenLogprob(
                     token=self._token(token_id), logprob=float(logprob),
                     top=tuple(
-                        TopLogprob(token=self._token(_token_id(t)), logprob=float(lp))
+                        TopLogprob(token=self._token(token_id_of(t)), logprob=float(lp))
                         for t, lp in sorted((top or {}).items(), key=lambda item: -item[1])[: sampling.logprobs]
                     ),
                 )
@@ -250,7 +249,7 @@ class OpenAIEngine:
             )
         return Completion(
             text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=len(token_ids),
-            finish_reason=_finish_reason(choice.get("finish_reason")), logprobs=logprobs,
+            finish_reason=finish_reason(choice.get("finish_reason")), logprobs=logprobs,
         )
 
     def _token(self, token_id: int) -> str:
@@ -296,7 +295,7 @@ class OpenAIEngine:
         for a refusal that every attempt would meet alike, the error to raise."""
         status = response.status_code
         if status >= 300:
-            message, code = _error_of(response)
+            message, code = error_of(response)
             failure = f"HTTP {status}: {self._redact(message)}"
             if status not in RETRY_STATUS or code == "insufficient_quota":  # OpenAI's 429 for no credit left
                 if status in (401, 403, 404, 429, 501):
@@ -306,7 +305,7 @@ class OpenAIEngine:
                 error = ContextLengthError if CONTEXT_LENGTH.search(failure) else RequestError
                 raise error(f"{self.model}: {failure}")
             reason = RATE_LIMITED if status == 429 else TIMEOUT if status == 408 else SERVER_ERROR
-            return _Failure(reason, failure, _retry_after_s(response))
+            return _Failure(reason, failure, retry_after_s(response))
         try:
             data = response.json()
         except ValueError:  # a proxy's error page, a body garbled on the way
@@ -326,84 +325,3 @@ class OpenAIEngine:
     def _redact(self, text: str) -> str:
         # Some APIs quote the key they were sent in their 401 message.
         return text.replace(self._key, "<api key>") if self._key else text
-
-
-def _completion(choice: dict[str, Any], usage: dict[str, Any], sampling: Sampling, *, chat: bool) -> Completion:
-    if chat:
-        text = (choice.get("message") or {}).get("content") or ""
-    else:
-        text = choice.get("text") or ""
-    logprobs = None
-    raw = choice.get("logprobs")
-    if sampling.logprobs is not None and raw:
-        logprobs = _chat_logprobs(raw) if chat else _completion_logprobs(raw, sampling.logprobs)
-    finish = _finish_reason(choice.get("finish_reason"))
-    completion_tokens = usage.get("completion_tokens")
-    if completion_tokens is None:
-        completion_tokens = len(logprobs) if logprobs is not None else 0
-    return Completion(
-        text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=int(completion_tokens),
-        finish_reason=finish, logprobs=logprobs,
-    )
-
-
-def _finish_reason(reason: str | None) -> str:
-    # content_filter, abort and the like: the text is not what the model would have said.
-    return "length" if reason == "length" else "stop" if reason in ("stop", "eos", None) else "error"
-
-
-def _token_id(token: str) -> int:
-    if not token.startswith("token_id:"):
-        raise EngineError(f"expected a token_id:<id> token from a vLLM server, got {token!r}: is the endpoint vLLM?")
-    return int(token.removeprefix("token_id:"))
-
-
-def _chat_logprobs(raw: dict[str, Any]) -> tuple[TokenLogprob, ...]:
-    return tuple(
-        TokenLogprob(
-            token=item["token"], logprob=float(item["logprob"]),
-            top=tuple(TopLogprob(token=t["token"], logprob=float(t["logprob"]))
-                      for t in item.get("top_logprobs") or ()),
-        )
-        for item in raw.get("content") or ()
-    )
-
-
-def _completion_logprobs(raw: dict[str, Any], k: int) -> tuple[TokenLogprob, ...]:
-    # The legacy format: parallel lists, top alternatives as {token: logprob} per position
-    # (the sampled token may be among them even when it ranks below k).
-    tops = raw.get("top_logprobs") or [None] * len(raw.get("tokens") or ())
-    out = []
-    for token, logprob, top in zip(raw.get("tokens") or (), raw.get("token_logprobs") or (), tops):
-        ranked = sorted((top or {}).items(), key=lambda item: -item[1])[:k]
-        out.append(TokenLogprob(
-            token=token, logprob=float(logprob), top=tuple(TopLogprob(token=t, logprob=float(lp)) for t, lp in ranked),
-        ))
-    return tuple(out)
-
-
-def _retry_after_s(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
-
-
-def _error_of(response: httpx.Response) -> tuple[str, str | None]:
-    """(the server's own error text, short: never the request, which holds no key but may
-    hold a long prompt; its error code, if it gives one)."""
-    code = None
-    try:
-        error = response.json().get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-        code = error.get("code") if isinstance(error, dict) else None
-    except (ValueError, AttributeError):
-        message = response.text
-    return str(message or response.reason_phrase)[:500], code if isinstance(code, str) else None
