@@ -254,8 +254,6 @@ class Scheduler:
         self._samples_done.pop((shard.id, stage), None)
         stage_id, shard_id = cell.stages[stage], cell.shard_id(stage, shard)
         rows = [{**r, "stage_id": stage_id, "shard_id": shard_id} for r in rows]
-        if stage == "generate":
-            await asyncio.to_thread(self.store.record_layout, cell)
         await asyncio.to_thread(self.store.write_shard, cell.kind, stage, stage_id, shard_id, rows,
                                 row_schema(job.schema), usage.encode(used))
         self.report.stage_shards_run[stage] = self.report.stage_shards_run.get(stage, 0) + 1
@@ -370,7 +368,16 @@ class Scheduler:
             self.report.startup_seconds = time.perf_counter() - self.started
             replicas = sum(p.n for p in self.pools.values())
             shard_gate = asyncio.Semaphore(max(2, 2 * replicas))
-            await asyncio.gather(*(self.run_cell(c, pending[c.id], progress, shard_gate) for c in cells))
+            # Every stage's shard size is on disk before its first shard (see store.settle_layout),
+            # written here once rather than checked before each shard.
+            for c in cells:
+                await asyncio.to_thread(self.store.record_layout, c)
+            try:
+                async with asyncio.TaskGroup() as group:  # one cell failing cancels the others, cleanly
+                    for c in cells:
+                        group.create_task(self.run_cell(c, pending[c.id], progress, shard_gate))
+            except BaseExceptionGroup as failed:
+                raise failed.exceptions[0] from None
         finally:
             self.report.generate_calls = sum(p.calls for p in self.pools.values())
             self.report.calls_by_model = {name: p.calls for name, p in self.pools.items()}

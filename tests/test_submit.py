@@ -3,6 +3,8 @@ Parquet, real sqlite MLflow."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -152,7 +154,7 @@ def test_submit_resume_and_mlflow(tmp_path, tiny_model, ray_tmp):
 
 
 def test_replica_killed_mid_sweep(tmp_path, tiny_model, ray_tmp):
-    """Kill a replica while shards run: the pool replaces it, the shard reruns, and every row
+    """SIGKILL a replica's process while shards run: the pool replaces it, the shard reruns, and every row
     lands exactly once."""
     import ray
 
@@ -170,8 +172,9 @@ def test_replica_killed_mid_sweep(tmp_path, tiny_model, ray_tmp):
                 except ValueError:
                     time.sleep(0.05)
                     continue
-                ray.kill(actor, no_restart=True)
-                killed.append("skeleton/tiny/0")
+                pid = ray.get(actor.ready.remote())["pid"]  # this machine's process: a real SIGKILL
+                os.kill(pid, signal.SIGKILL)
+                killed.append(f"skeleton/tiny/0 (pid {pid})")
             time.sleep(0.05)
 
     t = threading.Thread(target=killer, daemon=True)
