@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -43,7 +44,8 @@ class ModelReplica:
     async def ready(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
         return {"model": self.model, "pid": os.getpid(), "node": ctx.get_node_id(),
-                "gpus": [str(g) for g in ray.get_gpu_ids()], "load_seconds": self.load_seconds}
+                "gpus": [str(g) for g in ray.get_gpu_ids()], "load_seconds": self.load_seconds,
+                "threads": torch.get_num_threads() if (torch := sys.modules.get("torch")) else None}
 
     async def generate(self, request: Request) -> list[Completion]:
         """One request, one call: for callers outside the pool (benchmarks, scripts)."""

@@ -23,6 +23,7 @@ class SubmitReport:
     calls_by_model: dict[str, int] = field(default_factory=dict)  # requests each pool served
     replicas_started: int = 0
     models_started: list[str] = field(default_factory=list)  # the pools this submission started
+    replica_threads: dict[str, int | None] = field(default_factory=dict)  # pool -> torch threads of a replica
     stage_shards_run: dict[str, int] = field(default_factory=dict)  # stage -> shards of it computed
     cells_summarised: int = 0
     rows_written: int = 0

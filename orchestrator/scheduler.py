@@ -16,14 +16,12 @@ import asyncio
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from actors.errors import EngineError, RequestError, TransientError
 from jobs.job import Job, JobContext, Sample
-from jobs.organisms.build import resolve_model_path
 from jobs.registry import get_job
 from jobs.stages import Stage
 from orchestrator import usage
@@ -31,30 +29,10 @@ from orchestrator.errors import ClusterError
 from orchestrator.plan import Cell, Plan, Shard, ShardSamples
 from orchestrator.progress import SweepProgress
 from orchestrator.report import SubmitReport
-from orchestrator.spec import ModelSpec, Sweep
+from orchestrator.serving import pool_layout, pool_resources, pool_specs, share_cores
+from orchestrator.spec import Sweep
 from orchestrator.store import DiskFull, SweepStore, row_schema
 from orchestrator.summaries import TrackerSource, finish_cell_or_say_why
-
-
-def serving_spec(m: ModelSpec) -> dict[str, Any]:
-    """A model entry as a replica builds it: JSON, with an organism's name turned into its
-    built folder (built or copied from the bundle here, on the driver, before any replica
-    starts), in `path` and in a `tokenizer_path` option alike."""
-    spec = m.model_dump(mode="json")
-    spec["path"] = resolve_model_path(spec["path"])
-    if m.chat_template is not None:  # its text: a replica on another node has no such file
-        spec["chat_template"] = Path(m.chat_template).read_text(encoding="utf-8")
-    tokenizer = spec["engine_options"].get("tokenizer_path")
-    if isinstance(tokenizer, str):
-        spec["engine_options"] = {**spec["engine_options"], "tokenizer_path": resolve_model_path(tokenizer)}
-    return spec
-
-
-def _pool_resources(spec: dict[str, Any], cluster_gpus: float) -> tuple[float, float]:
-    num_gpus = spec.get("num_gpus")
-    if num_gpus is None:  # an engine that can use GPUs takes one per tensor-parallel rank
-        num_gpus = float(spec.get("tensor_parallel", 1)) if cluster_gpus and spec["engine"] in ("hf", "vllm") else 0.0
-    return float(spec.get("num_cpus", 1)), float(num_gpus)
 
 
 class Scheduler:
@@ -81,33 +59,16 @@ class Scheduler:
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
         self.check_capacity(models, cluster_gpus)
         finetuned = await self.run_finetunes({m for m in models if m in self.sweep.finetunes})
-        pools: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}  # pool name -> (model spec, adapters)
-        served: dict[str, tuple[str, str | None]] = {}  # model name -> (pool name, adapter)
-        for name in sorted(models):
-            if name in finetuned:
-                result, base = finetuned[name], self.sweep.finetunes[name].base
-                if result.method == "lora":
-                    spec = serving_spec(self.sweep.models[base])
-                    pools.setdefault(base, (spec, {}))[1][name] = result.weights_location
-                    served[name] = (base, name)
-                else:  # a full finetune is a model of its own
-                    spec = {**serving_spec(self.sweep.models[base]), "path": result.weights_location}
-                    pools[name] = (spec, {})
-                    served[name] = (name, None)
-                continue
-            m = self.sweep.models[name]
-            if m.adapter and m.base:  # an adapter entry names its base (checked by the spec)
-                pools.setdefault(m.base, (serving_spec(self.sweep.models[m.base]), {}))[1][name] = m.adapter
-                served[name] = (m.base, name)
-            else:
-                pools.setdefault(name, (serving_spec(m), {}))
-                served[name] = (name, None)
+        pools, served = pool_layout(self.sweep, models, finetuned)
+        if self.fixed_cluster and not cluster_gpus:
+            share_cores(pools, ray.cluster_resources().get("CPU", 1))
         for pool_name, (spec, adapters) in pools.items():
-            cpus, gpus = _pool_resources(spec, cluster_gpus)
+            cpus, gpus = pool_resources(spec, cluster_gpus)
             self.pools[pool_name] = ReplicaPool(pool_name, spec, replicas=spec["replicas"], name_prefix=self.sweep.name,
                                                 num_cpus=cpus, num_gpus=gpus, adapters=adapters)
         infos = await asyncio.gather(*(p.start() for p in self.pools.values()))
         self.report.replicas_started = sum(len(i) for i in infos)
+        self.report.replica_threads = {name: i[0].get("threads") for name, i in zip(self.pools, infos) if i}
         self.report.models_started = sorted(self.pools)
         for name, (pool_name, adapter) in served.items():
             self.handles[name] = self.pools[pool_name].handle(name, adapter=adapter)
@@ -131,8 +92,8 @@ class Scheduler:
             _, missing = place([Need(f"rank {r} of finetune `{name}`", 1.0, gpus) for r in range(ft.ranks)], nodes)
             problems += missing
         needs = []
-        for pool, spec in self.pool_specs(models).items():
-            cpus, gpus = _pool_resources(spec, cluster_gpus)
+        for pool, spec in pool_specs(self.sweep, models).items():
+            cpus, gpus = pool_resources(spec, cluster_gpus)
             needs += [Need(f"replica {i + 1} of `{pool}`", cpus, gpus, int(spec.get("tensor_parallel", 1)))
                       for i in range(spec["replicas"])]
         _, missing = place(needs, nodes)
@@ -146,20 +107,6 @@ class Scheduler:
         if self.fixed_cluster or autoscaling() is False:
             raise ClusterError(message)
         self.console.print(f"[yellow]warning: {message}; waiting for the autoscaler to add nodes")
-
-    def pool_specs(self, models: set[str]) -> dict[str, dict[str, Any]]:
-        """The replica pools `models` will need, by pool name: a LoRA finetune or an adapter
-        rides on its base's pool, a full finetune gets its own (known before training)."""
-        pools: dict[str, dict[str, Any]] = {}
-        for name in sorted(models):
-            if name in self.sweep.finetunes:
-                ft = self.sweep.finetunes[name]
-                pools.setdefault(ft.base if ft.method == "lora" else name, serving_spec(self.sweep.models[ft.base]))
-                continue
-            m = self.sweep.models[name]
-            pool = m.base if m.adapter and m.base else name
-            pools.setdefault(pool, serving_spec(self.sweep.models[pool]))
-        return pools
 
     async def run_finetunes(self, names: set[str]) -> dict[str, Any]:
         """The sweep's DAG: finetunes first, then the cells that evaluate them. Finished

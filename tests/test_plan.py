@@ -230,3 +230,21 @@ def test_a_parameter_added_at_its_default_leaves_stage_ids_alone():
     assert stage_values(After(max_tokens=32, prefill="("), "generate") != stage_values(before, "generate")
     assert stage_values(After(threshold=0.7), "summary") == {"threshold": 0.7}
     assert stage_values(After(threshold=0.7), "generate") == {}
+
+
+def test_an_embedded_machine_is_shared_among_the_cpu_replicas() -> None:
+    from orchestrator.serving import share_cores
+
+    def pools() -> dict:
+        return {"a": ({"engine": "hf", "replicas": 2, "engine_options": {}}, {}),
+                "b": ({"engine": "hf", "replicas": 1, "engine_options": {"threads": 3}}, {}),
+                "c": ({"engine": "vllm", "replicas": 1, "engine_options": {}}, {}),
+                "d": ({"engine": "openai", "replicas": 4, "engine_options": {}}, {})}
+
+    shared = pools()
+    share_cores(shared, 16)
+    # 4 local replicas (the openai one runs nothing here) on 16 cores: 4 threads each, unless set.
+    assert [spec["engine_options"].get("threads") for spec, _ in shared.values()] == [4, 3, None, None]
+    few = pools()
+    share_cores(few, 2)
+    assert few["a"][0]["engine_options"]["threads"] == 1, "never below one thread"

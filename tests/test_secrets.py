@@ -167,7 +167,7 @@ def test_a_models_own_code_runs_only_when_the_sweep_says_so(tmp_path: Path, tiny
                                                             trust: bool | None) -> None:
     """The path a replica takes: the sweep's entry -> serving_spec -> build_engine."""
     from actors.engines.factory import build_engine
-    from orchestrator.scheduler import serving_spec
+    from orchestrator.serving import serving_spec
 
     marker = tmp_path / "ran"
     folder = custom_code_model(tmp_path / "model", tiny_model, marker)

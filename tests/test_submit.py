@@ -99,6 +99,8 @@ def test_submit_resume_and_mlflow(tmp_path, tiny_model, ray_tmp):
                                  "finish_reason"}
     assert report.generate_calls == 2 * N_PROMPTS
     assert report.rows_written == rows.height, (report.rows_written, rows.height)
+    # The embedded Ray has 2 CPUs and the sweep one hf replica: it gets both cores' threads.
+    assert report.replica_threads == {"tiny": 2}, report.replica_threads
 
     # MLflow: one parent run, one child per cell with params, metrics, tags and the tables.
     client = MlflowClient(report.tracking_uri)

@@ -84,6 +84,8 @@ class HFEngine:
         opts = HFOptions.model_validate(options)
         self.options = opts
         self.device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if opts.threads is not None:  # process-wide: a replica's process holds one engine
+            torch.set_num_threads(opts.threads)
         self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
         if chat_template is not None:
             self.tokenizer.chat_template = chat_template

@@ -13,3 +13,7 @@ class HFOptions(EngineOptions):
     max_batch_size: int = option(64, changes_outputs=False, gt=0, description="rows decoded together at most")
     batch_wait_ms: float = option(2.0, changes_outputs=False, ge=0,
                                   description="how long a lone request waits for others to batch with")
+    threads: int | None = option(None, changes_outputs=False, gt=0,
+                                 description="torch CPU threads of the replica's process; default: what Ray "
+                                 "gives it (num_cpus), or on an embedded Ray the machine's cores shared "
+                                 "among the sweep's CPU replicas")
