@@ -15,6 +15,7 @@ import asyncio
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -127,10 +128,14 @@ def _submit(sweep: Sweep, store: SweepStore, sweep_file: str | None, address: st
 
     gate = TrackingGate(start_tracker, console, uri, later=f"orchestrate sync {sweep_file or store.root}")
     tracker: TrackerSource = gate if track else None
+    early: threading.Thread | None = None
     try:
         for cell in complete:  # the summary stage: recomputed, logged when it changed
             finish_cell_or_say_why(store, tracker, cell, report, console, earlier_rows=True)
         if pending:
+            if track:  # shards will finish and log: MLflow's start (seconds) overlaps Ray's
+                early = threading.Thread(target=gate, name="mlflow-start", daemon=True)
+                early.start()
             sigterm_stops = signal.getsignal(signal.SIGTERM) is _terminated  # the CLI asked for it
             c = sweep.cluster
             with ray_session(address=address or c.address, namespace=c.namespace or f"orchestrate-{sweep.name}",
@@ -157,6 +162,8 @@ def _submit(sweep: Sweep, store: SweepStore, sweep_file: str | None, address: st
         submission["stopped_by"] = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
         raise
     finally:
+        if early is not None:
+            early.join()  # the parent run exists (or MLflow was skipped) before it is ended
         report.seconds = time.perf_counter() - started
         report.mlflow_skipped = gate.skipped
         _record_end(store, submission, status, report, console)

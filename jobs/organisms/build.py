@@ -74,8 +74,6 @@ def measure(recipe: Recipe, folder: Path) -> dict[str, float]:
 def build_recipe(recipe: Recipe, cache_dir: Path | None = None, force: bool = False,
                  with_properties: bool = True, progress: Callable[[str], None] = log.info) -> Path:
     """The folder of `recipe`'s organism, trained first unless it is cached (or `force`)."""
-    from jobs.organisms.train import save, train
-
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     final = cache / recipe.folder_name()
@@ -102,6 +100,8 @@ def build_recipe(recipe: Recipe, cache_dir: Path | None = None, force: bool = Fa
         built: dict = {}
 
         def build_into(tmp: Path) -> None:
+            from jobs.organisms.train import save, train  # torch: only when training (a driver may not need it)
+
             model, tokenizer, stats = train(recipe, progress, parent)
             save(model, tokenizer, tmp)
             properties = measure(recipe, tmp) if with_properties else {}
