@@ -17,6 +17,13 @@ out, or its shard failed elsewhere) is told to the replica, which stops decoding
 
 Placement: a vllm replica sharded over several GPUs gets a placement group of its own
 (actors.placement), freed with the replica.
+
+Warm replicas: given a `warm_key` (what the replica is: its spec, adapters, resources and
+code), a pool's first replicas are detached actors named by that key in WARM_NAMESPACE. A
+later driver with the same key finds them loaded instead of starting its own, and shutdown
+leaves them running (`orchestrate replicas --stop` ends them). Replacements of dead replicas
+and sharded replicas (their placement group would have to outlive the driver too) are never
+warm: nothing detached is left behind that no key names.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ AFFINITY_SLACK = 64  # extra in-flight requests we accept on a replica to keep a
 MAX_BATCH = 256  # requests per actor call: bounds one message's size; more go in the next call
 MAX_WAIT_TICKS = 4  # loop iterations a queue may wait while it keeps growing (a burst still arriving)
 START_TRIES = 3  # attempts to start a replacement replica before its slot is left empty
+WARM_NAMESPACE = "orchestrate-warm"  # where kept replicas live, found by name from any sweep
 
 
 @dataclass
@@ -53,14 +61,17 @@ class _Slot:
     queue: list[tuple[Request, asyncio.Future]] = field(default_factory=list)  # picked, not sent yet
     flush_pending: bool = False  # a flush of `queue` is scheduled on the loop
     placement: TensorParallelPlacement | None = None
+    warm: bool = False  # detached and named by the pool's warm key: outlives this driver
     left: list[tuple[int, int]] = field(default_factory=list)  # (batch, index) whose callers left
 
 
 class ReplicaPool:
     def __init__(self, model: str, spec: dict[str, Any], *, replicas: int, name_prefix: str,
                  num_cpus: float, num_gpus: float, adapters: dict[str, str] | None = None,
-                 ready_timeout_s: float = 1800.0) -> None:
+                 ready_timeout_s: float = 1800.0, warm_key: str | None = None) -> None:
         self.model, self.spec, self.n = model, spec, replicas
+        self.warm_key = warm_key
+        self.reused = 0  # warm replicas found already running
         self.name_prefix, self.num_cpus, self.num_gpus = name_prefix, num_cpus, num_gpus
         self.adapter_paths = dict(adapters or {})
         self.ready_timeout_s = ready_timeout_s
@@ -84,12 +95,17 @@ class ReplicaPool:
             options = placement.actor_options()
             # The placement decides how vLLM starts its ranks (local processes or Ray workers).
             spec = {**spec, "engine_options": {**(spec.get("engine_options") or {}), **placement.engine_options()}}
+        warm = self.warm_key is not None and generation == 0 and placement is None
+        if warm:
+            name = f"{self.model}/{self.warm_key}/{index}"
+            options.update(namespace=WARM_NAMESPACE, lifetime="detached", get_if_exists=True)
+            self.reused += await asyncio.to_thread(_running, name)
         actor = cast(Any, ModelReplica).options(name=name, max_concurrency=1000, **options).remote(  # Ray's API
             self.model, spec, self.adapter_paths)
         # Adapters are loaded at start (vLLM sizes its LoRA slots then), so every replica
         # already holds every adapter of this pool.
         return _Slot(index=index, generation=generation, actor=actor, adapters=set(self.adapter_paths),
-                     placement=placement)
+                     placement=placement, warm=warm)
 
     async def start(self) -> list[dict[str, Any]]:
         spawned = await asyncio.gather(*(self._spawn(i, 0) for i in range(self.n)), return_exceptions=True)
@@ -269,7 +285,17 @@ class ReplicaPool:
         for task in self._replacing.values():
             task.cancel()
         for s in self.slots:
-            _release(s)
+            if not (s.warm and s.alive):
+                _release(s)
+
+
+def _running(name: str) -> bool:
+    """Whether a warm replica of that name is alive now."""
+    try:
+        ray.get_actor(name, namespace=WARM_NAMESPACE)
+    except ValueError:
+        return False
+    return True
 
 
 def _release(slot: _Slot) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
-from orchestrator.cli_cluster import cancel, ray_job_status, ray_job_submit
+from orchestrator.cli_cluster import cancel, ray_job_status, ray_job_submit, replicas
 from orchestrator.cli_compare import compare, report, rich_table
 from orchestrator.cli_data import data
 from orchestrator.cli_organisms import organisms
@@ -339,6 +339,7 @@ def results(sweep: str, output: str | None, kind: str | None, rows: bool, report
 
 main.add_command(organisms)
 main.add_command(cancel)
+main.add_command(replicas)
 main.add_command(data)
 main.add_command(compare)
 main.add_command(report)

@@ -214,3 +214,20 @@ def cancel(sweep: str, address: str | None, output: str | None, timeout: float) 
         return
     console.print(f"stopping Ray job {info.submission_id} ...")
     click.echo(describe(stop(client, str(info.submission_id), timeout)))
+
+
+@click.command()
+@click.option("--address", help="the Ray cluster: host:port of its head, or auto (default: RAY_ADDRESS, else auto)")
+@click.option("--stop", is_flag=True, help="end them (their GPUs and memory are freed)")
+def replicas(address: str | None, stop: bool) -> None:
+    """The model replicas kept running on a cluster by sweeps with `cluster.keep_replicas`."""
+    from cluster.kept import kept_replicas
+
+    try:
+        names = kept_replicas(address, stop=stop)
+    except ConnectionError as e:
+        raise click.UsageError(f"no Ray cluster at {address or 'auto'}: {e}") from None
+    if not names:
+        console.print("no kept replicas")
+    for name in names:
+        console.print(f"{'stopped' if stop else 'running'}  {name}")

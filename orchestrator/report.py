@@ -22,6 +22,7 @@ class SubmitReport:
     generate_calls: int = 0
     calls_by_model: dict[str, int] = field(default_factory=dict)  # requests each pool served
     replicas_started: int = 0
+    replicas_reused: int = 0  # of those, kept replicas found running (cluster.keep_replicas)
     models_started: list[str] = field(default_factory=list)  # the pools this submission started
     replica_threads: dict[str, int | None] = field(default_factory=dict)  # pool -> torch threads of a replica
     stage_shards_run: dict[str, int] = field(default_factory=dict)  # stage -> shards of it computed

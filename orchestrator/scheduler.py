@@ -29,7 +29,7 @@ from orchestrator.errors import ClusterError
 from orchestrator.plan import Cell, Plan, Shard, ShardSamples
 from orchestrator.progress import SweepProgress
 from orchestrator.report import SubmitReport
-from orchestrator.serving import pool_layout, pool_resources, pool_specs, share_cores
+from orchestrator.serving import pool_layout, pool_resources, pool_specs, share_cores, warm_key
 from orchestrator.spec import Sweep
 from orchestrator.store import DiskFull, SweepStore, row_schema
 from orchestrator.summaries import TrackerSource, finish_cell_or_say_why
@@ -62,12 +62,15 @@ class Scheduler:
         pools, served = pool_layout(self.sweep, models, finetuned)
         if self.fixed_cluster and not cluster_gpus:
             share_cores(pools, ray.cluster_resources().get("CPU", 1))
+        keep = self.sweep.cluster.keep_replicas and not self.fixed_cluster  # an embedded Ray ends with the driver
         for pool_name, (spec, adapters) in pools.items():
             cpus, gpus = pool_resources(spec, cluster_gpus)
             self.pools[pool_name] = ReplicaPool(pool_name, spec, replicas=spec["replicas"], name_prefix=self.sweep.name,
-                                                num_cpus=cpus, num_gpus=gpus, adapters=adapters)
+                                                num_cpus=cpus, num_gpus=gpus, adapters=adapters,
+                                                warm_key=warm_key(spec, adapters, cpus, gpus) if keep else None)
         infos = await asyncio.gather(*(p.start() for p in self.pools.values()))
         self.report.replicas_started = sum(len(i) for i in infos)
+        self.report.replicas_reused = sum(p.reused for p in self.pools.values())
         self.report.replica_threads = {name: i[0].get("threads") for name, i in zip(self.pools, infos) if i}
         self.report.models_started = sorted(self.pools)
         for name, (pool_name, adapter) in served.items():

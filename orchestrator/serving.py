@@ -3,10 +3,13 @@ finetunes ride on their base's replicas), each replica's spec as it builds its e
 the resources and threads it gets."""
 from __future__ import annotations
 
+import hashlib
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from jobs.organisms.build import resolve_model_path
+from orchestrator.ids import content_id
 from orchestrator.spec import ModelSpec, Sweep
 
 Pools = dict[str, tuple[dict[str, Any], dict[str, str]]]  # pool name -> (replica spec, adapter name -> path)
@@ -87,3 +90,32 @@ def pool_specs(sweep: Sweep, models: set[str]) -> dict[str, dict[str, Any]]:
         pool = m.base if m.adapter and m.base else name
         pools.setdefault(pool, serving_spec(sweep.models[pool]))
     return pools
+
+
+def warm_key(spec: dict[str, Any], adapters: dict[str, str], cpus: float, gpus: float) -> str:
+    """What a kept replica is (`cluster.keep_replicas`): its spec, the files it loads (names,
+    sizes and times: a replaced checkpoint makes a new key without hashing gigabytes), its
+    adapters, its resources and the replica code itself. A driver reuses a running replica
+    only under the same key."""
+    return content_id({"spec": spec, "files": _listing(spec["path"]),
+                       "adapters": {name: _listing(path) for name, path in sorted(adapters.items())},
+                       "cpus": cpus, "gpus": gpus, "code": _replica_code()}, length=12)
+
+
+def _listing(path: str) -> list[tuple[str, int, int]] | str:
+    folder = Path(path)
+    if not folder.is_dir():
+        return path  # a hub id or a remote location: its name (and the spec's revision)
+    return sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in folder.rglob("*") if f.is_file())
+
+
+@cache
+def _replica_code() -> str:
+    import actors
+
+    root = Path(actors.__file__).parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()

@@ -78,6 +78,9 @@ class ClusterSpec(Spec):
     num_gpus: int | None = Field(None, ge=0, description="GPUs of an embedded local Ray (default: all)")
     dashboard: bool = Field(True, description="start the Ray dashboard with an embedded Ray")
     namespace: str | None = Field(None, description="Ray namespace; default derived from the sweep's name")
+    keep_replicas: bool = Field(
+        False, description="on a cluster the driver joins (`address`), leave the model replicas running when the "
+        "sweep ends, so the next submit of the same models finds them loaded; `orchestrate replicas --stop` ends them")
 
     @field_validator("address")
     @classmethod

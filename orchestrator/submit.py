@@ -144,6 +144,9 @@ def _submit(sweep: Sweep, store: SweepStore, sweep_file: str | None, address: st
                 if sigterm_stops:  # again: ray.init puts in a handler of its own that exits at once
                     stop_on_sigterm()
                 report.dashboard_url = session.dashboard_url
+                if c.keep_replicas and session.embedded:
+                    console.print("[yellow]cluster.keep_replicas: an embedded Ray ends with this submit, so no "
+                                  "replica is kept; start one with `ray start --head` and submit with --address auto")
                 if session.dashboard_url:
                     console.print(f"Ray dashboard: [link]{session.dashboard_url}[/link]")
                 n_samples = sum(v.n_samples for v in pending.values())
