@@ -125,8 +125,17 @@ def write_parquet(path: StorePath, df: pl.DataFrame) -> None:
     _write_whole(path, df.write_parquet)
 
 
-def write_json(path: StorePath, obj: Any) -> None:
-    _write_whole(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode()))
+def write_json(path: StorePath, obj: Any, *, unless_same: bool = False) -> None:
+    """A whole JSON file. `unless_same`: leave a file that already says exactly this alone
+    (a resubmit's unchanged manifests: reading is cheaper than an fsync and a rename)."""
+    data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+    if unless_same:
+        try:
+            if path.read_bytes() == data:
+                return
+        except FileNotFoundError:
+            pass
+    _write_whole(path, lambda f: f.write(data))
 
 
 def read_json(path: StorePath) -> Any:

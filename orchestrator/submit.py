@@ -90,7 +90,7 @@ def _submit(sweep: Sweep, store: SweepStore, sweep_file: str | None, address: st
                           f"with (the sweep says {asked.shard_size}; changing it mid-cell would repeat samples)")
     pending: dict[str, ShardSelection] = {}
     for cell in plan.cells:
-        write_json(store.cell_dir(cell.kind, cell.id) / "cell.json", cell.manifest())
+        write_json(store.cell_dir(cell.kind, cell.id) / "cell.json", cell.manifest(), unless_same=True)
         missing = store.missing(cell, cell.last_stage)  # a missing earlier stage misses its last one too
         if missing:
             pending[cell.id] = missing
