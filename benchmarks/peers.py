@@ -13,7 +13,11 @@ with its defaults and with the settings a knowledgeable user would pick (`SETTIN
 seconds are the whole command (start, load, generate, write). Every completion is normalised
 the same way (the tokenizer's special tokens removed, ends stripped: Inspect AI and lm-eval
 decode with `skip_special_tokens=True`, orchestrate and the floor keep `<think>`), scored with
-`arithmetic.parse_answer` against the gold answer, and compared with the floor's.
+`arithmetic.parse_answer` against the gold answer, and compared with the floor's. `own s` is
+what the tool reports for its own work, from its log: the floor's generate loop, orchestrate's
+"rows in" (from planning to the last shard, Ray start included), lm-eval's
+`total_evaluation_time_seconds`, Inspect's run from start to end; wall minus own is roughly
+process start, imports, model load and wrap-up.
 
 The peers live in their own venv (`benchmarks/.peers-venv`, never the project's): `--setup`
 creates it with torch first (the CPU build on disk; anything else first pulls a CUDA torch),
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -50,8 +55,11 @@ SETTINGS: dict[str, dict[str, dict]] = {
                   "engine_options": {"max_batch_size": 128}},
     },
     "lm_eval": {"defaults": {"batch_size": "1"}, "tuned": {"batch_size": "64"}},
-    "inspect": {"defaults": {}, "tuned": {"max_connections": 128}},
+    "inspect": {"defaults": {}, "tuned": {"max_connections": 64}},
 }
+
+
+Result = tuple[float, dict[str, str], float | None]  # wall seconds, id -> completion, the tool's own seconds
 
 
 @dataclass
@@ -62,7 +70,7 @@ class Run:
     wall_s: float
     load: str
     completions: dict[str, str]
-    note: str = ""
+    inner_s: float | None = None
 
 
 # --- the eval ---------------------------------------------------------------------------------
@@ -111,18 +119,25 @@ def timed(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Pat
     return seconds
 
 
+def inner(log: Path, pattern: str) -> float | None:
+    """The seconds a tool reports for its own work (generation or evaluation, without process
+    start and model load where the tool separates them), read from its log."""
+    found = re.findall(pattern, log.read_text())
+    return float(found[-1]) if found else None
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_bare(work: Path, model: str, prompts: Path, max_tokens: int, opts: dict) -> tuple[float, dict[str, str]]:
+def run_bare(work: Path, model: str, prompts: Path, max_tokens: int, opts: dict) -> Result:
     out = work / "completions.jsonl"
     seconds = timed([str(VENV / "bin/python"), str(PEERS / "floor.py"), model, str(prompts), str(out),
                      "--max-tokens", str(max_tokens), "--batch", str(opts["batch"])], work / "log.txt")
-    return seconds, {r["id"]: r["completion"] for r in read_jsonl(out)}
+    return seconds, {r["id"]: r["completion"] for r in read_jsonl(out)}, inner(work / "log.txt", r"generate ([\d.]+) s")
 
 
-def run_orchestrate(work: Path, model: str, prompts: Path, max_tokens: int, opts: dict) -> tuple[float, dict[str, str]]:
+def run_orchestrate(work: Path, model: str, prompts: Path, max_tokens: int, opts: dict) -> Result:
     import polars as pl
     import yaml
 
@@ -140,7 +155,8 @@ def run_orchestrate(work: Path, model: str, prompts: Path, max_tokens: int, opts
     cli = Path(sys.executable).parent / "orchestrate"
     seconds = timed([str(cli), "submit", str(work / "sweep.yaml"), "--no-progress"], work / "log.txt", cwd=work)
     rows = pl.read_parquet(sorted((work / "results/peers/generate/_stages/generate").glob("*/*.parquet")))
-    return seconds, dict(zip(rows["prompt_id"].to_list(), rows["completion"].to_list()))
+    return (seconds, dict(zip(rows["prompt_id"].to_list(), rows["completion"].to_list())),
+            inner(work / "log.txt", r"rows in ([\d.]+)s"))
 
 
 LM_EVAL_TASK = """\
@@ -168,7 +184,7 @@ metric_list:
 """
 
 
-def run_lm_eval(work: Path, model: str, prompts: Path, max_tokens: int, opts: dict) -> tuple[float, dict[str, str]]:
+def run_lm_eval(work: Path, model: str, prompts: Path, max_tokens: int, opts: dict) -> Result:
     tasks = work / "tasks"
     tasks.mkdir()
     (tasks / "organisms_arithmetic.yaml").write_text(LM_EVAL_TASK.format(data=prompts, max_tokens=max_tokens))
@@ -177,10 +193,12 @@ def run_lm_eval(work: Path, model: str, prompts: Path, max_tokens: int, opts: di
            "--batch_size", opts["batch_size"], "--device", "cpu", "--log_samples", "--output_path", str(work / "out")]
     seconds = timed(cmd, work / "log.txt", env={"HF_DATASETS_CACHE": str(work / "datasets-cache")})
     samples = [r for f in sorted((work / "out").rglob("samples_organisms_arithmetic_*.jsonl")) for r in read_jsonl(f)]
-    return seconds, {r["doc"]["id"]: r["resps"][0][0] for r in samples}
+    (results,) = (work / "out").rglob("results_*.json")
+    evaluation = float(json.loads(results.read_text())["total_evaluation_time_seconds"])
+    return seconds, {r["doc"]["id"]: r["resps"][0][0] for r in samples}, evaluation
 
 
-def run_inspect(work: Path, model: str, prompts: Path, max_tokens: int, opts: dict) -> tuple[float, dict[str, str]]:
+def run_inspect(work: Path, model: str, prompts: Path, max_tokens: int, opts: dict) -> Result:
     # run from the task's folder: `inspect eval` takes a task file relative to where it runs
     cmd = [str(VENV / "bin/inspect"), "eval", "inspect_task.py", "-T", f"data={prompts}",
            "--model", "hf/faithful", "-M", f"model_path={model}", "-M", "device=cpu", "-M", "do_sample=false",
@@ -190,7 +208,7 @@ def run_inspect(work: Path, model: str, prompts: Path, max_tokens: int, opts: di
     seconds = timed(cmd, work / "log.txt", cwd=PEERS)
     out = work / "completions.jsonl"
     timed([str(VENV / "bin/python"), str(PEERS / "read_inspect.py"), str(work / "logs"), str(out)], work / "read.txt")
-    return seconds, {r["id"]: r["completion"] for r in read_jsonl(out)}
+    return seconds, {r["id"]: r["completion"] for r in read_jsonl(out)}, inner(work / "read.txt", r"eval ([\d.]+) s")
 
 
 RUNNERS = {"bare": run_bare, "orchestrate": run_orchestrate, "lm_eval": run_lm_eval, "inspect": run_inspect}
@@ -240,16 +258,17 @@ def table(runs: list[Run], gold: dict[int, dict[str, int]], normalise: Callable[
                       "samples_per_s": round(r.n / r.wall_s, 1), "accuracy": round(correct / len(answers), 4),
                       "agreement": None if agree is None else round(agree, 4),
                       "missing": len(set(answers) - set(texts)),
-                      "load_before": r.load, "note": r.note})
+                      "own_s": None if r.inner_s is None else round(r.inner_s, 2), "load_before": r.load})
     return lines
 
 
 def print_table(lines: list[dict]) -> None:
-    print(f"{'tool':12} {'setting':9} {'N':>6} {'wall s':>8} {'samples/s':>10} {'accuracy':>9} {'agree':>7}  "
-          "load (1/5/15 min) before")
+    print(f"{'tool':12} {'setting':9} {'N':>6} {'wall s':>8} {'own s':>7} {'samples/s':>10} {'accuracy':>9} "
+          f"{'agree':>7}  load (1/5/15 min) before")
     for x in lines:
         agree = "-" if x["agreement"] is None else f"{x['agreement']:.1%}"
-        print(f"{x['tool']:12} {x['setting']:9} {x['n']:>6} {x['wall_s']:>8.1f} {x['samples_per_s']:>10.1f} "
+        own = "-" if x["own_s"] is None else f"{x['own_s']:.1f}"
+        print(f"{x['tool']:12} {x['setting']:9} {x['n']:>6} {x['wall_s']:>8.1f} {own:>7} {x['samples_per_s']:>10.1f} "
               f"{x['accuracy']:>9.1%} {agree:>7}  {x['load_before']}"
               + (f"  missing {x['missing']}" if x["missing"] else ""))
 
@@ -298,9 +317,9 @@ def main() -> None:
                 folder = work / f"{n}-{tool}-{setting.replace(' ', '-')}"
                 folder.mkdir()
                 load = load_average()
-                seconds, completions = RUNNERS[tool](folder, model, prompts, args.max_tokens, opts)
-                runs.append(Run(tool, setting, n, seconds, load, completions))
-                print(f"{tool} {setting} N={n}: {seconds:.1f} s (load before {load})", flush=True)
+                seconds, completions, own = RUNNERS[tool](folder, model, prompts, args.max_tokens, opts)
+                runs.append(Run(tool, setting, n, seconds, load, completions, own))
+                print(f"{tool} {setting} N={n}: {seconds:.1f} s, its own {own} s (load before {load})", flush=True)
     lines = table(runs, gold, normaliser(model))
     print_table(lines)
     if args.json:
