@@ -3,6 +3,8 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/peers.py --setup                  # the peers' venv, once
     PYTHONPATH=. .venv/bin/python benchmarks/peers.py --sizes 200,2000 [--tools orchestrate,inspect,lm_eval,bare]
+    PYTHONPATH=. .venv/bin/python benchmarks/peers.py --sizes 20000 --tools bare,orchestrate,lm_eval \
+        --settings orchestrate:defaults,tuned                                  # lm-eval's batch 1 takes ~20 min there
 
 The eval: the organisms' held-out arithmetic (`jobs.toyworld.arithmetic.heldout_problems`, 57
 problems), cycled in order to N prompts with distinct ids (`h00000-3-4-5`, ...), written with
@@ -17,7 +19,11 @@ decode with `skip_special_tokens=True`, orchestrate and the floor keep `<think>`
 what the tool reports for its own work, from its log: the floor's generate loop, orchestrate's
 "rows in" (from planning to the last shard, Ray start included), lm-eval's
 `total_evaluation_time_seconds`, Inspect's run from start to end; wall minus own is roughly
-process start, imports, model load and wrap-up.
+process start, imports, model load and wrap-up. `others` is how many cores processes other than
+the benchmark's kept busy during the run (/proc/stat less the run's own CPU time), to tell a
+quiet measurement from a busy one (orchestrate's figure holds ~0.5 cores of its own that the
+accounting cannot attribute even on an idle machine: Ray's processes). The load average before
+each run is printed too, but it still holds the previous run's own load.
 
 The peers live in their own venv (`benchmarks/.peers-venv`, never the project's): `--setup`
 creates it with torch first (the CPU build on disk; anything else first pulls a CUDA torch),
@@ -30,6 +36,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -70,6 +77,7 @@ class Run:
     wall_s: float
     load: str
     completions: dict[str, str]
+    others: float
     inner_s: float | None = None
 
 
@@ -105,14 +113,51 @@ def normaliser(model: str) -> Callable[[str], str]:
 
 # --- the tools --------------------------------------------------------------------------------
 
+def busy_cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process's finished
+    children): their growth over a run, the first less the second, is what others ran meanwhile."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split()[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    mine = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return busy / os.sysconf("SC_CLK_TCK"), mine.ru_utime + mine.ru_stime
+
+
+OTHERS: list[float] = []  # per timed command: the cores that processes not ours kept busy, on average
+
+
+def adopt_orphans() -> None:
+    """Make this process the subreaper of its descendants (Linux prctl PR_SET_CHILD_SUBREAPER):
+    a tool's grandchildren that outlive their parent (Ray's workers once its raylet is gone) come
+    to us, and their CPU time counts as ours once reaped (`reap`), not as the machine's others."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+
+
+def reap(timeout_s: float = 10.0) -> None:
+    """Wait for the orphans a tool left to exit (at most `timeout_s`), reaping each."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # no child left
+        if pid == 0:
+            time.sleep(0.05)
+
+
 def timed(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> float:
     """Run one command to completion, its output to `log`; the wall seconds. A failure stops
-    the benchmark with the log's tail."""
+    the benchmark with the log's tail. Appends to OTHERS how busy the rest of the machine was."""
+    machine, mine = busy_cpu_seconds()
     start = time.perf_counter()
     with log.open("w") as out:
         rc = subprocess.run(cmd, check=False, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
                             env={**os.environ, **OFFLINE, **(env or {})}).returncode
     seconds = time.perf_counter() - start
+    reap()
+    machine_after, mine_after = busy_cpu_seconds()
+    OTHERS.append(max(0.0, (machine_after - machine) - (mine_after - mine)) / seconds)
     if rc != 0:
         tail = log.read_text()[-3000:]
         raise SystemExit(f"{' '.join(cmd)} exited {rc} (log {log}):\n{tail}")
@@ -258,18 +303,19 @@ def table(runs: list[Run], gold: dict[int, dict[str, int]], normalise: Callable[
                       "samples_per_s": round(r.n / r.wall_s, 1), "accuracy": round(correct / len(answers), 4),
                       "agreement": None if agree is None else round(agree, 4),
                       "missing": len(set(answers) - set(texts)),
-                      "own_s": None if r.inner_s is None else round(r.inner_s, 2), "load_before": r.load})
+                      "own_s": None if r.inner_s is None else round(r.inner_s, 2), "others_cores": round(r.others, 2),
+                      "load_before": r.load})
     return lines
 
 
 def print_table(lines: list[dict]) -> None:
     print(f"{'tool':12} {'setting':9} {'N':>6} {'wall s':>8} {'own s':>7} {'samples/s':>10} {'accuracy':>9} "
-          f"{'agree':>7}  load (1/5/15 min) before")
+          f"{'agree':>7} {'others':>6}  load (1/5/15 min) before")
     for x in lines:
         agree = "-" if x["agreement"] is None else f"{x['agreement']:.1%}"
         own = "-" if x["own_s"] is None else f"{x['own_s']:.1f}"
         print(f"{x['tool']:12} {x['setting']:9} {x['n']:>6} {x['wall_s']:>8.1f} {own:>7} {x['samples_per_s']:>10.1f} "
-              f"{x['accuracy']:>9.1%} {agree:>7}  {x['load_before']}"
+              f"{x['accuracy']:>9.1%} {agree:>7} {x['others_cores']:>6.2f}  {x['load_before']}"
               + (f"  missing {x['missing']}" if x["missing"] else ""))
 
 
@@ -277,7 +323,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="200,2000", help="prompt counts, comma-separated (e.g. 200,2000,20000)")
     parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated, from {', '.join(TOOLS)}")
-    parser.add_argument("--settings", default="defaults,tuned", help="which settings of the peers and orchestrate")
+    parser.add_argument("--settings", default="defaults,tuned",
+                        help="settings to run (defaults, tuned) for every tool, or TOOL:SETTING for one")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--work", default="/tmp/peers-bench", help="a folder for prompts, logs and outputs (emptied)")
     parser.add_argument("--json", help="also write the table's rows and the versions to this file")
@@ -296,6 +343,7 @@ def main() -> None:
 
     from jobs.organisms.build import resolve_model_path
 
+    adopt_orphans()
     model = resolve_model_path("organism:faithful")
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -312,14 +360,16 @@ def main() -> None:
         gold[n] = write_prompts(prompts, n)
         for tool in sorted(tools, key=lambda t: t != "bare"):  # the floor first: the others compare to it
             for setting, opts in SETTINGS[tool].items():
-                if tool != "bare" and setting not in wanted:
+                if tool != "bare" and not {setting, f"{tool}:{setting}"} & wanted:
                     continue
                 folder = work / f"{n}-{tool}-{setting.replace(' ', '-')}"
                 folder.mkdir()
                 load = load_average()
+                OTHERS.clear()
                 seconds, completions, own = RUNNERS[tool](folder, model, prompts, args.max_tokens, opts)
-                runs.append(Run(tool, setting, n, seconds, load, completions, own))
-                print(f"{tool} {setting} N={n}: {seconds:.1f} s, its own {own} s (load before {load})", flush=True)
+                runs.append(Run(tool, setting, n, seconds, load, completions, OTHERS[0], own))
+                print(f"{tool} {setting} N={n}: {seconds:.1f} s, its own {own} s, others kept {OTHERS[0]:.2f} "
+                      f"cores busy (load before {load})", flush=True)
     lines = table(runs, gold, normaliser(model))
     print_table(lines)
     if args.json:
