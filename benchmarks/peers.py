@@ -23,7 +23,9 @@ process start, imports, model load and wrap-up. `others` is how many cores proce
 the benchmark's kept busy during the run (/proc/stat less the run's own CPU time), to tell a
 quiet measurement from a busy one (orchestrate's figure holds ~0.5 cores of its own that the
 accounting cannot attribute even on an idle machine: Ray's processes). The load average before
-each run is printed too, but it still holds the previous run's own load.
+each run is printed too, but it still holds the previous run's own load. `cores` is the CPU the
+run's own processes used over its wall time (2.0: both cores busy throughout; orchestrate's is
+low by that unattributed part).
 
 The peers live in their own venv (`benchmarks/.peers-venv`, never the project's): `--setup`
 creates it with torch first (the CPU build on disk; anything else first pulls a CUDA torch),
@@ -77,6 +79,7 @@ class Run:
     wall_s: float
     load: str
     completions: dict[str, str]
+    cores: float
     others: float
     inner_s: float | None = None
 
@@ -123,6 +126,7 @@ def busy_cpu_seconds() -> tuple[float, float]:
 
 
 OTHERS: list[float] = []  # per timed command: the cores that processes not ours kept busy, on average
+CORES: list[float] = []  # per timed command: the cores it kept busy itself, on average
 
 
 def adopt_orphans() -> None:
@@ -158,6 +162,7 @@ def timed(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Pat
     reap()
     machine_after, mine_after = busy_cpu_seconds()
     OTHERS.append(max(0.0, (machine_after - machine) - (mine_after - mine)) / seconds)
+    CORES.append((mine_after - mine) / seconds)
     if rc != 0:
         tail = log.read_text()[-3000:]
         raise SystemExit(f"{' '.join(cmd)} exited {rc} (log {log}):\n{tail}")
@@ -303,19 +308,20 @@ def table(runs: list[Run], gold: dict[int, dict[str, int]], normalise: Callable[
                       "samples_per_s": round(r.n / r.wall_s, 1), "accuracy": round(correct / len(answers), 4),
                       "agreement": None if agree is None else round(agree, 4),
                       "missing": len(set(answers) - set(texts)),
-                      "own_s": None if r.inner_s is None else round(r.inner_s, 2), "others_cores": round(r.others, 2),
+                      "own_s": None if r.inner_s is None else round(r.inner_s, 2), "cores": round(r.cores, 2),
+                      "others_cores": round(r.others, 2),
                       "load_before": r.load})
     return lines
 
 
 def print_table(lines: list[dict]) -> None:
     print(f"{'tool':12} {'setting':9} {'N':>6} {'wall s':>8} {'own s':>7} {'samples/s':>10} {'accuracy':>9} "
-          f"{'agree':>7} {'others':>6}  load (1/5/15 min) before")
+          f"{'agree':>7} {'cores':>5} {'others':>6}  load (1/5/15 min) before")
     for x in lines:
         agree = "-" if x["agreement"] is None else f"{x['agreement']:.1%}"
         own = "-" if x["own_s"] is None else f"{x['own_s']:.1f}"
         print(f"{x['tool']:12} {x['setting']:9} {x['n']:>6} {x['wall_s']:>8.1f} {own:>7} {x['samples_per_s']:>10.1f} "
-              f"{x['accuracy']:>9.1%} {agree:>7} {x['others_cores']:>6.2f}  {x['load_before']}"
+              f"{x['accuracy']:>9.1%} {agree:>7} {x['cores']:>5.2f} {x['others_cores']:>6.2f}  {x['load_before']}"
               + (f"  missing {x['missing']}" if x["missing"] else ""))
 
 
@@ -366,10 +372,11 @@ def main() -> None:
                 folder.mkdir()
                 load = load_average()
                 OTHERS.clear()
+                CORES.clear()
                 seconds, completions, own = RUNNERS[tool](folder, model, prompts, args.max_tokens, opts)
-                runs.append(Run(tool, setting, n, seconds, load, completions, OTHERS[0], own))
-                print(f"{tool} {setting} N={n}: {seconds:.1f} s, its own {own} s, others kept {OTHERS[0]:.2f} "
-                      f"cores busy (load before {load})", flush=True)
+                runs.append(Run(tool, setting, n, seconds, load, completions, CORES[0], OTHERS[0], own))
+                print(f"{tool} {setting} N={n}: {seconds:.1f} s, its own {own} s, it kept {CORES[0]:.2f} cores "
+                      f"busy, others {OTHERS[0]:.2f} (load before {load})", flush=True)
     lines = table(runs, gold, normaliser(model))
     print_table(lines)
     if args.json:
