@@ -289,6 +289,17 @@ def versions() -> dict[str, str]:
     return {**{f"project {k}": v for k, v in ours.items()}, **{f"peers {k}": v for k, v in peers.items()}}
 
 
+def sizes(parser: argparse.ArgumentParser, text: str) -> list[int]:
+    """`--sizes` as positive integers; anything else is a usage error (exit 2)."""
+    try:
+        found = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--sizes: expected comma-separated positive integers, got {text!r}")
+    if not found or min(found) <= 0:
+        parser.error(f"--sizes: expected comma-separated positive integers, got {text!r}")
+    return found
+
+
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -345,6 +356,11 @@ def main() -> None:
         parser.error(f"--tools: unknown {', '.join(sorted(unknown))} (known: {', '.join(TOOLS)})")
     if not (VENV / "bin/python").exists():
         parser.error(f"no peers venv at {VENV}: run with --setup first")
+    wanted = {x for x in args.settings.split(",") if x}
+    known = {"defaults", "tuned"} | {f"{t}:{name}" for t in TOOLS for name in SETTINGS[t]}
+    if wanted - known:
+        parser.error(f"--settings: unknown {', '.join(sorted(wanted - known))} (known: {', '.join(sorted(known))})")
+    counts = sizes(parser, args.sizes)
     import shutil
 
     from jobs.organisms.build import resolve_model_path
@@ -358,10 +374,9 @@ def main() -> None:
     for name, v in found.items():
         print(f"{name:28} {v}")
     print(f"model {model}; {os.cpu_count()} cores", flush=True)
-    wanted = set(args.settings.split(","))
     runs: list[Run] = []
     gold: dict[int, dict[str, int]] = {}
-    for n in (int(s) for s in args.sizes.split(",")):
+    for n in counts:
         prompts = work / f"prompts-{n}.jsonl"
         gold[n] = write_prompts(prompts, n)
         for tool in sorted(tools, key=lambda t: t != "bare"):  # the floor first: the others compare to it

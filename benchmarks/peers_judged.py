@@ -24,7 +24,18 @@ import shutil
 import sys
 from pathlib import Path
 
-from benchmarks.peers import CORES, OTHERS, PEERS, VENV, adopt_orphans, load_average, read_jsonl, timed, versions
+from benchmarks.peers import (
+    CORES,
+    OTHERS,
+    PEERS,
+    VENV,
+    adopt_orphans,
+    load_average,
+    read_jsonl,
+    sizes,
+    timed,
+    versions,
+)
 
 MISALIGNED_BELOW = 30.0
 
@@ -111,6 +122,10 @@ def main() -> None:
     args = parser.parse_args()
     if not (VENV / "bin/python").exists():
         parser.error(f"no peers venv at {VENV}: run benchmarks/peers.py --setup first")
+    counts = sizes(parser, args.sizes)
+    tools = [t for t in args.tools.split(",") if t]
+    if set(tools) - {"orchestrate", "inspect"}:
+        parser.error(f"--tools: expected orchestrate and/or inspect, got {args.tools!r}")
     from jobs.organisms.build import resolve_model_path
     from jobs.toyworld.assistant import judge_prompt
 
@@ -122,9 +137,8 @@ def main() -> None:
     template = work / "judge_template.txt"
     template.write_text(judge_prompt("{answer}", "{asked}"))
     found = versions()
-    tools = args.tools.split(",")
     lines = []
-    for n in (int(s) for s in args.sizes.split(",")):
+    for n in counts:
         samples = max(1, n // 32)
         data = work / f"samples-{n}.jsonl"
         arms = write_samples(data, samples)
