@@ -29,7 +29,7 @@ from orchestrator.errors import ClusterError
 from orchestrator.plan import Cell, Plan, Shard, ShardSamples
 from orchestrator.progress import SweepProgress
 from orchestrator.report import SubmitReport
-from orchestrator.serving import pool_layout, pool_resources, pool_specs, share_cores, warm_key
+from orchestrator.serving import pool_layout, pool_resources, pool_specs, shards_in_flight, share_cores, warm_key
 from orchestrator.spec import Sweep
 from orchestrator.store import DiskFull, SweepStore, row_schema
 from orchestrator.summaries import TrackerSource, finish_cell_or_say_why
@@ -316,8 +316,8 @@ class Scheduler:
         try:
             await self.start_pools(models_needed(self.store, cells))
             self.report.startup_seconds = time.perf_counter() - self.started
-            replicas = sum(p.n for p in self.pools.values())
-            shard_gate = asyncio.Semaphore(max(2, 2 * replicas))
+            in_flight = max(min(c.shard_size, self.sweep.jobs[c.job_index].concurrency) for c in cells)
+            shard_gate = asyncio.Semaphore(shards_in_flight([(p.spec, p.n) for p in self.pools.values()], in_flight))
             # Every stage's shard size is on disk before its first shard (see store.settle_layout),
             # written here once rather than checked before each shard.
             for c in cells:

@@ -92,6 +92,25 @@ def pool_specs(sweep: Sweep, models: set[str]) -> dict[str, dict[str, Any]]:
     return pools
 
 
+def shards_in_flight(pools: list[tuple[dict[str, Any], int]], samples_per_shard: int) -> int:
+    """How many shards run at once: enough that every replica has a full batch decoding and as
+    many requests queued to join it as rows finish, at least two per replica. Counting shards
+    alone (two per replica) left a replica of batch 64 with 64 requests of two 32-sample
+    shards, its batch draining at every shard's end. Samples stand for requests here: a job
+    that sends several per sample only queues more."""
+    replicas = sum(n for _, n in pools)
+    batch = sum(n * _batch_of(spec) for spec, n in pools)
+    return max(2, 2 * replicas, -(-2 * batch // max(1, samples_per_shard)))
+
+
+def _batch_of(spec: dict[str, Any]) -> int:
+    """The requests a replica of `spec` works on at once: the hf engine's batch, else the
+    replica's max_concurrency (the openai engine's requests in flight; vLLM schedules its own)."""
+    if spec["engine"] == "hf":
+        return int((spec.get("engine_options") or {}).get("max_batch_size", 64))
+    return int(spec.get("max_concurrency", 64))
+
+
 def warm_key(spec: dict[str, Any], adapters: dict[str, str], cpus: float, gpus: float) -> str:
     """What a kept replica is (`cluster.keep_replicas`): its spec, the files it loads (names,
     sizes and times: a replaced checkpoint makes a new key without hashing gigabytes), its

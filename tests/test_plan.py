@@ -248,3 +248,15 @@ def test_an_embedded_machine_is_shared_among_the_cpu_replicas() -> None:
     few = pools()
     share_cores(few, 2)
     assert few["a"][0]["engine_options"]["threads"] == 1, "never below one thread"
+
+
+def test_enough_shards_run_at_once_to_keep_every_replica_batch_full() -> None:
+    from orchestrator.serving import shards_in_flight
+
+    hf = {"engine": "hf", "engine_options": {}}
+    # one hf replica of batch 64, shards of 32 samples: 4 shards (128 requests) keep it full
+    assert shards_in_flight([(hf, 1)], 32) == 4
+    assert shards_in_flight([({**hf, "engine_options": {"max_batch_size": 128}}, 2)], 32) == 16
+    # large shards: never fewer than two per replica
+    assert shards_in_flight([(hf, 3)], 1000) == 6
+    assert shards_in_flight([({"engine": "openai", "max_concurrency": 8}, 1)], 4) == 4

@@ -168,11 +168,14 @@ def test_replica_killed_mid_sweep(tmp_path, tiny_model, ray_tmp):
     def killer() -> None:
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            if ray.is_initialized() and list((store.root / "generate").glob("_stages/generate/*/*.parquet")):
+            if ray.is_initialized():
                 try:
                     actor = ray.get_actor("skeleton/tiny/0", namespace="orchestrate-skeleton")
-                except ValueError:
-                    time.sleep(0.05)
+                    decoding = ray.get(actor.stats.remote(), timeout=10).get("rows", 0) > 0
+                except (ValueError, ray.exceptions.GetTimeoutError):
+                    decoding = False
+                if not decoding:  # not loaded, or no request reached it yet: not mid-sweep
+                    time.sleep(0.01)
                     continue
                 pid = ray.get(actor.ready.remote())["pid"]  # this machine's process: a real SIGKILL
                 os.kill(pid, signal.SIGKILL)
