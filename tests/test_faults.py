@@ -50,13 +50,25 @@ def said(text: str) -> str:
     return " ".join(text.split())
 
 
+def slow_sweep(tmp_path: Path, tiny_model: Path) -> Path:
+    """24 shards that run two at a time, a batch of two rows each: slow enough to be stopped
+    (or to fill a disk) between shards. Batch sizes change no result, so a resubmit of the
+    same file resumes it."""
+    sweep_file = write_sweep(tmp_path, tiny_model, shard_size=2, max_tokens=24)
+    text = sweep_file.read_text()
+    slow = text.replace("num_cpus: 0.5}", "num_cpus: 0.5, engine_options: {max_batch_size: 2}}")
+    assert slow != text, "the model line moved: make this sweep slow another way"
+    sweep_file.write_text(slow)
+    return sweep_file
+
+
 def partial_run(tmp_path: Path, tiny_model: Path, ray_tmp: str, how: int
                 ) -> tuple[Path, Path, dict, dict, Path, int]:
     """Start `orchestrate submit` of a 24-shard sweep, send it `how` once 2 shards are on disk
     (SIGINT: to its process group, as a terminal's Ctrl-C does; SIGKILL: to the driver only,
     as the OOM killer does), wait for it to end. Returns (sweep file, store root, the shard
     files when it ended, the processes it had started, its log, its exit code)."""
-    sweep_file = write_sweep(tmp_path, tiny_model, shard_size=2, max_tokens=24)
+    sweep_file = slow_sweep(tmp_path, tiny_model)
     root = SweepStore(tmp_path / "results", "skeleton").root
     log = tmp_path / "first.log"
     driver = start_submit(sweep_file, ray_tmp, log)
@@ -316,7 +328,7 @@ def test_a_full_disk_names_the_file_keeps_no_partial_shard_and_resume_works(tmp_
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
     try:
-        sweep_file = write_sweep(tmp_path, tiny_model, shard_size=2, max_tokens=24)
+        sweep_file = slow_sweep(tmp_path, tiny_model)
         sweep_file.write_text(sweep_file.read_text().replace(
             f"output: {tmp_path / 'results'}",
             f"output: {disk}\ntracking: {{uri: 'sqlite:///{tmp_path / 'mlflow.db'}'}}"))
