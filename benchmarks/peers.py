@@ -21,11 +21,11 @@ what the tool reports for its own work, from its log: the floor's generate loop,
 `total_evaluation_time_seconds`, Inspect's run from start to end; wall minus own is roughly
 process start, imports, model load and wrap-up. `others` is how many cores processes other than
 the benchmark's kept busy during the run (/proc/stat less the run's own CPU time), to tell a
-quiet measurement from a busy one (orchestrate's figure holds ~0.5 cores of its own that the
-accounting cannot attribute even on an idle machine: Ray's processes). The load average before
-each run is printed too, but it still holds the previous run's own load. `cores` is the CPU the
-run's own processes used over its wall time (2.0: both cores busy throughout; orchestrate's is
-low by that unattributed part).
+quiet measurement from a busy one. `cores` is the CPU the run's own processes used over its wall
+time (2.0: both cores busy throughout). For orchestrate both are unreliable: most of its Ray
+workers' CPU reaches no rusage the benchmark can read (measured on an idle machine: `cores`
+0.3, `others` up to ~1.3), so there `others` is not a measure of the machine's quiet. The load
+average before each run is printed too, but it still holds the previous run's own load.
 
 The peers live in their own venv (`benchmarks/.peers-venv`, never the project's): `--setup`
 creates it with torch first (the CPU build on disk; anything else first pulls a CUDA torch),
