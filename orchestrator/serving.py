@@ -45,7 +45,7 @@ def share_cores(pools: Pools, cores: float) -> None:
     local = [spec for spec, _ in pools.values() if spec["engine"] in ("hf", "vllm")]
     share = max(1, int(cores // max(1, sum(spec["replicas"] for spec in local))))
     for spec in local:
-        options = spec.setdefault("engine_options", {})
+        options = spec.get("engine_options") or {}
         if spec["engine"] == "hf" and options.get("threads") is None:
             spec["engine_options"] = {**options, "threads": share}
 

@@ -28,6 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from actors.engines.chat import Reasoning, reasoning_of, tokenize_prompt
+from actors.engines.eos import eos_ids
 from actors.engines.hf.batch import ABORTED, Finisher, Row, RunningBatch
 from actors.engines.hf.options import HFOptions
 from actors.engines.loop import call_in_loop, stop_serving
@@ -105,13 +106,13 @@ class HFEngine:
         self.max_model_len = max_model_len or getattr(config, "max_position_embeddings", None)
         self.max_batch_size = opts.max_batch_size
         self._batch_wait_s = opts.batch_wait_ms / 1000
-        eos_ids = _as_ids(self.tokenizer.eos_token_id) | _as_ids(self._base.generation_config.eos_token_id)
-        if not eos_ids:
+        ends = eos_ids(self.tokenizer.eos_token_id, self._base.generation_config.eos_token_id)
+        if not ends:
             raise EngineError(f"{path}: neither the tokenizer nor the generation config names an eos token")
         pad_id = self.tokenizer.pad_token_id
-        pad_id = min(eos_ids) if pad_id is None else pad_id
+        pad_id = min(ends) if pad_id is None else pad_id
         self._tokenizer_lock = threading.Lock()  # fast tokenizers are not safe across threads
-        self._finisher = Finisher(frozenset(eos_ids), frozenset(eos_ids | {pad_id}), self._decode)
+        self._finisher = Finisher(frozenset(ends), frozenset(ends | {pad_id}), self._decode)
         self._batch = RunningBatch(self._forward, self._new_cache, self._finisher, pad_id, self.device)
 
         self._model_lock = threading.Lock()  # decode steps and adapter loading never overlap
@@ -394,9 +395,3 @@ def _settle(future: asyncio.Future, *, result: Any = None, error: BaseException 
         future.set_exception(error)
     else:
         future.set_result(result)
-
-
-def _as_ids(value: int | list[int] | None) -> set[int]:
-    if value is None:
-        return set()
-    return {value} if isinstance(value, int) else set(value)

@@ -36,18 +36,18 @@ from typing import Any
 from transformers import AutoTokenizer, GenerationConfig
 
 from actors.engines.chat import Reasoning, reasoning_of, tokenize_prompt
+from actors.engines.eos import eos_ids
 from actors.engines.loop import call_in_loop, stop_serving
 from actors.engines.protocol import (
     Completion,
     Counters,
     Request,
     Sampling,
-    TokenLogprob,
-    TopLogprob,
     check_prompt_fits,
 )
 from actors.engines.vllm import arguments
 from actors.engines.vllm.options import VLLMOptions
+from actors.engines.vllm.outputs import completion_of
 from actors.errors import EngineError, ReplicaUnavailable, RequestError
 
 # Options the engine itself acts on; every other option set goes to vllm.EngineArgs.
@@ -138,7 +138,7 @@ class VLLMEngine:
         self.vllm_config = self._engine.vllm_config  # what vLLM resolved: cache, LoRA, parallel settings
         self.max_model_len: int = self._engine.model_config.max_model_len
 
-        self._hidden_ids = frozenset(_eos_ids(path, self.tokenizer, revision) | _as_ids(self.tokenizer.pad_token_id))
+        self._hidden_ids = frozenset(_eos_ids(path, self.tokenizer, revision) | eos_ids(self.tokenizer.pad_token_id))
         self._tokenizer_lock = threading.Lock()  # fast tokenizers are not safe across threads
         self._token_text: dict[int, str] = {}
         self._engine_lock = threading.Lock()  # steps, adapter loads and shutdown never overlap
@@ -332,37 +332,14 @@ class VLLMEngine:
         return finished, None
 
     def _completions(self, call: _Call, output: Any) -> list[Completion]:
-        completions = [self._completion(call, sample) for sample in sorted(output.outputs, key=lambda s: s.index)]
+        completions = [completion_of(sample, prompt_tokens=len(call.prompt_ids), sampling=call.sampling,
+                                     hidden_ids=self._hidden_ids, decode=self._decode, token_text=self._token)
+                       for sample in sorted(output.outputs, key=lambda s: s.index)]
         completions *= call.copies
         self._stats.completions += len(completions)
         self._stats.prompt_tokens += len(call.prompt_ids)
         self._stats.generated_tokens += sum(len(s.token_ids) for s in output.outputs)
         return completions
-
-    def _completion(self, call: _Call, sample: Any) -> Completion:
-        token_ids = list(sample.token_ids)
-        text = self._decode([t for t in token_ids if t not in self._hidden_ids])
-        if isinstance(sample.stop_reason, str) and (cut := text.find(sample.stop_reason)) >= 0:
-            text = text[:cut]
-        logprobs = None
-        if call.sampling.logprobs is not None:
-            k = call.sampling.logprobs
-            logprobs = tuple(
-                TokenLogprob(
-                    token=self._token(token), logprob=alternatives[token].logprob,
-                    top=tuple(
-                        TopLogprob(token=self._token(t), logprob=lp.logprob)
-                        for t, lp in sorted(alternatives.items(), key=lambda item: item[1].rank)
-                        if lp.rank <= k
-                    ),
-                )
-                for token, alternatives in zip(token_ids, sample.logprobs)
-            )
-        finish_reason = sample.finish_reason if sample.finish_reason in ("stop", "length") else "error"
-        return Completion(
-            text=text, prompt_tokens=len(call.prompt_ids), completion_tokens=len(token_ids),
-            finish_reason=finish_reason, logprobs=logprobs,
-        )
 
     def _decode(self, ids: list[int]) -> str:
         with self._tokenizer_lock:
@@ -401,15 +378,8 @@ def _tokens(prompt_ids: list[int]) -> Any:
 
 
 def _eos_ids(path: str, tokenizer: Any, revision: str | None) -> set[int]:
-    ids = _as_ids(tokenizer.eos_token_id)
     try:
-        ids |= _as_ids(GenerationConfig.from_pretrained(path, revision=revision).eos_token_id)
+        generation = GenerationConfig.from_pretrained(path, revision=revision).eos_token_id
     except OSError:  # no generation_config.json: the tokenizer's eos is all there is
-        pass
-    return ids
-
-
-def _as_ids(value: int | list[int] | None) -> set[int]:
-    if value is None:
-        return set()
-    return {value} if isinstance(value, int) else set(value)
+        generation = None
+    return eos_ids(tokenizer.eos_token_id, generation)
