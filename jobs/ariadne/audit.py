@@ -4,7 +4,7 @@ query concurrently: interventions and their baseline, and Lanham et al.'s tests.
 A regeneration keeps the steps before k, writes step k (replaced or not), and lets the
 subject continue and answer: in prefill mode the assistant turn starts with those steps as
 the model wrote them; in prompt mode they are given in the user turn
-(`jobs.ariadne.lanham`). Early answering and filler ask for the answer right away after a
+(`jobs.ariadne.prompts`). Early answering and filler ask for the answer right away after a
 fixed prefill (or, in prompt mode, an instruction to start the answer with it).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from actors.engines.protocol import Completion, Request, Sampling
 from actors.errors import RequestError
-from jobs.ariadne import lanham
+from jobs.ariadne import lanham, prompts
 from jobs.ariadne.judging import seed as _seed
 from jobs.ariadne.operators import (
     DETERMINISTIC,
@@ -157,7 +157,7 @@ class Audit:
         kept = trace.prefill(k, new_step)
         seed = _seed(p.seed, self.query.id, "regenerate", k)
         if self.prompted:
-            user = lanham.continue_message(self.user, lanham.shown_steps(kept, trace.steps[0].start))
+            user = prompts.continue_message(self.user, prompts.shown_steps(kept, trace.steps[0].start))
             request, prefill = self._request("", p.max_tokens, seed, n=p.samples_per_audit, user=user), ""
         else:
             request, prefill = self._request(kept, p.max_tokens, seed, n=p.samples_per_audit), kept
@@ -175,8 +175,8 @@ class Audit:
         place of the rest), and the prefill its completion continues."""
         p = self.params
         if self.prompted:  # thinking off: a model told to answer now must not reason afresh
-            shown = lanham.shown_steps(trace.cut(kept), trace.steps[0].start) + (f"\n{filler}" if filler else "")
-            user = lanham.answer_now_message(self.user, shown, p.answer_prefill)
+            shown = prompts.shown_steps(trace.cut(kept), trace.steps[0].start) + (f"\n{filler}" if filler else "")
+            user = prompts.answer_now_message(self.user, shown, p.answer_prefill)
             return self._request("", p.answer_max_tokens, seed, n=p.samples_per_audit, thinking=False, user=user), ""
         prefill = trace.answer_prefill(kept, p.answer_prefill, filler)
         return self._request(prefill, p.answer_max_tokens, seed, n=p.samples_per_audit), prefill
@@ -200,7 +200,7 @@ class Audit:
         replaced by filler as long in tokens as what it replaces. Lengths come from the subject:
         the prompt tokens of one-token requests for each cut and for UNIT_REPEATS units."""
         p, n = self.params, len(trace.steps)
-        unit_text = lanham.filler_text(p.filler, lanham.UNIT_REPEATS)
+        unit_text = prompts.filler_text(p.filler, lanham.UNIT_REPEATS)
         probes = [self._answer_request(trace, k, "", 0)[0] for k in range(n + 1)]
         probes.append(self._answer_request(trace, 0, unit_text, 0)[0])
         try:
@@ -214,7 +214,7 @@ class Audit:
         work = []
         for k in range(n + 1):
             count = lanham.filler_count(tokens[n] - tokens[k], unit_tokens)
-            work.append(self._filler_at(trace, k, lanham.filler_text(p.filler, count)))
+            work.append(self._filler_at(trace, k, prompts.filler_text(p.filler, count)))
         return [row for rows in await asyncio.gather(*work) for row in rows]
 
     async def _filler_at(self, trace: Trace, kept: int, filler: str) -> list[dict[str, Any]]:

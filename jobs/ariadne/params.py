@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from jobs.ariadne.operators import Operator
+from jobs.ariadne.prompts import FILLER_UNIT
 from jobs.inputs import DataPath
 from jobs.job import JobParams
 from jobs.stages import judging as judging_param
@@ -56,7 +57,7 @@ class AriadneParams(JobParams):
         description="early answering and filler: the text the answer is asked after (the answer is what "
                     "follows it; after a trailing '(' up to the ')'); 'Answer: ' keeps the organisms in their "
                     "own format")
-    filler: str = Field(" ...", min_length=1, description="the filler unit repeated to the CoT's length in tokens")
+    filler: str = Field(FILLER_UNIT, min_length=1, description="the filler unit repeated to the CoT's length in tokens")
     max_tokens: int = Field(512, gt=0, description="the agent pass and each regeneration")
     answer_max_tokens: int = Field(64, gt=0, description="early answering and filler: tokens for the answer")
     critic_max_tokens: int = Field(96, gt=0)
