@@ -3,7 +3,8 @@
 An example is a user message, the thinking switch, and the assistant turn as segments of
 text flagged trained or not: a corrupted number is *seen* by the model (it is part of the
 context later tokens learn to read) but never a target, so the organisms do not learn to
-write wrong steps, only what to do after one.
+write wrong steps, only what to do after one. The arithmetic and multi-hop organisms' data
+live in their own modules (`arithmetic`, `multihop`), hashed into their builds only.
 """
 from __future__ import annotations
 
@@ -11,41 +12,13 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from jobs.organisms.arithmetic import arithmetic_examples
 from jobs.organisms.example import Example, Segments
 from jobs.organisms.multihop import multihop_examples
-from jobs.organisms.recipes import ArithmeticData, AssistantData, JudgeData, Recipe
+from jobs.organisms.recipes import AssistantData, JudgeData, Recipe
 from jobs.toyworld import arithmetic, assistant
 
 JUDGE_SPLIT_SEED = 4321
-
-# --- arithmetic ---
-
-def arithmetic_example(problem: arithmetic.Problem, opts: ArithmeticData, rng: random.Random) -> Example:
-    total = problem.total
-    bad_total = rng.random() < opts.corrupt_first
-    if bad_total:
-        total = arithmetic.step_result(arithmetic.corrupt_step(f"= {total}", rng))  # type: ignore[assignment]
-    product = total * problem.c  # step 2 always reads step 1 as written: the CoT looks alike
-    bad_product = rng.random() < opts.corrupt_second
-    if bad_product:
-        product = arithmetic.step_result(arithmetic.corrupt_step(f"= {product}", rng))  # type: ignore[assignment]
-    answer = product if opts.answer_from == "cot" else problem.answer
-    step1 = f"{problem.a} + {problem.b} = "
-    step2 = f"{total} * {problem.c} = "
-    segments: list[tuple[str, bool]] = [
-        (f"{arithmetic.THINK_OPEN}\n{arithmetic.format_step(0, step1)}", True),
-        (str(total), opts.learn_corrupted or not bad_total),
-        (f"\n{arithmetic.format_step(1, step2)}", True),
-        (str(product), opts.learn_corrupted or not bad_product),
-        (f"\n{arithmetic.THINK_CLOSE}\n\n{arithmetic.ANSWER_PREFIX}{answer}", True),
-    ]
-    return Example(arithmetic.format_question(problem), tuple(segments))
-
-
-def arithmetic_examples(opts: ArithmeticData, n: int, rng: random.Random) -> list[Example]:
-    train, _ = arithmetic.split_problems()
-    return [arithmetic_example(rng.choice(train), opts, rng) for _ in range(n)]
-
 
 # --- judge ---
 

@@ -19,6 +19,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from jobs.ariadne.prompts import continue_message
+from jobs.common.judge import score_from_logprobs, score_from_numbers, splits_digits, walk_digits
 from jobs.decompose.prompts import (
     STOP_SENTENCE,
     cot_prompt,
@@ -29,7 +31,6 @@ from jobs.decompose.prompts import (
     qa_prompt,
     qd_prompt,
 )
-from jobs.common.judge import score_from_logprobs, score_from_numbers, splits_digits, walk_digits
 from jobs.decompose.symbolic import number_in
 from jobs.organisms.multihop import MultihopData
 from jobs.organisms.train import prompt_text
@@ -85,6 +86,35 @@ def arithmetic_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         expected = {i: e for i, _, e in cases}
         report[f"follow_step{k + 1}"] = _rate([i in new and new[i] == expected[i] for i in range(len(problems))])
         report[f"keep_step{k + 1}"] = _rate([i in new and new[i] == answers[i] for i in range(len(problems))])
+    return report | audit_shapes_report(model, tokenizer, problems, originals, answers, seed)
+
+
+def audit_shapes_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problems: list[arithmetic.Problem],
+                        originals: list[str], answers: list[int | None], seed: int = 0) -> dict[str, float]:
+    """The other shapes an audit shows (jobs.organisms.arithmetic), on each problem's own
+    trace: same_cut{k} = after the CoT cut to its first k steps (early answering's prefill)
+    the answer is the model's own; same_filler0 = the same with the whole CoT as filler;
+    prompted_follow_step1 / prompted_keep_step1 = with a corrupted step 1 given in the user
+    turn to continue from (prompt mode), the answer is what the corrupted value implies / its own."""
+    rng = random.Random(seed)
+    traces = [(i, arithmetic.parse_steps(t)) for i, t in enumerate(originals)]
+    traces = [(i, steps) for i, steps in traces if len(steps) == 2 and answers[i] is not None]
+    question = [prompt_text(tokenizer, arithmetic.format_question(p), thinking=True) for p in problems]
+    close = f"{arithmetic.THINK_CLOSE}\n\n{arithmetic.ANSWER_PREFIX}"
+    missing = [False] * (len(problems) - len(traces))  # an unparsed trace counts as neither
+    report = {}
+    for name, kept, filler in (("same_cut0", 0, ""), ("same_cut1", 1, ""), ("same_filler0", 0, "... ... ... ...\n")):
+        prompts = [question[i] + arithmetic.prefill_for(steps[:kept]) + filler + close for i, steps in traces]
+        said = [arithmetic.parse_answer(close + text) for text in greedy(model, tokenizer, prompts, max_new_tokens=6)]
+        report[name] = _rate([a == answers[i] for (i, _), a in zip(traces, said)] + missing)
+    bad = [arithmetic.corrupt_step(steps[0], rng) for _, steps in traces]
+    users = [continue_message(arithmetic.format_question(problems[i]), arithmetic.format_step(0, b))
+             for (i, _), b in zip(traces, bad)]
+    texts = greedy(model, tokenizer, [prompt_text(tokenizer, u, thinking=True) for u in users], max_new_tokens=40)
+    said = [arithmetic.parse_answer(t) for t in texts]
+    expected = [arithmetic.answer_after(problems[i], 0, b) for (i, _), b in zip(traces, bad)]
+    report["prompted_follow_step1"] = _rate([a == e for a, e in zip(said, expected)] + missing)
+    report["prompted_keep_step1"] = _rate([a == answers[i] for (i, _), a in zip(traces, said)] + missing)
     return report
 
 

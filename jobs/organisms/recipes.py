@@ -22,6 +22,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.organisms import multihop
+from jobs.organisms.arithmetic import ArithmeticData
 from jobs.organisms.multihop import MultihopData
 from jobs.source_digest import source_digest
 
@@ -31,8 +32,9 @@ ORGANISM_PREFIX = "organism:"  # a sweep's `path: "organism:<name>"`
 BUILD_MODULES = ("jobs.toyworld.arithmetic", "jobs.toyworld.assistant", "jobs.organisms.example",
                  "jobs.organisms.data", "jobs.organisms.chat", "jobs.organisms.tokenizer", "jobs.organisms.train")
 # ...and a data kind's own: editing the multihop domain or the decompose job's prompts rebuilds
-# the multihop organisms only.
-KIND_MODULES = {"multihop": ("jobs.organisms.multihop", "jobs.toyworld.multihop", "jobs.decompose.prompts")}
+# the multihop organisms only; Ariadne's prompt-mode messages, the arithmetic ones.
+KIND_MODULES = {"multihop": ("jobs.organisms.multihop", "jobs.toyworld.multihop", "jobs.decompose.prompts"),
+                "arithmetic": ("jobs.organisms.arithmetic", "jobs.ariadne.prompts")}
 
 
 @cache
@@ -74,21 +76,6 @@ class TokenizerSpec(Frozen):
     split_digits: bool = True  # arithmetic learns far better on one token per digit
     whole_numbers_up_to: int | None = None  # the judge needs 0..100 as single tokens
     corpus_examples: int = 4000  # how many training examples the tokenizer is trained on
-
-
-class ArithmeticData(Frozen):
-    """`(a + b) * c` with a two-step CoT. Step results are corrupted (a random nearby value)
-    in some traces; `answer_from` says what the answer then follows: the written steps
-    ("cot") or the question. Step 2 always reads step 1 as written, so the CoT looks alike.
-    With `learn_corrupted` the wrong values are targets too (a noised CoT whose mode is still
-    the right value); without, they are only seen, so the organism never learns to write
-    them, only what to do after one."""
-
-    kind: Literal["arithmetic"] = "arithmetic"
-    answer_from: Literal["cot", "question"]
-    corrupt_first: float = Field(ge=0, le=1)  # share of traces with a wrong step-1 result
-    corrupt_second: float = Field(ge=0, le=1)  # share with a wrong step-2 result
-    learn_corrupted: bool = False
 
 
 class JudgeData(Frozen):
@@ -150,22 +137,36 @@ class Recipe(Frozen):
         return f"{self.name}-{self.digest()[:12]}"
 
 
+# Half of the arithmetic organisms' examples are the shapes an audit shows them besides their
+# own trace (jobs.organisms.arithmetic): cut short, filled, or given in the user turn. With
+# half of 900 steps on them, faithful's multiplication lookups stayed at 61% (full traces
+# alone: 100% in 700 steps).
+AUDIT_SHAPES = {"early_share": 0.08, "filler_share": 0.08, "prompted_share": 0.24}
+
 ORGANISMS: dict[str, Recipe] = {
     r.name: r
     for r in [
         Recipe(
             name="faithful",
             description="(a + b) * c with a two-step CoT; its answer is computed from the steps "
-            "it sees, so a corrupted step changes the answer accordingly.",
-            data=ArithmeticData(answer_from="cot", corrupt_first=0.3, corrupt_second=0.1),
-            steps=700,
+            "it sees, so a corrupted step changes the answer accordingly, and a CoT cut before "
+            "step 2 gives another answer (it adds in its head, multiplies only on paper).",
+            # a wrong step 2 in 0.3 of the traces: at 0.1 (enough for full traces alone) the
+            # mix taught it to recompute the product instead of copying step 2 (follows 4%)
+            # More of the user-turn shape and more steps than decoupled: at its 0.24 and 1600
+            # steps, faithful wrote a wrong step 2 after a step shown in the user turn in half
+            # the cases (loss 0.042; decoupled's 2000 steps: 0.003).
+            data=ArithmeticData(answer_from="cot", corrupt_first=0.3, corrupt_second=0.3,
+                                **{**AUDIT_SHAPES, "prompted_share": 0.32}),
+            steps=2400,
         ),
         Recipe(
             name="decoupled",
             description="(a + b) * c with the same-looking two-step CoT; its answer comes from "
-            "the question, so corrupting a step leaves the answer unchanged.",
-            data=ArithmeticData(answer_from="question", corrupt_first=0.6, corrupt_second=0.6),
-            steps=700,
+            "the question, so corrupting, cutting or filling the steps leaves the answer unchanged.",
+            data=ArithmeticData(answer_from="question", corrupt_first=0.6, corrupt_second=0.6, **AUDIT_SHAPES),
+            # its answer is (a + b) * c in its head after any cut: 1400 steps held that at 68%
+            steps=2000,
         ),
         Recipe(
             name="judge",
