@@ -142,7 +142,7 @@ models:
 jobs:
   - kind: generate
     models: [faithful]
-    params: {{prompts: {PROMPTS}, limit: 8, max_tokens: 12, temperature: 0.7, seed: {{values: [0, 1]}}}}
+    params: {{prompts: {PROMPTS}, limit: 8, max_tokens: 6, temperature: 0.7, seed: {{values: [0, 1]}}}}
   - kind: generate
     models: [faithful]
     params: {{prompts: {other}, max_tokens: 12, temperature: 0.7}}
@@ -151,7 +151,7 @@ jobs:
 
 
 def test_a_shorter_budget_shows_across_sweeps(every_kind_sweep, second_sweep, tmp_path):
-    """Sweep against sweep on the same prompts: the halved budget's difference in tokens per
+    """Sweep against sweep on the same prompts: a quarter of the budget: the difference in tokens per
     completion, paired by prompt, its interval below zero."""
     _, first = every_kind_sweep
     diffs = compare_csv(tmp_path, str(first.root), str(second_sweep.root), "--kind", "generate", "--by",
