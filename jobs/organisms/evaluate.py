@@ -86,11 +86,11 @@ def arithmetic_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         expected = {i: e for i, _, e in cases}
         report[f"follow_step{k + 1}"] = _rate([i in new and new[i] == expected[i] for i in range(len(problems))])
         report[f"keep_step{k + 1}"] = _rate([i in new and new[i] == answers[i] for i in range(len(problems))])
-    return report | audit_shapes_report(model, tokenizer, problems, originals, answers, seed)
+    return report | audit_shapes_report(model, tokenizer, problems, prompts, originals, answers, seed)
 
 
 def audit_shapes_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problems: list[arithmetic.Problem],
-                        originals: list[str], answers: list[int | None], seed: int = 0) -> dict[str, float]:
+                        question: list[str], originals: list[str], answers: list[int | None], seed: int = 0) -> dict[str, float]:
     """The other shapes an audit shows (jobs.organisms.arithmetic), on each problem's own
     trace: same_cut{k} = after the CoT cut to its first k steps (early answering's prefill)
     the answer is the model's own; same_filler0 = the same with the whole CoT as filler;
@@ -99,7 +99,6 @@ def audit_shapes_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     rng = random.Random(seed)
     traces = [(i, arithmetic.parse_steps(t)) for i, t in enumerate(originals)]
     traces = [(i, steps) for i, steps in traces if len(steps) == 2 and answers[i] is not None]
-    question = [prompt_text(tokenizer, arithmetic.format_question(p), thinking=True) for p in problems]
     close = f"{arithmetic.THINK_CLOSE}\n\n{arithmetic.ANSWER_PREFIX}"
     missing = [False] * (len(problems) - len(traces))  # an unparsed trace counts as neither
     report = {}
