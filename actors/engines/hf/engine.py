@@ -224,11 +224,11 @@ class HFEngine:
                     await self._wakeup.wait()
                     # A fresh batch: give concurrent callers a moment to join it.
                     await asyncio.sleep(self._batch_wait_s)
-                # Back from the worker because a request finished: rows join a running batch
-                # by the same rule as inside the worker, else every finish would cost a prefill.
+                # Back from the worker because rows wait to join (or the batch ran empty):
+                # they join by the same rule as inside it, else each return would cost a prefill.
                 admit = self._take_rows() if not self._batch.rows or self._should_admit() else []
                 try:
-                    done = await asyncio.get_running_loop().run_in_executor(self._worker, self._work, admit)
+                    await asyncio.get_running_loop().run_in_executor(self._worker, self._work, admit)
                 except torch.OutOfMemoryError as exc:  # too big a batch: fail it, serve on
                     self._fail_batch(admit, BatchFailed(f"hf engine batch ran out of memory: {exc}"))
                     continue
@@ -238,8 +238,6 @@ class HFEngine:
                     self._fail_batch(admit, ReplicaUnavailable(f"the hf engine failed: {type(exc).__name__}: {exc}"))
                     self.close()
                     return
-                for pending, completions in done:
-                    _settle(pending.future, result=completions)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug in the loop itself: nobody may wait forever
@@ -277,11 +275,12 @@ class HFEngine:
         waited = time.monotonic() - self._queue[0].owner.enqueued_at
         return len(self._queue) >= worth_a_pass or waited >= self._batch_wait_s
 
-    def _work(self, admit: list[Row]) -> list[tuple[_Pending, list[Completion]]]:
-        """Worker thread: admit rows, then decode until a request completes or rows wait."""
+    def _work(self, admit: list[Row]) -> None:
+        """Worker thread: admit rows, then decode until rows wait to join or none are left;
+        each finished request is settled on the event loop as it finishes."""
         with self._model_lock, torch.inference_mode():
             if self._model is None:
-                return []
+                return
             finished: list[Row] = []
             if admit:
                 self._batch.compact(force=True)
@@ -291,8 +290,12 @@ class HFEngine:
                 self.stats.rows += len(admit)
                 self.stats.tokens += len(admit)
             while True:
-                done = self._completed(finished)
-                if done or self._closed or self._should_admit():
+                if done := self._completed(finished):
+                    # Told now, decoding on: a return to the event loop for every finished
+                    # request left the cores idle while the loop (and, in a replica, Ray)
+                    # took its turn.
+                    call_in_loop(self._loop, functools.partial(_settle_all, done))
+                if self._closed or self._should_admit():
                     break
                 self.stats.aborted += self._batch.abort(lambda row: row.owner.future.done())
                 self._batch.compact()
@@ -304,7 +307,6 @@ class HFEngine:
                 self.stats.tokens += live
             if not self._batch.live:
                 self._batch.reset()
-            return done
 
     def _completed(self, finished: list[Row]) -> list[tuple[_Pending, list[Completion]]]:
         done = []
@@ -386,6 +388,11 @@ class HFEngine:
         self._batch.reset()
         for pending in owners.values():
             call_in_loop(self._loop, functools.partial(_settle, pending.future, error=error))
+
+
+def _settle_all(done: list[tuple[_Pending, list[Completion]]]) -> None:
+    for pending, completions in done:
+        _settle(pending.future, result=completions)
 
 
 def _settle(future: asyncio.Future, *, result: Any = None, error: BaseException | None = None) -> None:
