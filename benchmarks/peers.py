@@ -57,7 +57,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 # do_sample=false: greedy needs that much). tuned: what a knowledgeable user sets on a
 # 2-core CPU, the floor's batch of 64 or more in flight.
 SETTINGS: dict[str, dict[str, dict]] = {
-    "bare": {"batch 64": {"batch": 64}},
+    "bare": {"batch 64": {"batch": 64}, "batch 128": {"batch": 128}},
     "orchestrate": {
         "defaults": {},
         "tuned": {"shard_size": 1000, "concurrency": 256, "max_concurrency": 256,

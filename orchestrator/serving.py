@@ -8,6 +8,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from actors.engines.hf.options import HFOptions
 from jobs.organisms.build import resolve_model_path
 from orchestrator.ids import content_id
 from orchestrator.spec import ModelSpec, Sweep
@@ -107,8 +108,9 @@ def _batch_of(spec: dict[str, Any]) -> int:
     """The requests a replica of `spec` works on at once: the hf engine's batch, else the
     replica's max_concurrency (the openai engine's requests in flight; vLLM schedules its own)."""
     if spec["engine"] == "hf":
-        return int((spec.get("engine_options") or {}).get("max_batch_size", 64))
-    return int(spec.get("max_concurrency", 64))
+        default = HFOptions.model_fields["max_batch_size"].default  # the engine's own, not a copy of it
+        return int((spec.get("engine_options") or {}).get("max_batch_size", default))
+    return int(spec.get("max_concurrency", ModelSpec.model_fields["max_concurrency"].default))
 
 
 def warm_key(spec: dict[str, Any], adapters: dict[str, str], cpus: float, gpus: float) -> str:
