@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.test_ray_job import stop_head
+from tests.ray_head import stop_head
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent

@@ -12,7 +12,7 @@ import pytest
 from orchestrator.load import load_sweep
 from orchestrator.store import SweepStore
 from orchestrator.submit import submit
-from tests.test_ray_job import stop_head
+from tests.ray_head import stop_head
 from tests.test_submit import N_PROMPTS, write_sweep
 
 RAY = str(Path(sys.executable).with_name("ray"))

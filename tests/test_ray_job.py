@@ -15,49 +15,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from orchestrator.ray_job import base_submission_id
 from orchestrator.results import rows_table
 from orchestrator.store import SweepStore
 from tests.conftest import free_port
+from tests.ray_head import stop_head
 
 VENV_BIN = Path(sys.executable).parent
 PROMPTS = 4
 SENTINEL = "sk-sentinel-2b7f0c1e9d"  # an API key's value: must never reach the cluster's job records
 KEY_VAR = "ORCH_TEST_API_KEY"
-
-
-def stop_head(temp_dir: str, group: int) -> None:
-    """Stop this head only: the processes started in its process group, those naming its
-    temp dir, and their children (workers, the job's driver); never a global `ray stop`,
-    which would stop every Ray on the machine."""
-    found: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            args = proc.info["cmdline"] or []
-            if os.getpgid(proc.pid) == group or any(a.endswith(temp_dir) or f"{temp_dir}/" in a for a in args):
-                found[proc.pid] = proc
-        except (psutil.Error, ProcessLookupError):
-            continue
-    for proc in list(found.values()):
-        try:
-            found.update({child.pid: child for child in proc.children(recursive=True)})
-        except psutil.Error:
-            pass
-    procs = [p for pid, p in found.items() if pid != os.getpid()]
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
 
 
 @pytest.fixture(scope="module")
