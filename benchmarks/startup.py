@@ -16,12 +16,14 @@ at the end, never by a global `ray stop`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.ray_head import stop_head
@@ -37,6 +39,22 @@ r = submit(load_sweep(sys.argv[1]), sweep_file=sys.argv[1], progress=False, addr
 print("REPORT " + json.dumps({"seconds": r.seconds, "startup": r.startup_seconds, "shards": r.shards_seconds,
                               "reused": r.replicas_reused, "threads": r.replica_threads, "ok": r.ok}))
 """
+
+
+@contextlib.contextmanager
+def local_head() -> Iterator[str]:
+    """A `ray start --head` of the benchmark's own (its temp dir, no dashboard); its address.
+    Stopped by its processes at the end, kept replicas included, never by a global `ray stop`."""
+    head_dir = tempfile.mkdtemp(prefix="rayst-", dir="/tmp")
+    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--port=0", f"--temp-dir={head_dir}",
+                             "--include-dashboard=false", "--disable-usage-stats"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = head.communicate(timeout=120)
+        assert head.returncode == 0, out
+        yield (Path(head_dir) / "ray_current_cluster").read_text().strip()
+    finally:
+        stop_head(head_dir, head.pid)
 
 
 def write_sweep(folder: Path, name: str, prompts: int, keep: bool) -> Path:
@@ -104,22 +122,13 @@ def main() -> None:
     floor = bare(write_sweep(folder, "floor", args.prompts, keep=False).parent)
     for _ in range(args.repeats):
         rows.append(("embedded", timed_submit(write_sweep(folder, "embedded", args.prompts, keep=False), "")))
-    head_dir = tempfile.mkdtemp(prefix="rayst-", dir="/tmp")
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--port=0", f"--temp-dir={head_dir}",
-                             "--include-dashboard=false", "--disable-usage-stats"], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        out, _ = head.communicate(timeout=120)
-        assert head.returncode == 0, out
-        address = (Path(head_dir) / "ray_current_cluster").read_text().strip()
+    with local_head() as address:
         for _ in range(args.repeats):
             rows.append(("joined, cold", timed_submit(write_sweep(folder, "cold", args.prompts, keep=False), address)))
         warm = write_sweep(folder, "warm", args.prompts, keep=True)
         timed_submit(warm, address)  # keeps its replica
         for _ in range(args.repeats):
             rows.append(("joined, warm", timed_submit(warm, address)))
-    finally:
-        stop_head(head_dir, head.pid)
     print(f"\n{args.prompts} prompts, organism `faithful`, greedy, 48 tokens; {os.cpu_count()} CPUs")
     print(f"bare HF engine in one process (load included): {floor:.1f} s")
     print(f"{'run':<14} {'wall s':>7} {'startup s':>10} {'shards s':>9} {'rest s':>7} {'x floor':>8}  threads")
