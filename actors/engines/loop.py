@@ -1,11 +1,23 @@
 """Reaching an engine's event loop from its worker thread, or from close() on any thread.
 
 Both local engines run the model on a worker thread and settle their callers' futures on the
-event loop that serves them; these are the two things that needs."""
+event loop that serves them; these are the things that needs."""
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
+
+
+def settle(future: asyncio.Future, *, result: Any = None, error: BaseException | None = None) -> None:
+    """Give a caller's future its result or error, unless it is done already (the caller
+    left, or a failure reached it first). On the future's loop."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def call_in_loop(loop: asyncio.AbstractEventLoop | None, fn: Callable[[], object]) -> None:

@@ -31,7 +31,7 @@ from actors.engines.chat import Reasoning, reasoning_of, tokenize_prompt
 from actors.engines.eos import eos_ids
 from actors.engines.hf.batch import ABORTED, Finisher, Row, RunningBatch
 from actors.engines.hf.options import HFOptions
-from actors.engines.loop import call_in_loop, stop_serving
+from actors.engines.loop import call_in_loop, settle, stop_serving
 from actors.engines.protocol import Completion, Counters, Request, check_prompt_fits
 from actors.errors import BatchFailed, EngineError, ReplicaUnavailable, RequestError
 
@@ -377,7 +377,7 @@ class HFEngine:
         """Fail the rows of a forward pass that raised (the running batch and those joining)."""
         with self._model_lock:
             for row in [*self._batch.rows, *admit]:
-                _settle(row.owner.future, error=error)
+                settle(row.owner.future, error=error)
             self._batch.reset()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -387,18 +387,9 @@ class HFEngine:
         self._queue.clear()
         self._batch.reset()
         for pending in owners.values():
-            call_in_loop(self._loop, functools.partial(_settle, pending.future, error=error))
+            call_in_loop(self._loop, functools.partial(settle, pending.future, error=error))
 
 
 def _settle_all(done: list[tuple[_Pending, list[Completion]]]) -> None:
     for pending, completions in done:
-        _settle(pending.future, result=completions)
-
-
-def _settle(future: asyncio.Future, *, result: Any = None, error: BaseException | None = None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+        settle(pending.future, result=completions)

@@ -37,7 +37,7 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from actors.engines.chat import Reasoning, reasoning_of, tokenize_prompt
 from actors.engines.eos import eos_ids
-from actors.engines.loop import call_in_loop, stop_serving
+from actors.engines.loop import call_in_loop, settle, stop_serving
 from actors.engines.protocol import (
     Completion,
     Counters,
@@ -358,12 +358,7 @@ class VLLMEngine:
         self._live.clear()
         self._pending.clear()
         for call in calls:
-            call_in_loop(self._loop, functools.partial(_fail, call.future, error))
-
-
-def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
+            call_in_loop(self._loop, functools.partial(settle, call.future, error=error))
 
 
 def _tokens(prompt_ids: list[int]) -> Any:
