@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from jobs.ariadne.prompts import continue_message
+from jobs.ariadne.prompts import FILLER_UNIT, continue_message, filler_text
 from jobs.common.judge import score_from_logprobs, score_from_numbers, splits_digits, walk_digits
 from jobs.decompose.prompts import (
     STOP_SENTENCE,
@@ -102,7 +102,7 @@ def audit_shapes_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     close = f"{arithmetic.THINK_CLOSE}\n\n{arithmetic.ANSWER_PREFIX}"
     missing = [False] * (len(problems) - len(traces))  # an unparsed trace counts as neither
     report = {}
-    for name, kept, filler in (("same_cut0", 0, ""), ("same_cut1", 1, ""), ("same_filler0", 0, "... ... ... ...\n")):
+    for name, kept, filler in (("same_cut0", 0, ""), ("same_cut1", 1, ""), ("same_filler0", 0, filler_text(FILLER_UNIT, 4) + "\n")):
         prompts = [question[i] + arithmetic.prefill_for(steps[:kept]) + filler + close for i, steps in traces]
         said = [arithmetic.parse_answer(close + text) for text in greedy(model, tokenizer, prompts, max_new_tokens=6)]
         report[name] = _rate([a == answers[i] for (i, _), a in zip(traces, said)] + missing)
