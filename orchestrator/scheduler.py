@@ -317,7 +317,8 @@ class Scheduler:
             await self.start_pools(models_needed(self.store, cells))
             self.report.startup_seconds = time.perf_counter() - self.started
             in_flight = max(min(c.shard_size, self.sweep.jobs[c.job_index].concurrency) for c in cells)
-            shard_gate = asyncio.Semaphore(shards_in_flight([(p.spec, p.n) for p in self.pools.values()], in_flight))
+            layout = [(p.spec, p.n, p.num_gpus) for p in self.pools.values()]
+            shard_gate = asyncio.Semaphore(shards_in_flight(layout, in_flight))
             # Every stage's shard size is on disk before its first shard (see store.settle_layout),
             # written here once rather than checked before each shard.
             for c in cells:

@@ -8,7 +8,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from actors.engines.hf.options import HFOptions
+from actors.engines.hf.options import default_batch_size
 from jobs.organisms.build import resolve_model_path
 from orchestrator.ids import content_id
 from orchestrator.spec import ModelSpec, Sweep
@@ -93,23 +93,28 @@ def pool_specs(sweep: Sweep, models: set[str]) -> dict[str, dict[str, Any]]:
     return pools
 
 
-def shards_in_flight(pools: list[tuple[dict[str, Any], int]], samples_per_shard: int) -> int:
+def shards_in_flight(pools: list[tuple[dict[str, Any], int, float]], samples_per_shard: int) -> int:
     """How many shards run at once: enough that every replica has a full batch decoding and as
     many requests queued to join it as rows finish, at least two per replica. Counting shards
     alone (two per replica) left a replica of batch 64 with 64 requests of two 32-sample
     shards, its batch draining at every shard's end. Samples stand for requests here: a job
-    that sends several per sample only queues more."""
-    replicas = sum(n for _, n in pools)
-    batch = sum(n * _batch_of(spec) for spec, n in pools)
+    that sends several per sample only queues more. pools: (replica spec, replicas, GPUs of
+    each replica)."""
+    replicas = sum(n for _, n, _ in pools)
+    batch = sum(n * _batch_of(spec, gpus) for spec, n, gpus in pools)
     return max(2, 2 * replicas, -(-2 * batch // max(1, samples_per_shard)))
 
 
-def _batch_of(spec: dict[str, Any]) -> int:
-    """The requests a replica of `spec` works on at once: the hf engine's batch, else the
-    replica's max_concurrency (the openai engine's requests in flight; vLLM schedules its own)."""
+def _batch_of(spec: dict[str, Any], gpus: float) -> int:
+    """The requests a replica of `spec` works on at once: the hf engine's batch (its own
+    default for the device it will use), else the replica's max_concurrency (the openai
+    engine's requests in flight; vLLM schedules its own)."""
     if spec["engine"] == "hf":
-        default = HFOptions.model_fields["max_batch_size"].default  # the engine's own, not a copy of it
-        return int((spec.get("engine_options") or {}).get("max_batch_size", default))
+        options = spec.get("engine_options") or {}
+        if options.get("max_batch_size") is not None:
+            return int(options["max_batch_size"])
+        device = options.get("device") or ("cuda" if gpus else "cpu")  # no GPU granted: Ray hides them all
+        return default_batch_size(str(device).split(":")[0])  # "cuda:1" is a cuda device
     return int(spec.get("max_concurrency", ModelSpec.model_fields["max_concurrency"].default))
 
 

@@ -254,9 +254,12 @@ def test_enough_shards_run_at_once_to_keep_every_replica_batch_full() -> None:
     from orchestrator.serving import shards_in_flight
 
     hf = {"engine": "hf", "engine_options": {}}
-    # one hf replica of batch 64, shards of 32 samples: 4 shards (128 requests) keep it full
-    assert shards_in_flight([(hf, 1)], 32) == 4
-    assert shards_in_flight([({**hf, "engine_options": {"max_batch_size": 128}}, 2)], 32) == 16
+    # one hf replica on a GPU (batch 64 by default), shards of 32 samples: 4 shards (128 requests) keep it full
+    assert shards_in_flight([(hf, 1, 1.0)], 32) == 4
+    # on a CPU its default batch is 128
+    assert shards_in_flight([(hf, 1, 0.0)], 32) == 8
+    assert shards_in_flight([({**hf, "engine_options": {"device": "cpu"}}, 1, 1.0)], 32) == 8, "the device it says"
+    assert shards_in_flight([({**hf, "engine_options": {"max_batch_size": 128}}, 2, 1.0)], 32) == 16
     # large shards: never fewer than two per replica
-    assert shards_in_flight([(hf, 3)], 1000) == 6
-    assert shards_in_flight([({"engine": "openai", "max_concurrency": 8}, 1)], 4) == 4
+    assert shards_in_flight([(hf, 3, 0.0)], 1000) == 6
+    assert shards_in_flight([({"engine": "openai", "max_concurrency": 8}, 1, 0.0)], 4) == 4

@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from actors.engines.chat import Reasoning, reasoning_of, tokenize_prompt
 from actors.engines.eos import eos_ids
 from actors.engines.hf.batch import ABORTED, Finisher, Row, RunningBatch
-from actors.engines.hf.options import HFOptions
+from actors.engines.hf.options import HFOptions, default_batch_size
 from actors.engines.loop import call_in_loop, settle, stop_serving
 from actors.engines.protocol import Completion, Counters, Request, check_prompt_fits
 from actors.errors import BatchFailed, EngineError, ReplicaUnavailable, RequestError
@@ -104,7 +104,7 @@ class HFEngine:
 
         config = self._base.config.get_text_config()
         self.max_model_len = max_model_len or getattr(config, "max_position_embeddings", None)
-        self.max_batch_size = opts.max_batch_size
+        self.max_batch_size = opts.max_batch_size or default_batch_size(self.device.type)
         self._batch_wait_s = opts.batch_wait_ms / 1000
         ends = eos_ids(self.tokenizer.eos_token_id, self._base.generation_config.eos_token_id)
         if not ends:
