@@ -3,6 +3,7 @@ report (cli_compare), cancel (cli_cluster), data (cli_data), organisms (cli_orga
 from __future__ import annotations
 
 import fnmatch
+import gc
 import json
 import sys
 from pathlib import Path
@@ -59,6 +60,11 @@ class _Group(click.Group):
                 raise
             click.echo(f"error: {e}", err=True)
             sys.exit(code)
+        finally:
+            # The interpreter's last garbage collection walks every object the imports made
+            # (Ray, MLflow, pyarrow: ~400k): 1.2-1.5 s of every submit's exit on 2 cores.
+            # Frozen objects are skipped; the process frees its memory as it ends anyway.
+            gc.freeze()
 
 
 @click.group(cls=_Group)
