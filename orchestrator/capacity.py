@@ -100,3 +100,14 @@ def autoscaling() -> bool | None:
         return str(status.stats.autoscaler_version) not in ("", "0", "None")
     except Exception:  # an internal API: its absence must not stop a sweep
         return None
+
+
+def only_this_machine() -> bool:
+    """Whether the cluster is the driver's own machine and nothing else: one node, the
+    driver's, and no autoscaler that may add others (a `ray start --head` on a workstation).
+    Its cores are then this machine's to share, as on an embedded Ray."""
+    import ray
+
+    nodes = cluster_nodes()
+    return (len(nodes) == 1 and nodes[0].node_id == ray.get_runtime_context().get_node_id()
+            and autoscaling() is False)

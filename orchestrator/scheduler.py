@@ -55,12 +55,13 @@ class Scheduler:
         import ray
 
         from actors.pool import ReplicaPool
+        from orchestrator.capacity import only_this_machine
 
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
         self.check_capacity(models, cluster_gpus)
         finetuned = await self.run_finetunes({m for m in models if m in self.sweep.finetunes})
         pools, served = pool_layout(self.sweep, models, finetuned)
-        if self.fixed_cluster and not cluster_gpus:
+        if not cluster_gpus and (self.fixed_cluster or only_this_machine()):
             share_cores(pools, ray.cluster_resources().get("CPU", 1))
         keep = self.sweep.cluster.keep_replicas and not self.fixed_cluster  # an embedded Ray ends with the driver
         for pool_name, (spec, adapters) in pools.items():

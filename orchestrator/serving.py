@@ -39,10 +39,11 @@ def pool_resources(spec: dict[str, Any], cluster_gpus: float) -> tuple[float, fl
 
 
 def share_cores(pools: Pools, cores: float) -> None:
-    """On an embedded Ray without GPUs, give each hf replica whose threads the sweep leaves
-    unset an equal share of the machine's cores. Ray would give it num_cpus threads (1 by
-    default), which left one of two cores idle on a one-model sweep; the CPUs Ray counts
-    for placement stay as they are."""
+    """On a cluster that is the driver's machine alone (an embedded Ray, or a `ray start
+    --head` here) without GPUs, give each hf replica whose threads the sweep leaves unset an
+    equal share of the machine's cores. Ray would give it num_cpus threads (1 by default),
+    which left one of two cores idle on a one-model sweep; the CPUs Ray counts for placement
+    stay as they are."""
     local = [spec for spec, _ in pools.values() if spec["engine"] in ("hf", "vllm")]
     share = max(1, int(cores // max(1, sum(spec["replicas"] for spec in local))))
     for spec in local:

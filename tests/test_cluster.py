@@ -42,6 +42,9 @@ def test_submit_joins_existing_cluster(tmp_path, tiny_model, ray_head, monkeypat
     sweep = load_sweep(sweep_file)
     report = submit(sweep, sweep_file=str(sweep_file), address=ray_head, progress=False)
     assert report.ok and report.replicas_started == 1
+    # The head is this machine alone (2 CPUs, no autoscaler): its cores go to the replica,
+    # as on an embedded Ray, not the one thread of the replica's num_cpus.
+    assert report.replica_threads == {"tiny": 2}, report.replica_threads
     assert os.environ.get("RAY_AUTH_MODE") == "token"
     assert not ray.is_initialized(), "the driver disconnects when the sweep is done"
     from orchestrator.results import rows_table
