@@ -9,10 +9,21 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.tracking_db import prepare_sqlite_db, template_dir
 
+CONSTRAINT_STARTS = ("CONSTRAINT", "CHECK", "FOREIGN KEY", "UNIQUE", "PRIMARY KEY")
 
-def schema(db: Path) -> list[tuple[str, str, str]]:
+
+def schema(db: Path) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    """Every table and index: its columns in order and its constraints as a set. MLflow's own
+    migrations write a rebuilt table's constraints in an order that varies from process to
+    process (two databases it builds itself differ so), which changes nothing they do."""
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        return sorted(conn.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+        found = conn.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL").fetchall()
+    out = []
+    for kind, name, sql in found:
+        lines = [line.strip().rstrip(",").strip() for line in sql.splitlines() if line.strip()]
+        constraints = tuple(sorted(line for line in lines if line.startswith(CONSTRAINT_STARTS)))
+        out.append((kind, name, tuple(line for line in lines if not line.startswith(CONSTRAINT_STARTS)), constraints))
+    return sorted(out)
 
 
 def default_experiment(db: Path) -> tuple:
