@@ -213,7 +213,7 @@ def run_orchestrate(work: Path, model: str, prompts: Path, max_tokens: int, opts
         (work / "sweep.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
         seconds = timed(submit, work / "log.txt", cwd=work)
     else:  # a head of our own and a replica kept by a first, untimed submit; the second is timed
-        from benchmarks.startup import local_head
+        from tests.ray_head import local_head
 
         with local_head() as address:
             sweep["cluster"] = {"address": address, "keep_replicas": True}

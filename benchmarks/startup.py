@@ -16,17 +16,15 @@ at the end, never by a global `ray stop`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from tests.ray_head import stop_head
+from tests.ray_head import local_head
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -39,22 +37,6 @@ r = submit(load_sweep(sys.argv[1]), sweep_file=sys.argv[1], progress=False, addr
 print("REPORT " + json.dumps({"seconds": r.seconds, "startup": r.startup_seconds, "shards": r.shards_seconds,
                               "reused": r.replicas_reused, "threads": r.replica_threads, "ok": r.ok}))
 """
-
-
-@contextlib.contextmanager
-def local_head() -> Iterator[str]:
-    """A `ray start --head` of the benchmark's own (its temp dir, no dashboard); its address.
-    Stopped by its processes at the end, kept replicas included, never by a global `ray stop`."""
-    head_dir = tempfile.mkdtemp(prefix="rayst-", dir="/tmp")
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--port=0", f"--temp-dir={head_dir}",
-                             "--include-dashboard=false", "--disable-usage-stats"], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        out, _ = head.communicate(timeout=120)
-        assert head.returncode == 0, out
-        yield (Path(head_dir) / "ray_current_cluster").read_text().strip()
-    finally:
-        stop_head(head_dir, head.pid)
 
 
 def write_sweep(folder: Path, name: str, prompts: int, keep: bool) -> Path:

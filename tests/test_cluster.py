@@ -2,36 +2,21 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from orchestrator.load import load_sweep
 from orchestrator.store import SweepStore
 from orchestrator.submit import submit
-from tests.ray_head import stop_head
+from tests.ray_head import local_head
 from tests.test_submit import N_PROMPTS, write_sweep
-
-RAY = str(Path(sys.executable).with_name("ray"))
 
 
 @pytest.fixture
 def ray_head():
-    """A real `ray start --head` in its own temp dir; stopped by its processes' group."""
-    temp_dir = tempfile.mkdtemp(prefix="rayh-", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    start = subprocess.Popen([RAY, "start", "--head", "--num-cpus=2", "--port=0", f"--temp-dir={temp_dir}",
-                              "--include-dashboard=false", "--disable-usage-stats"], env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        out, _ = start.communicate(timeout=120)
-        assert start.returncode == 0, out
-        yield (Path(temp_dir) / "ray_current_cluster").read_text().strip()
-    finally:  # this head only: `ray stop` stops every Ray on the machine, other users' too
-        stop_head(temp_dir, start.pid)
+    """A real `ray start --head` (2 CPUs) in its own temp dir; stopped by its processes."""
+    with local_head(num_cpus=2) as address:
+        yield address
 
 
 def test_submit_joins_existing_cluster(tmp_path, tiny_model, ray_head, monkeypatch):
