@@ -216,7 +216,8 @@ class JobSpec(Spec):
     zip: list[Annotated[list[str], Field(min_length=1)]] = Field(
         default_factory=list, description="groups of swept parameters that vary together")
     repeats: int = Field(1, ge=1, description="run every grid point this many times (adds `repeat`)")
-    shard_size: int = Field(32, gt=0, description="samples per shard (does not change results)")
+    shard_size: int | None = Field(None, gt=0, description="samples per shard (does not change results); unset: "
+                                   "32, grown for a large cell to about 64 shards of at most 256")
     concurrency: int = Field(64, gt=0, description="samples in flight per shard (does not change results)")
     _base_dir: Path = PrivateAttr(default_factory=lambda: Path("."))
 

@@ -86,8 +86,9 @@ def _submit(sweep: Sweep, store: SweepStore, sweep_file: str | None, address: st
     plan = store.settle_plan(planned)
     for cell, asked in zip(plan.cells, planned.cells):
         if cell.shard_size != asked.shard_size:
+            said = "the sweep says" if sweep.jobs[cell.job_index].shard_size else "the default for its size is"
             console.print(f"{cell.kind}/{cell.model} {cell.id}: keeps the shard_size {cell.shard_size} it started "
-                          f"with (the sweep says {asked.shard_size}; changing it mid-cell would repeat samples)")
+                          f"with ({said} {asked.shard_size}; changing it mid-cell would repeat samples)")
     pending: dict[str, ShardSelection] = {}
     for cell in plan.cells:
         write_json(store.cell_dir(cell.kind, cell.id) / "cell.json", cell.manifest(), unless_same=True)

@@ -13,7 +13,7 @@ from jobs.errors import DataFileError
 from jobs.generate.job import PromptFileError
 from orchestrator.errors import OrchestrateError
 from orchestrator.load import load_sweep
-from orchestrator.plan import make_plan
+from orchestrator.plan import default_shard_size, make_plan
 from orchestrator.store import SweepStore
 
 
@@ -121,6 +121,22 @@ def test_a_started_cell_keeps_its_shard_size(tmp_path, tiny_model):
     assert settled.shard_size == 4 and settled.shards == cell.shards
     assert not store.missing(settled, "generate"), "nothing left to run"
     assert store.read_cell(cell.kind, cell.id).height == 10, "every sample once"
+
+
+def test_a_job_without_shard_size_gets_32_or_more_for_a_large_cell(tmp_path, tiny_model):
+    """Unset, shard_size is 32, grown in steps of 32 so that a large cell holds about 64
+    shards of at most 256 samples: what each shard costs the driver stops mattering there,
+    while a small cell keeps shards a later stage can start on."""
+    assert [default_shard_size(n) for n in (1, 2048, 2049, 5000, 20_000, 10**6)] == [32, 32, 64, 96, 256, 256]
+    job = """  - kind: generate
+    models: [m]
+    params: {prompts: prompts.jsonl, max_tokens: 4}
+"""
+    small = make_plan(load_sweep(sweep_file(tmp_path / "small", tiny_model, prompts=100, job=job))).cells[0]
+    large = make_plan(load_sweep(sweep_file(tmp_path / "large", tiny_model, prompts=5000, job=job))).cells[0]
+    assert (small.shard_size, len(small.shards)) == (32, 4)
+    assert (large.shard_size, len(large.shards)) == (96, 53), "5,000 samples: 3 steps of 32"
+    assert large.manifest()["shard_size"] == 96, "the size chosen is the one recorded"
 
 
 def test_shard_files_outside_the_layout_are_refused(tmp_path, tiny_model):

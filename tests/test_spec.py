@@ -225,7 +225,7 @@ def test_defaults_and_frozen() -> None:
     sweep = load_sweep(SWEEPS / "good_minimal.yaml")
     assert sweep.output == "results" and sweep.experiment == "minimal" and sweep.cluster.address is None
     job = sweep.jobs[0]
-    assert (job.repeats, job.shard_size, job.concurrency, job.roles, job.zip) == (1, 32, 64, {}, [])
+    assert (job.repeats, job.shard_size, job.concurrency, job.roles, job.zip) == (1, None, 64, {}, [])
     model = sweep.models["tiny"]
     assert (model.engine, model.replicas, model.num_gpus, model.trust_remote_code) == ("hf", 1, None, False)
     with pytest.raises(ValidationError):
