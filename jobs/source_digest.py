@@ -23,8 +23,16 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+# CPython 3.11 keeps the depth of the tree it is building in state that every thread shares
+# (python/cpython#106905): a parse in another thread (a library reading a signature while
+# MLflow imports in the background) can make a sound parse fail with "AST constructor
+# recursion depth mismatch". Ours take turns, and one that fails so is parsed again.
+_PARSING = threading.Lock()
+_PARSE_ATTEMPTS = 3
 
 
 def source_digest(modules: Iterable[str]) -> str:
@@ -49,7 +57,7 @@ def import_closure(roots: Iterable[str], keep: Callable[[str], bool]) -> list[st
         if name in found:
             continue
         found.add(name)
-        tree = ast.parse(Path(_module_file(name)).read_text(encoding="utf-8"))
+        tree = _parse(Path(_module_file(name)).read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             imported = ([a.name for a in node.names] if isinstance(node, ast.Import)
                         else [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
@@ -69,8 +77,20 @@ def _is_module(name: str) -> bool:
 def normalised_statements(source: str) -> list[str]:
     """The module's top-level statements as text, without docstrings, imports,
     TYPE_CHECKING blocks and `__all__`."""
-    tree = _Strip().visit(ast.parse(source))
+    tree = _Strip().visit(_parse(source))
     return [ast.unparse(node) for node in tree.body if not _ignored(node)]
+
+
+def _parse(source: str) -> ast.Module:
+    """ast.parse, one call at a time, again on the spurious SystemError described above."""
+    for attempt in range(1, _PARSE_ATTEMPTS + 1):
+        with _PARSING:
+            try:
+                return ast.parse(source)
+            except SystemError as e:
+                if "recursion depth mismatch" not in str(e) or attempt == _PARSE_ATTEMPTS:
+                    raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _module_file(name: str) -> str:

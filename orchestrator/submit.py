@@ -32,7 +32,7 @@ from orchestrator.report import SubmitReport
 from orchestrator.scheduler import Scheduler
 from orchestrator.spec import Sweep
 from orchestrator.store import SweepStore, read_json, write_json
-from orchestrator.summaries import TrackerSource, TrackingGate, finish_cell_or_say_why, sync_cells
+from orchestrator.summaries import TrackerSource, TrackingGate, finish_cell_or_say_why, summary_code, sync_cells
 from orchestrator.tracking import Tracker, check_reachable, default_tracking_uri
 
 
@@ -127,6 +127,8 @@ def _submit(sweep: Sweep, store: SweepStore, sweep_file: str | None, address: st
         write_json(store.root / "submission.json", submission)
         return tracker
 
+    for kind in sorted({c.kind for c in plan.cells}):  # syntax trees read here, not beside MLflow's import
+        summary_code(kind)
     gate = TrackingGate(start_tracker, console, uri, later=f"orchestrate sync {sweep_file or store.root}")
     tracker: TrackerSource = gate if track else None
     early: threading.Thread | None = None

@@ -71,9 +71,10 @@ SUMMARY_KEY = "summary.key.json"  # what the summary.json beside it was computed
 
 
 @functools.cache
-def _summary_code(kind: str) -> str:
+def summary_code(kind: str) -> str:
     """The code a kind's summary comes from: its job's modules and this one's (syntax trees,
-    so comments and moves do not count), and the libraries that compute it."""
+    so comments and moves do not count), and the libraries that compute it. Computed once per
+    process; submit asks for it before any thread of its own starts (see source_digest)."""
     modules = import_closure([type(get_job(kind)).__module__, __name__, usage.__name__],
                              lambda m: m.startswith("jobs.") or m in (__name__, usage.__name__))
     return content_id({"code": source_digest(modules), "polars": pl.__version__, "numpy": np.__version__})
@@ -82,7 +83,7 @@ def _summary_code(kind: str) -> str:
 def summary_key(cell: Cell) -> str:
     """What a complete cell's summary follows from: the cell (its id covers its stages, hence
     every input of its rows, and its summary parameters) and the code that summarises it."""
-    return content_id({"cell": cell.id, "code": _summary_code(cell.kind)})
+    return content_id({"cell": cell.id, "code": summary_code(cell.kind)})
 
 
 def kept_summary(store: SweepStore, cell: Cell, key: str) -> dict[str, float] | None:

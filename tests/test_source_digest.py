@@ -3,9 +3,14 @@ annotations do not move it; a changed statement does. Organisms are cached (and 
 it, so a move of their code must not retrain them and a change of their behaviour must."""
 from __future__ import annotations
 
+import ast
+import gc
 import sys
 import textwrap
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -112,3 +117,57 @@ def test_every_organism_is_bundled_at_the_digest_of_the_code_as_it_is():
 
     missing = [r.folder_name() for r in ORGANISMS.values() if not (BUNDLE_DIR / r.folder_name()).is_dir()]
     assert not missing, f"not bundled at the current digest: {missing} (run `orchestrate organisms bundle`)"
+
+
+class _Pause:
+    """Cyclic garbage whose finalizer, run by a collection in the parsing thread while CPython
+    builds the tree's objects, waits there until another thread has parsed something."""
+
+    inside: threading.Event
+    done: threading.Event
+
+    def __del__(self) -> None:
+        self.inside.set()
+        self.done.wait(10)
+
+
+T = TypeVar("T")
+
+
+def _parse_while_another_thread_parses(parse: Callable[[str], T], source: str) -> T:
+    inside, done = threading.Event(), threading.Event()
+
+    def other(depth: int = 40) -> None:  # another thread, from another stack depth
+        if depth:
+            return other(depth - 1)
+        inside.wait(10)
+        ast.parse("x = [1, (2, {3: 4})]")
+        done.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.set_threshold(500)  # the next collection falls among the tree's first objects
+    pause = _Pause()
+    pause.inside, pause.done, pause.me = inside, done, pause  # type: ignore[attr-defined]
+    del pause
+    try:
+        return parse(source)
+    finally:
+        gc.set_threshold(*threshold)
+        done.set()
+        thread.join()
+
+
+def test_a_digest_survives_a_parse_in_another_thread():
+    """CPython 3.11 keeps the depth of the tree it builds in state all threads share: a parse
+    in another thread mid-build fails a sound parse with "AST constructor recursion depth
+    mismatch" (it failed a submit's summary while MLflow imported in the background). The
+    digest's own parse takes turns and tries again; the bare ast.parse shows the bug is real."""
+    source = Path(source_digest.__code__.co_filename).read_text()
+    if sys.version_info[:2] == (3, 11):
+        with pytest.raises(SystemError, match="recursion depth mismatch"):
+            _parse_while_another_thread_parses(ast.parse, source)
+    statements = _parse_while_another_thread_parses(normalised_statements, source)
+    assert statements == normalised_statements(source)
