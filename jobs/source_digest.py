@@ -23,15 +23,13 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 # CPython 3.11 keeps the depth of the tree it is building in state that every thread shares
 # (python/cpython#106905): a parse in another thread (a library reading a signature while
-# MLflow imports in the background) can make a sound parse fail with "AST constructor
-# recursion depth mismatch". Ours take turns, and one that fails so is parsed again.
-_PARSING = threading.Lock()
+# MLflow imports in the background, or another of ours) can make a sound parse fail with
+# "AST constructor recursion depth mismatch". One that fails so is parsed again.
 _PARSE_ATTEMPTS = 3
 
 
@@ -82,14 +80,13 @@ def normalised_statements(source: str) -> list[str]:
 
 
 def _parse(source: str) -> ast.Module:
-    """ast.parse, one call at a time, again on the spurious SystemError described above."""
+    """ast.parse, again on the spurious SystemError described above."""
     for attempt in range(1, _PARSE_ATTEMPTS + 1):
-        with _PARSING:
-            try:
-                return ast.parse(source)
-            except SystemError as e:
-                if "recursion depth mismatch" not in str(e) or attempt == _PARSE_ATTEMPTS:
-                    raise
+        try:
+            return ast.parse(source)
+        except SystemError as e:
+            if "recursion depth mismatch" not in str(e) or attempt == _PARSE_ATTEMPTS:
+                raise
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 

@@ -164,7 +164,7 @@ def test_a_digest_survives_a_parse_in_another_thread():
     """CPython 3.11 keeps the depth of the tree it builds in state all threads share: a parse
     in another thread mid-build fails a sound parse with "AST constructor recursion depth
     mismatch" (it failed a submit's summary while MLflow imported in the background). The
-    digest's own parse takes turns and tries again; the bare ast.parse shows the bug is real."""
+    digest's own parse tries again; the bare ast.parse shows the bug is real."""
     source = Path(source_digest.__code__.co_filename).read_text()
     if sys.version_info[:2] == (3, 11):
         with pytest.raises(SystemError, match="recursion depth mismatch"):
